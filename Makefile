@@ -1,0 +1,43 @@
+# causal_nb — the two commands (`make demo`, `make test`) do their own set-up on a fresh machine.
+# CPU torch is installed first (pinned where this machine offers it) so that pip does not pull
+# a multi-GB CUDA build; requirements.txt keeps an honest range for users.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 600
+
+.PHONY: install demo test test-fast notebooks lint clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" || echo "note: $(TORCH_SPEC) not available here; torch comes from requirements.txt"
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: the notebook series on the bundled default model, into runs/<timestamp>/.
+demo: install
+	$(PY) -m causal_nb run --profile demo
+
+## The whole test suite: unit, integration, and the committed notebooks under nbval.
+test: install
+	TQDM_DISABLE=1 $(PY) -m pytest tests notebooks $(NBVAL)
+
+test-fast: install
+	TQDM_DISABLE=1 $(PY) -m pytest tests/unit
+
+## Rebuild the executed notebooks from their py:percent sources (notebooks/src/).
+notebooks: install
+	$(PY) -m causal_nb.notebooks build
+
+lint: install
+	$(PY) -m ruff check causal_nb tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

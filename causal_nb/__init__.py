@@ -1,0 +1,40 @@
+"""causal_nb: causal analysis and structural pruning of transformer language models.
+
+The package does the work; the notebooks in ``notebooks/`` tell the story and call it.
+Layers, imports pointing one way: data (zoo, loading, prompts) <- engine <- analysis <- face.
+"""
+
+__version__ = "0.1.0"
+
+from .env import progress_enabled, setup  # noqa: E402
+from .evaluation import domain_losses, prompt_losses  # noqa: E402
+from .io import load_json, save_json  # noqa: E402
+from .loading import ModelNotAvailableError, list_models, load_model, model_card  # noqa: E402
+from .prompts import (  # noqa: E402
+    PromptSet,
+    PromptSetError,
+    TokenBatch,
+    available_domains,
+    load_prompts,
+    prompt_set_summary,
+)
+
+__all__ = [
+    "ModelNotAvailableError",
+    "PromptSet",
+    "PromptSetError",
+    "TokenBatch",
+    "__version__",
+    "available_domains",
+    "domain_losses",
+    "load_json",
+    "list_models",
+    "load_model",
+    "load_prompts",
+    "model_card",
+    "prompt_losses",
+    "prompt_set_summary",
+    "save_json",
+    "progress_enabled",
+    "setup",
+]

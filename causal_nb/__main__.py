@@ -1,0 +1,40 @@
+"""Command line: ``python -m causal_nb run|models``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m causal_nb", description="causal_nb command line")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the notebook series with papermill into runs/<timestamp>/")
+    r.add_argument("--profile", default="demo", help="demo | standard | full")
+    r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a notebook parameter, e.g. -p MODEL code-gpt2-2l")
+    r.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
+    r.add_argument("--only", nargs="*", default=None, help="notebook number prefixes to run, e.g. 01 02")
+    r.add_argument("--resume", action="store_true", help="skip notebooks finished earlier in --out")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub.add_parser("models", help="list the bundled models with their cards")
+    a = p.parse_args(argv)
+    if a.cmd == "models":
+        from .loading import list_models  # noqa: PLC0415
+
+        print(list_models(cards=True).to_string(index=False))
+        return 0
+    from .runner import RunError, parse_value, run_series  # noqa: PLC0415
+
+    try:
+        run = run_series(a.profile, {k: parse_value(v) for k, v in a.param}, a.out, a.only, a.resume,
+                         progress=not a.no_progress)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"done: {run}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

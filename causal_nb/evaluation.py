@@ -1,0 +1,79 @@
+"""Evaluate a model on prompt sets: next-token loss per prompt and per domain.
+
+Losses are mean next-token cross-entropy in nats over real (unpadded) tokens; position 0
+(BOS) is never a target. Assumes token batches are [batch, pos] with right padding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .prompts import PromptSet, TokenBatch, as_prompt_set
+
+__all__ = ["domain_losses", "prompt_losses", "token_losses", "unigram_counts", "unigram_loss"]
+
+
+@torch.no_grad()
+def token_losses(model, batch: TokenBatch, batch_size: int = 16) -> Float[Tensor, "batch pos_minus_1"]:
+    """Cross-entropy of each next token; NaN where the target is padding."""
+    out = []
+    for i in range(0, len(batch), batch_size):
+        toks = batch.tokens[i : i + batch_size].to(model.cfg.device)
+        mask = batch.mask[i : i + batch_size].to(model.cfg.device)
+        logits = model(toks, return_type="logits").float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, toks[:, 1:, None])[..., 0]
+        out.append(torch.where(mask[:, 1:], -logp, torch.nan).cpu())
+    return torch.cat(out)
+
+
+def prompt_losses(model, prompts, n_tokens: int = 64, batch_size: int = 16) -> pd.DataFrame:
+    """Mean loss per prompt: columns ``id``, ``domain``, ``tokens``, ``loss``."""
+    ps: PromptSet = as_prompt_set(prompts)
+    batch = ps.tokenize(model, n_tokens)
+    losses = token_losses(model, batch, batch_size)
+    return pd.DataFrame({"id": list(ps.ids), "domain": ps.domain, "tokens": (batch.lengths - 1).numpy(),
+                         "loss": np.nanmean(losses.numpy(), axis=1)})
+
+
+def domain_losses(model, prompt_sets: dict[str, PromptSet], n_tokens: int = 64) -> pd.DataFrame:
+    """Mean loss per domain (token-weighted), one row per domain, rounded for display.
+
+    Where the model folder ships train-corpus unigram counts (``unigram.json``, bundled
+    models), the ``unigram`` column is the same prompts' loss under that unigram model and
+    ``margin`` = unigram - loss; otherwise both are NaN.
+    """
+    counts = unigram_counts(model)
+    rows = []
+    for name, ps in prompt_sets.items():
+        batch = ps.tokenize(model, n_tokens)
+        losses = token_losses(model, batch).numpy()
+        per_prompt = np.nanmean(losses, axis=1)
+        n = (batch.lengths - 1).numpy()
+        uni = unigram_loss(counts[name], batch) if counts and name in counts else float("nan")
+        loss = float((per_prompt * n).sum() / n.sum())
+        rows.append({"domain": name, "prompts": len(ps), "tokens": int(n.sum()), "loss": loss,
+                     "unigram": uni, "margin": uni - loss})
+    return pd.DataFrame(rows).round(4)
+
+
+def unigram_counts(model) -> dict[str, np.ndarray] | None:
+    """Train-corpus unigram counts per domain shipped with a model folder, or None."""
+    src = getattr(model, "causal_nb_source", {})
+    path = Path(src.get("source", "")) / "unigram.json"
+    if src.get("kind") not in ("bundled", "local") or not path.exists():
+        return None
+    return {d: np.asarray(c) for d, c in json.loads(path.read_text()).items()}
+
+
+def unigram_loss(counts: np.ndarray, batch: TokenBatch) -> float:
+    """Cross-entropy (nats) of a batch's real target tokens under add-one unigram ``counts``."""
+    p = (counts.astype(np.float64) + 1.0) / (counts.sum() + len(counts))
+    targets = batch.tokens[:, 1:][batch.mask[:, 1:]].numpy()
+    return float(-np.log(p[targets]).mean())

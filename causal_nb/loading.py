@@ -1,0 +1,163 @@
+"""Load any model as a TransformerLens `TransformerBridge`: bundled zoo models, a local Hugging
+Face folder, or a hub name.
+
+Bundled models are ordinary Hugging Face folders inside the package, so all three go through
+the same `TransformerBridge.boot_transformers` call. A hub name that is neither cached nor
+reachable fails within seconds (instead of transformers' ~25 s of retries) with a message
+naming the bundled models and how to point at a local folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .zoo import MODELS_DIR, SPECS, bundled_models, model_card
+
+__all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A model name that is neither bundled, a local folder, cached, nor downloadable now."""
+
+
+def list_models(cards: bool = False):
+    """Bundled model names, the default first; with ``cards=True`` a DataFrame of their cards.
+
+    Args:
+        cards: return one row per model with shape, training tokens and held-out losses.
+    """
+    names = bundled_models()
+    if not cards:
+        return names
+    import pandas as pd  # noqa: PLC0415
+
+    rows = []
+    for n in names:
+        c = model_card(n)
+        rows.append({"model": n, "architecture": c["architecture"], **c["shape"],
+                     "train_tokens": c["training"]["tokens"],
+                     **{f"loss_{d}": v for d, v in c["heldout_loss"].items()},
+                     **{f"unigram_{d}": v for d, v in c["unigram_loss"].items()},
+                     "max_induction": c["induction"]["max_induction"]})
+    return pd.DataFrame(rows)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed repo id is simply "not cached"
+        return False
+
+
+def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
+    """Where a model comes from: ``("bundled"|"local"|"hub", path_or_name)``.
+
+    Raises:
+        ModelNotAvailableError: a hub name while the hub is unreachable and nothing is cached.
+    """
+    name = str(name_or_path)
+    if name in SPECS:
+        folder = MODELS_DIR / name
+        if not (folder / "config.json").exists():
+            raise ModelNotAvailableError(
+                f"bundled model {name!r} has not been trained in this installation; "
+                f"run `python -m causal_nb.zoo.train --model {name}` (bundled and present: {bundled_models()})"
+            )
+        return "bundled", str(folder)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotAvailableError(f"{path} has no config.json: point at a folder written by `save_pretrained`")
+        return "local", str(path)
+    if _hub_cached(name):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return "hub", name
+    if not _hub_reachable():
+        raise ModelNotAvailableError(
+            f"cannot load {name!r}: the Hugging Face hub is not reachable from this machine and the model is not "
+            f"in the local cache. Use a bundled model ({', '.join(bundled_models()) or 'none trained'}), or download "
+            f"the model elsewhere with `save_pretrained(folder)` and call load_model('/path/to/folder')."
+        )
+    return "hub", name
+
+
+@contextlib.contextmanager
+def _quiet_loading(verbose: bool):
+    """Silence weight-loading bars and notices (they go to stderr, which nbval compares)."""
+    if verbose:
+        yield
+        return
+    import transformers  # noqa: PLC0415
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        transformers.logging.enable_progress_bar()
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "auto",
+               dtype: torch.dtype | str = torch.float32, verbose: bool = False, **bridge_kwargs):
+    """Load a model as a TransformerLens ``TransformerBridge`` in eval mode.
+
+    Args:
+        name_or_path: a bundled name (``list_models()``), a local Hugging Face folder, or any
+            hub name TransformerLens supports (``"gpt2"``, ``"EleutherAI/pythia-70m"``...).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
+        dtype: parameter dtype; bundled weights are stored in fp16 and upcast to this.
+        verbose: show transformers' and TransformerLens's loading bars and notices.
+        **bridge_kwargs: passed to ``TransformerBridge.boot_transformers``.
+
+    Returns:
+        The bridge, with ``model.cfg`` carrying ``n_layers``, ``n_heads``, ``d_model``... and
+        ``model.causal_nb_source`` recording where it came from.
+    """
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415 - heavy import
+
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    kind, source = resolve_source(name_or_path)
+    dev = resolve_device(device)
+    with _quiet_loading(verbose):
+        model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
+    model.eval()
+    model.causal_nb_source = {"kind": kind, "source": source, "name": str(name_or_path)}
+    return model

@@ -1,0 +1,61 @@
+"""Build the committed notebooks from their reviewable py:percent sources.
+
+``notebooks/src/NN_name.py`` (jupytext percent format) is the source of truth;
+``python -m causal_nb.notebooks build`` turns each into ``notebooks/NN_name.ipynb`` and
+executes it in place from the canonical CPU defaults of its ``parameters`` cell, with the
+notebook folder as working directory (as JupyterLab and nbval run it). Widget state is
+stripped, cell tags are kept, and the source's hash is stored in the notebook's metadata so
+a test can tell when a committed notebook is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+SRC = NOTEBOOKS / "src"
+
+
+def source_hash(src: Path) -> str:
+    """SHA-256 of a notebook source file."""
+    return hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def build(src: Path, execute: bool = True, timeout: int = 1200) -> Path:
+    """Convert one py:percent source to an executed ``.ipynb`` beside ``src/``."""
+    import jupytext  # noqa: PLC0415
+    import nbformat  # noqa: PLC0415
+    from nbclient import NotebookClient  # noqa: PLC0415
+
+    nb = jupytext.read(src)
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["causal_nb"] = {"source": f"src/{src.name}", "source_sha256": source_hash(src)}
+    out = src.parent.parent / f"{src.stem}.ipynb"
+    if execute:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(out.parent)}}).execute()
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cmd", choices=["build"])
+    p.add_argument("names", nargs="*", help="notebook number prefixes (default: all)")
+    p.add_argument("--no-execute", action="store_true", help="convert only")
+    a = p.parse_args(argv)
+    for src in sorted(SRC.glob("[0-9][0-9]_*.py")):
+        if a.names and not any(src.name.startswith(n) for n in a.names):
+            continue
+        print(f"build {src.name}", flush=True)
+        print(f"  -> {build(src, execute=not a.no_execute)}")
+
+
+if __name__ == "__main__":
+    main()

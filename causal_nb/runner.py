@@ -1,0 +1,114 @@
+"""Run the notebook series headlessly with papermill: ``python -m causal_nb run --profile demo``.
+
+Each notebook in ``notebooks/NN_name.ipynb`` is executed in order into
+``runs/<timestamp>/``, with the profile's parameters (and ``-p key value`` overrides) injected
+into those notebooks that declare them. Notebooks hand results to each other only through
+paths under the run folder (``OUT_DIR``). A failed notebook stops the run with the failing cell
+shown; finished notebooks are marked, so ``--resume`` skips them.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import time
+from pathlib import Path
+
+__all__ = ["PROFILES", "notebook_parameters", "run_series", "series"]
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+# Parameters per profile; each notebook receives the ones its `parameters` cell declares.
+PROFILES: dict[str, dict] = {
+    "demo": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 16, "N_TOKENS": 64},
+    "standard": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 64, "N_TOKENS": 128},
+    "full": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 160, "N_TOKENS": 256},
+}
+
+
+class RunError(RuntimeError):
+    """A notebook of the series failed, or the run was asked for something it cannot do."""
+
+
+def series(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
+    """The series in order: ``NN_name.ipynb`` files, sorted by their number."""
+    return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(path: Path) -> dict:
+    """Names and default values declared in a notebook's ``parameters`` cell."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                    for t in ([n.target] if isinstance(n, ast.AnnAssign) else n.targets) if isinstance(t, ast.Name)}
+    raise RunError(f"{path.name} has no cell tagged 'parameters'")
+
+
+def parse_value(text: str):
+    """A ``-p`` value as a Python literal when it is one (``16``, ``0.5``, ``True``), else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: str | Path | None = None,
+               only: list[str] | None = None, resume: bool = False, progress: bool = True,
+               notebooks_dir: Path = NOTEBOOKS) -> Path:
+    """Execute the notebook series with papermill and return the run folder.
+
+    Args:
+        profile: ``"demo"``, ``"standard"`` or ``"full"`` (see ``PROFILES``).
+        overrides: parameter values that replace the profile's (``{"MODEL": "gpt2"}``).
+        out_dir: run folder; default ``runs/<timestamp>``. With ``resume`` pass the old one.
+        only: notebook name prefixes to run (``["01", "02"]``); default all.
+        resume: skip notebooks already marked finished in ``out_dir``.
+        progress: papermill's cell progress bar.
+
+    Raises:
+        RunError: unknown profile or parameter, or a notebook that failed (cell and error named).
+    """
+    import papermill as pm  # noqa: PLC0415 - heavy import, only for runs
+
+    if profile not in PROFILES:
+        raise RunError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    params = {**PROFILES[profile], **(overrides or {})}
+    nbs = series(notebooks_dir)
+    if only:
+        nbs = [p for p in nbs if any(p.name.startswith(o) for o in only)]
+    if not nbs:
+        raise RunError(f"no notebooks to run in {notebooks_dir} (only={only})")
+    declared = {p.name: notebook_parameters(p) for p in nbs}
+    unknown = set(overrides or {}) - set().union(*[set(d) for d in declared.values()])
+    if unknown:
+        raise RunError(f"parameter(s) {sorted(unknown)} not declared by any notebook; known: "
+                       f"{sorted(set().union(*[set(d) for d in declared.values()]))}")
+    if resume and out_dir is None:
+        raise RunError("--resume needs the run folder to resume (--out runs/<timestamp>)")
+    run = Path(out_dir) if out_dir else REPO / "runs" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (run / ".done").mkdir(parents=True, exist_ok=True)
+    log = []
+    for nb in nbs:
+        marker = run / ".done" / nb.stem
+        if resume and marker.exists():
+            print(f"skip {nb.name} (finished earlier)")
+            continue
+        nb_params = {k: v for k, v in params.items() if k in declared[nb.name]}
+        if "OUT_DIR" in declared[nb.name]:
+            nb_params["OUT_DIR"] = str(run)
+        print(f"run  {nb.name} {nb_params}", flush=True)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(run / nb.name), parameters=nb_params, cwd=str(REPO),
+                                progress_bar=progress, kernel_name="python3")
+        except pm.PapermillExecutionError as e:
+            raise RunError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                           f"partial outputs are in {run}; the executed notebook is {run / nb.name}") from None
+        log.append({"notebook": nb.name, "seconds": round(time.time() - t0, 1), "parameters": nb_params})
+        marker.write_text(json.dumps(log[-1]))
+    (run / "run.json").write_text(json.dumps({"profile": profile, "parameters": params, "notebooks": log}, indent=2))
+    return run

@@ -1,0 +1,71 @@
+"""The model zoo: small code LMs that ship inside the package as Hugging Face folders.
+
+Bundled models load through exactly the same path as hub models (`load_model`), so the kit
+works offline. Their shapes live in `SPECS`; `python -m causal_nb.zoo.train` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).parent / "models"
+
+# Flat, commented specs (nanoGPT style). The first entry is the kit's default model.
+SPECS: dict[str, dict] = {
+    "code-llama-4l": {
+        "arch": "llama",
+        "description": "4-layer Llama (RoPE, RMSNorm, gated MLP, grouped-query attention: 8 query heads share 2 key/value heads)",
+        "n_layers": 4,
+        "d_model": 256,
+        "n_heads": 8,
+        "n_kv_heads": 2,
+        "d_mlp": 688,
+        "vocab_size": 4096,
+        "n_ctx": 512,
+        "tokens": 8_000_000,  # induction heads form around 5-7M tokens at batch 16x256 (ZOO_NOTES)
+    },
+    "code-gpt2-2l": {
+        "arch": "gpt2",
+        "description": "2-layer GPT-2 (learned positions, LayerNorm, GELU MLP, multi-head attention)",
+        "n_layers": 2,
+        "d_model": 256,
+        "n_heads": 8,
+        "n_kv_heads": 8,
+        "d_mlp": 1024,
+        "vocab_size": 4096,
+        "n_ctx": 512,
+        "tokens": 6_000_000,
+    },
+}
+
+
+def build_config(name: str):
+    """The Hugging Face config of a bundled model (random init when used with `from_config`)."""
+    from transformers import GPT2Config, LlamaConfig  # noqa: PLC0415 - heavy import
+
+    s = SPECS[name]
+    common = {"vocab_size": s["vocab_size"], "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    if s["arch"] == "gpt2":
+        return GPT2Config(
+            n_layer=s["n_layers"], n_embd=s["d_model"], n_head=s["n_heads"], n_inner=s["d_mlp"],
+            n_positions=s["n_ctx"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
+        )
+    return LlamaConfig(
+        num_hidden_layers=s["n_layers"], hidden_size=s["d_model"], num_attention_heads=s["n_heads"],
+        num_key_value_heads=s["n_kv_heads"], intermediate_size=s["d_mlp"], max_position_embeddings=s["n_ctx"],
+        rope_theta=10000.0, tie_word_embeddings=False, attention_dropout=0.0, **common,
+    )
+
+
+def bundled_models() -> list[str]:
+    """Names of the bundled models that are present (trained) in this installation, default first."""
+    return [n for n in SPECS if (MODELS_DIR / n / "config.json").exists()]
+
+
+def model_card(name: str) -> dict:
+    """The card (corpus, shape, training, held-out loss, induction scores) of a bundled model."""
+    path = MODELS_DIR / name / "card.json"
+    if not path.exists():
+        raise ValueError(f"no bundled model named {name!r}; bundled: {bundled_models()}")
+    return json.loads(path.read_text())

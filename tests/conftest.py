@@ -1,0 +1,29 @@
+"""Shared fixtures. Unit tests build tiny random-config models in a temp folder; integration
+tests use the bundled models (session-scoped, read-only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from causal_nb.zoo.tiny import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Tiny GPT-2 and Llama (GQA: 4 query heads, 2 key/value heads) Hugging Face folders."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "gpt2": make_tiny_model(root / "gpt2", "gpt2", n_layers=2, d_model=32, n_heads=4, d_mlp=64, seed=1),
+        "llama": make_tiny_model(root / "llama", "llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2,
+                                 d_mlp=64, seed=2),
+    }
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny_model(request, tiny_dirs):
+    """A tiny TransformerBridge of each architecture (read-only: don't add persistent hooks)."""
+    import causal_nb
+
+    torch.manual_seed(0)
+    return causal_nb.load_model(tiny_dirs[request.param], device="cpu")

@@ -1,0 +1,58 @@
+import json
+
+import nbformat
+import pytest
+
+from causal_nb.runner import RunError, notebook_parameters, parse_value, run_series
+
+
+def make_nb(path, params_src, body_src):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params_src)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), p, nbformat.v4.new_code_cell(body_src)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def series_dir(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    make_nb(d / "01_first.ipynb", 'SEED = 0  # seed\nOUT_DIR = "runs/x"  # out',
+            'import pathlib\npathlib.Path(OUT_DIR, "first.txt").write_text(str(SEED))')
+    make_nb(d / "02_second.ipynb", 'OUT_DIR = "runs/x"  # out\nFAIL: bool = False  # fail on purpose',
+            'import pathlib\nif FAIL:\n    raise ValueError("asked to fail")\npathlib.Path(OUT_DIR, "second.txt").write_text("ok")')
+    return d
+
+
+def test_parameters_cell_is_read(series_dir):
+    assert notebook_parameters(series_dir / "02_second.ipynb") == {"OUT_DIR": "runs/x", "FAIL": False}
+    assert parse_value("16") == 16 and parse_value("True") is True and parse_value("code-llama-4l") == "code-llama-4l"
+
+
+@pytest.mark.slow
+def test_series_runs_in_order_and_resumes(series_dir, tmp_path):
+    out = tmp_path / "run"
+    run = run_series("demo", {"SEED": 7}, out, notebooks_dir=series_dir, progress=False)
+    assert (run / "first.txt").read_text() == "7" and (run / "second.txt").read_text() == "ok"
+    assert [n["notebook"] for n in json.loads((run / "run.json").read_text())["notebooks"]] == ["01_first.ipynb", "02_second.ipynb"]
+    (run / "first.txt").unlink()
+    run_series("demo", {"SEED": 7}, out, resume=True, notebooks_dir=series_dir, progress=False)
+    assert not (run / "first.txt").exists()  # finished notebooks are not rerun
+
+
+@pytest.mark.slow
+def test_failing_notebook_stops_with_cell_and_keeps_partial_outputs(series_dir, tmp_path):
+    with pytest.raises(RunError, match=r"02_second.ipynb failed in cell .*ValueError: asked to fail"):
+        run_series("demo", {"FAIL": True}, tmp_path / "run", notebooks_dir=series_dir, progress=False)
+    assert (tmp_path / "run" / "first.txt").exists() and (tmp_path / "run" / "02_second.ipynb").exists()
+
+
+def test_unknown_parameter_and_profile(series_dir, tmp_path):
+    with pytest.raises(RunError, match=r"\['MODLE'\] not declared by any notebook"):
+        run_series("demo", {"MODLE": "x"}, tmp_path, notebooks_dir=series_dir)
+    with pytest.raises(RunError, match="unknown profile 'quick'"):
+        run_series("quick", notebooks_dir=series_dir)
+    with pytest.raises(RunError, match="--resume needs the run folder"):
+        run_series("demo", resume=True, notebooks_dir=series_dir)
