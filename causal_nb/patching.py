@@ -1,0 +1,193 @@
+"""Activation patching and ablation: thin specialisations of the one engine.
+
+``patch`` replaces units' activations in the corrupted run with the clean run's
+("denoise": how much of the clean behaviour does this unit restore?) or the reverse
+("noise": how much does corrupting this unit break it?). ``ablate`` replaces them with zero,
+the mean over a reference set, or another prompt's values (resample). Both return a tidy
+DataFrame with one row per unit; per-prompt values and baselines sit in ``df.attrs``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .engine import capture, evaluate_units
+from .metrics import ScoredBatch, get_metric
+from .prompts import PromptSetError, TokenBatch, as_prompt_set
+from .units import enumerate_units, unit_columns
+
+__all__ = ["ablate", "patch", "prepare", "scored_batch"]
+
+DEFAULT_N_TOKENS = 64
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def prepare(model, prompts, n_tokens: int | None = None, pad: bool = True) -> TokenBatch:
+    """Tokenise a PromptSet or list of strings for this model, on its device."""
+    ps = as_prompt_set(prompts)
+    return ps.tokenize(model, n_tokens or DEFAULT_N_TOKENS, pad=pad).to(_device(model))
+
+
+def scored_batch(batch: TokenBatch, positions=None) -> ScoredBatch:
+    """Scored positions (default: every position with a real next token) and their targets."""
+    n = batch.tokens.shape[1]
+    pos = torch.arange(n - 1) if positions is None else torch.as_tensor(list(positions))
+    if pos.numel() == 0 or pos.min() < 0 or pos.max() >= n - 1:
+        raise ValueError(f"scored positions must lie in 0..{n - 2} (a position predicts the next token)")
+    pos = pos.to(batch.tokens.device)
+    return ScoredBatch(pos, batch.tokens[:, pos + 1], batch.mask[:, pos + 1])
+
+
+def _check_pair(clean: TokenBatch, corrupted: TokenBatch) -> None:
+    if len(clean) != len(corrupted):
+        raise PromptSetError(f"clean and corrupted prompt sets differ in size ({len(clean)} vs {len(corrupted)}); "
+                             "patching pairs prompt i of one with prompt i of the other")
+    if not torch.equal(clean.mask, corrupted.mask):
+        bad = (clean.mask != corrupted.mask).any(-1).nonzero()[:5, 0].tolist()
+        raise PromptSetError(f"clean and corrupted prompts {bad} have different token lengths, so positions don't "
+                             "align; use prompts of equal token length or a smaller n_tokens")
+
+
+def _finish(units, values: torch.Tensor, kind: str, per_position: bool, prompt_ids, attrs: dict) -> pd.DataFrame:
+    vals = values.numpy().astype(np.float64)
+    finite = np.isfinite(vals)
+    if not finite.all():
+        warnings.warn(f"{(~finite).sum()} non-finite metric values (NaN/inf) in {(~finite.all(1)).sum()} units; "
+                      "they are left out of the means and counted in the 'n_nonfinite' column", stacklevel=3)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(finite.any(1), np.nanmean(np.where(finite, vals, np.nan), axis=1), np.nan)
+    cols = unit_columns(kind, per_position)
+    df = pd.DataFrame([{c: u.coords().get(c) for c in cols} for u in units])
+    df["value"] = mean
+    if not finite.all():
+        df["n_nonfinite"] = (~finite).sum(1)
+    df.attrs.update(attrs)
+    df.attrs["per_prompt"] = pd.DataFrame(vals, columns=list(prompt_ids))
+    return df
+
+
+def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method: str = "exact",
+          direction: str = "denoise", positions=None, per_position: bool = False, layers=None,
+          scored_positions=None, n_tokens: int | None = None, batch_size: int | None = None,
+          progress: bool | None = None, **method_kwargs) -> pd.DataFrame:
+    """Patch each unit between clean and corrupted runs and measure the metric.
+
+    Args:
+        clean, corrupted: PromptSets or lists of strings, paired by index, equal token lengths.
+        unit: ``"head"``, ``"q"``, ``"k"``, ``"v"``, ``"attn"``, ``"mlp"``, ``"neuron"``,
+            ``"block"``, ``"resid"``.
+        metric: a name (``"logprob"``, ``"loss"``, ``"kl"``, ``"top1"``, ``"logit_diff"``) or a
+            callable ``(logits, ScoredBatch) -> Tensor[batch]``.
+        method: ``"exact"``, ``"attribution"`` (first-order) or ``"eap-ig"``.
+        direction: ``"denoise"`` (clean into corrupted) or ``"noise"`` (corrupted into clean).
+        positions: positions whose activations are patched (default all).
+        per_position: one unit per position in ``positions``.
+        scored_positions: positions whose next-token predictions the metric reads (default all).
+        n_tokens: tokens per prompt, BOS included (default 64).
+        batch_size: interventions stacked per forward (default 1 on CPU, n_heads on GPU).
+
+    Returns:
+        DataFrame with ``layer``, ``head``/``neuron``/``pos`` where applicable, ``value`` (mean
+        metric over prompts) and ``normalized`` (0 = corrupted run, 1 = clean run).
+        ``df.attrs`` holds ``per_prompt`` (unit x prompt values), ``clean``/``corrupted``
+        baselines and the settings.
+    """
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    metric_fn = get_metric(metric)
+    cb, xb = prepare(model, clean, n_tokens), prepare(model, corrupted, n_tokens)
+    _check_pair(cb, xb)
+    units = enumerate_units(model, unit, layers, positions, per_position)
+    hooks = sorted({e.hook for u in units for e in u.edits})
+    scored = scored_batch(cb, scored_positions)
+    scored.alt_targets = xb.tokens[:, scored.positions + 1]
+    if method != "exact":
+        from .attribution import attribute  # noqa: PLC0415
+
+        return attribute(model, cb, xb, units, unit, metric_fn, scored, method, direction, per_position,
+                         metric_name=str(getattr(metric, "__name__", metric)), **method_kwargs)
+    with torch.no_grad():
+        clean_cap = capture(model, cb.tokens, hooks, scored.positions)
+        scored.ref_logprobs = torch.log_softmax(clean_cap.logits.float(), -1)
+        corr_cap = capture(model, xb.tokens, hooks, scored.positions)
+        clean_val = metric_fn(clean_cap.logits, scored).float().cpu()
+        corr_val = metric_fn(corr_cap.logits, scored).float().cpu()
+    base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)
+    k = batch_size or (model.cfg.n_heads if _device(model).type == "cuda" else 1)
+    values = evaluate_units(model, base, src.acts, units, metric_fn, scored, k, progress, desc=f"patch {unit}")
+    attrs = {"method": "exact", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
+             "direction": direction, "clean": float(clean_val.nanmean()), "corrupted": float(corr_val.nanmean())}
+    df = _finish(units, values, unit, per_position, cb.ids, attrs)
+    df["normalized"] = (df["value"] - attrs["corrupted"]) / (attrs["clean"] - attrs["corrupted"])
+    return df
+
+
+def _ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_tokens, seed: int):
+    if kind == "zero":
+        return {h: torch.zeros(1) for h in hooks}
+    if kind == "mean":
+        rb = pb if reference is None else prepare(model, reference, n_tokens)
+        cap = capture(model, rb.tokens, hooks)
+        m = rb.mask.to(torch.float32)
+        out = {}
+        for h in hooks:
+            a = cap.acts[h].float()
+            w = m.view(*m.shape, *([1] * (a.dim() - 2)))
+            out[h] = ((a * w).sum((0, 1), keepdim=True) / w.sum((0, 1), keepdim=True))
+        return out
+    if kind == "resample":
+        if reference is None:
+            if len(pb) < 2:
+                raise ValueError("resample ablation needs at least 2 prompts (or a reference set)")
+            g = torch.Generator().manual_seed(seed)
+            perm = torch.randperm(len(pb), generator=g)
+            # A derangement: each prompt gets another prompt's activations.
+            fixed = perm == torch.arange(len(pb))
+            perm[fixed] = (perm[fixed] + 1) % len(pb)
+            tokens = pb.tokens[perm.to(pb.tokens.device)]
+        else:
+            rb = prepare(model, reference, n_tokens)
+            idx = torch.arange(len(pb)) % len(rb)
+            tokens = rb.tokens[idx.to(rb.tokens.device)]
+        return capture(model, tokens, hooks).acts
+    raise ValueError(f"unknown ablation kind {kind!r}; valid: 'zero', 'mean', 'resample'")
+
+
+def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", reference=None, positions=None,
+           per_position: bool = False, layers=None, scored_positions=None, n_tokens: int | None = None,
+           batch_size: int | None = None, seed: int = 0, progress: bool | None = None) -> pd.DataFrame:
+    """Ablate each unit (zero, mean over ``reference``, or resample) and measure the metric.
+
+    Args:
+        prompts: PromptSet or list of strings.
+        kind: ``"zero"``, ``"mean"`` (mean over reference prompts and positions; default
+            reference: ``prompts``) or ``"resample"`` (another prompt's activations: a seeded
+            derangement of ``prompts``, or ``reference`` prompts in turn).
+        metric: as in ``patch``; ``"kl"`` (default) is the KL divergence to the unablated model.
+
+    Returns:
+        The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
+        metric of the unablated model.
+    """
+    metric_fn = get_metric(metric)
+    pb = prepare(model, prompts, n_tokens)
+    units = enumerate_units(model, unit, layers, positions, per_position)
+    hooks = sorted({e.hook for u in units for e in u.edits})
+    scored = scored_batch(pb, scored_positions)
+    with torch.no_grad():
+        base = capture(model, pb.tokens, hooks, scored.positions)
+        scored.ref_logprobs = torch.log_softmax(base.logits.float(), -1)
+        baseline = metric_fn(base.logits, scored).float().cpu()
+        sources = _ablation_sources(model, kind, pb, hooks, reference, n_tokens, seed)
+    k = batch_size or (model.cfg.n_heads if _device(model).type == "cuda" else 1)
+    values = evaluate_units(model, base, sources, units, metric_fn, scored, k, progress, desc=f"{kind}-ablate {unit}")
+    attrs = {"method": f"{kind}-ablation", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
+             "baseline": float(baseline.nanmean())}
+    return _finish(units, values, unit, per_position, pb.ids, attrs)

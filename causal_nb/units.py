@@ -1,0 +1,121 @@
+"""Units of a model that interventions act on, and where each lives in TransformerLens's hooks.
+
+A unit is a slice of one or more hook activations: an attention head is ``hook_z[:, :, h]``
+(its output before ``W_O``), a GQA key/value head is ``hook_k[:, :, g]`` (shared by the
+query heads of group g), a neuron is ``mlp.hook_post[:, :, i]``. Activations are assumed
+[batch, pos, ...]; ``Edit.index`` indexes the dims after pos. ``Unit.layer`` is the block
+whose input is the last point not affected by the unit, where exact patching can resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["UNIT_KINDS", "Edit", "Unit", "enumerate_units", "unit_columns"]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace ``act[:, positions][(..., *index)]`` at ``hook`` with the source's values."""
+
+    hook: str
+    index: tuple = ()
+    positions: tuple[int, ...] | None = None  # None: every position
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One intervenable unit: its kind, coordinates and the edits that realise it."""
+
+    kind: str
+    layer: int
+    edits: tuple[Edit, ...]
+    head: int | None = None
+    neuron: int | None = None
+    pos: int | None = None
+    label: str = field(default="", compare=False)
+
+    def coords(self) -> dict:
+        """Tidy-table coordinates: layer, and head/neuron/pos where the kind has them."""
+        out = {"layer": self.layer}
+        for k in ("head", "neuron", "pos"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        return out
+
+
+# kind -> (hook template, index axis name or None, description)
+UNIT_KINDS: dict[str, tuple[tuple[str, ...], str | None, str]] = {
+    "head": (("blocks.{l}.attn.hook_z",), "head", "attention head output (z, before W_O), one per query head"),
+    "q": (("blocks.{l}.attn.hook_q",), "head", "query of one head"),
+    "k": (("blocks.{l}.attn.hook_k",), "kv_head", "key of one key/value head (GQA: shared by its group)"),
+    "v": (("blocks.{l}.attn.hook_v",), "kv_head", "value of one key/value head (GQA: shared by its group)"),
+    "attn": (("blocks.{l}.hook_attn_out",), None, "whole attention layer output"),
+    "mlp": (("blocks.{l}.hook_mlp_out",), None, "whole MLP output"),
+    "neuron": (("blocks.{l}.mlp.hook_post",), "neuron", "one MLP neuron (post-activation)"),
+    "block": (("blocks.{l}.hook_attn_out", "blocks.{l}.hook_mlp_out"), None, "a whole block (attention and MLP outputs)"),
+    "resid": (("blocks.{l}.hook_resid_pre",), None, "residual stream entering a block"),
+}
+
+
+def _count(model, axis: str | None) -> int:
+    cfg = model.cfg
+    if axis == "head":
+        return cfg.n_heads
+    if axis == "kv_head":
+        return getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    if axis == "neuron":
+        return cfg.d_mlp
+    return 1
+
+
+def unit_columns(kind: str, per_position: bool = False) -> list[str]:
+    """The coordinate columns of a unit kind's tidy table."""
+    axis = UNIT_KINDS[kind][1]
+    cols = ["layer"]
+    if axis in ("head", "kv_head"):
+        cols.append("head")
+    elif axis == "neuron":
+        cols.append("neuron")
+    return cols + (["pos"] if per_position else [])
+
+
+def enumerate_units(model, kind: str, layers=None, positions=None, per_position: bool = False) -> list[Unit]:
+    """All units of a kind, layer-major.
+
+    Args:
+        kind: one of ``UNIT_KINDS``.
+        layers: restrict to these layers (default all); an out-of-range layer is an error.
+        positions: the positions whose activations are edited (default all).
+        per_position: one unit per (unit, position) in ``positions`` (TransformerLens's
+            ``*_by_pos`` patching), instead of one unit over all of them.
+
+    Raises:
+        ValueError: unknown kind, or a layer the model doesn't have.
+    """
+    if kind not in UNIT_KINDS:
+        raise ValueError(f"unknown unit {kind!r}; valid units: {sorted(UNIT_KINDS)}")
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} do not exist: the model has layers 0..{n_layers - 1}")
+    if per_position and positions is None:
+        raise ValueError("per_position=True needs the positions to enumerate (positions=[...])")
+    hooks, axis, _ = UNIT_KINDS[kind]
+    pos_groups = [(p,) for p in positions] if per_position else [tuple(positions) if positions is not None else None]
+    units = []
+    for layer in layers:
+        for i in range(_count(model, axis)):
+            for pg in pos_groups:
+                index = (i,) if axis else ()
+                edits = tuple(Edit(h.format(l=layer), index, pg) for h in hooks)
+                coords = {"head": i} if axis in ("head", "kv_head") else {}
+                if axis == "neuron":
+                    coords = {"neuron": i}
+                if per_position:
+                    coords["pos"] = pg[0]
+                units.append(Unit(kind, layer, edits, label=f"{kind} L{layer}" + "".join(
+                    f" {k[0]}{v}" for k, v in coords.items()), **coords))
+    return units
