@@ -176,7 +176,7 @@ def evaluate_units(model, base: Capture, sources: dict[str, Tensor], units: Sequ
     if missing:
         raise KeyError(f"no source activations for hooks {sorted(missing)}")
     batch = base.tokens.shape[0]
-    out = torch.empty(len(units), batch)
+    out = torch.empty(len(units), batch, dtype=torch.float64)
     order = sorted(range(len(units)), key=lambda i: units[i].layer)
     bar = tqdm(total=len(units), desc=desc, disable=not progress_enabled(progress), leave=False)
     i = 0
@@ -187,7 +187,7 @@ def evaluate_units(model, base: Capture, sources: dict[str, Tensor], units: Sequ
         with model.hooks(fwd_hooks=_hooks_for(group, sources, batch)):
             logits = run_from(model, base, layer, len(group), scored.positions)
         vals = metric(logits, scored.repeat(len(group)) if len(group) > 1 else scored)
-        out[group_idx] = vals.float().cpu().view(len(group), batch)
+        out[group_idx] = vals.double().cpu().view(len(group), batch)
         i += len(group_idx)
         bar.update(len(group_idx))
     bar.close()

@@ -47,6 +47,11 @@ class ScoredBatch:
                            rep(self.alt_targets))
 
 
+def _up(x: Tensor) -> Tensor:
+    """At least float32 (half-precision logits are upcast; float64 stays float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def masked_mean(x: Float[Tensor, "batch scored"], valid: Bool[Tensor, "batch scored"]) -> Float[Tensor, " batch"]:
     """Mean over valid scored positions; NaN for a prompt without any (reported, not hidden)."""
     x = torch.where(valid, x, torch.zeros_like(x))
@@ -55,7 +60,7 @@ def masked_mean(x: Float[Tensor, "batch scored"], valid: Bool[Tensor, "batch sco
 
 def logprob(logits, batch: ScoredBatch):
     """Mean log-probability of the clean next tokens."""
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, batch.targets[..., None])[..., 0]
+    lp = torch.log_softmax(_up(logits), -1).gather(-1, batch.targets[..., None])[..., 0]
     return masked_mean(lp, batch.valid)
 
 
@@ -68,7 +73,7 @@ def kl(logits, batch: ScoredBatch):
     """Mean KL(unmodified clean model || this run) over the scored positions, in nats."""
     if batch.ref_logprobs is None:
         raise ValueError("the kl metric needs the unmodified model's log-probs (ScoredBatch.ref_logprobs)")
-    lp = torch.log_softmax(logits.float(), -1)
+    lp = torch.log_softmax(_up(logits), -1)
     ref = batch.ref_logprobs
     per_pos = (ref.exp() * (ref - lp)).sum(-1)
     return masked_mean(per_pos, batch.valid)
@@ -86,7 +91,7 @@ def answer_logit_diff(logits, batch: ScoredBatch):
     """Logit of the clean next token minus the corrupted prompt's next token, where they differ."""
     if batch.alt_targets is None:
         raise ValueError("logit_diff without token sets needs corrupted prompts (alt_targets)")
-    lg = logits.float()
+    lg = _up(logits)
     diff = lg.gather(-1, batch.targets[..., None])[..., 0] - lg.gather(-1, batch.alt_targets[..., None])[..., 0]
     return masked_mean(diff, batch.valid & (batch.targets != batch.alt_targets))
 
@@ -96,7 +101,7 @@ def logit_diff(tokens_a: Sequence[int], tokens_b: Sequence[int]) -> Callable:
     a, b = torch.as_tensor(list(tokens_a)), torch.as_tensor(list(tokens_b))
 
     def metric(logits, batch: ScoredBatch):
-        lg = logits.float()
+        lg = _up(logits)
         return masked_mean(lg[..., a.to(lg.device)].mean(-1) - lg[..., b.to(lg.device)].mean(-1), batch.valid)
 
     metric.__name__ = "logit_diff_sets"
@@ -108,7 +113,7 @@ def logprob_mass(tokens: Sequence[int]) -> Callable:
     t = torch.as_tensor(list(tokens))
 
     def metric(logits, batch: ScoredBatch):
-        lp = torch.log_softmax(logits.float(), -1)
+        lp = torch.log_softmax(_up(logits), -1)
         return masked_mean(torch.logsumexp(lp[..., t.to(lp.device)], -1), batch.valid)
 
     metric.__name__ = "logprob_mass"

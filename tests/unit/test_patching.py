@@ -1,0 +1,160 @@
+"""Exactness of the engine: equal to TransformerLens's patching functions and to a plain
+one-unit-at-a-time hook loop (full forward per unit), to 1e-5 in fp32."""
+
+import warnings
+
+import pytest
+import torch
+from transformer_lens import patching as tlp
+
+import causal_nb as cnb
+from causal_nb.patching import ablate, patch, prepare
+
+CLEAN = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "x = [i for i in y]"]
+CORR = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)", "#include <map> ok"]
+N = 8
+ATOL = 1e-5
+
+
+def peer_metric(model, tokens):
+    tgt = tokens[:, 1:]
+
+    def met(logits):
+        return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tgt[..., None])[..., 0].mean()
+
+    return met
+
+
+def naive_loop(model, base_tokens, source_tokens, hook, n_index, metric, ablation=None):
+    """One full forward per unit, replacing activation[..., i] with the source run's."""
+    _, src = model.run_with_cache(source_tokens)
+    out = []
+    for i in range(n_index) if isinstance(n_index, int) else n_index:
+        def fn(act, hook, i=i):
+            act = act.clone()
+            act[:, :, i] = 0 if ablation == "zero" else src[hook_name][:, :, i]
+            return act
+
+        hook_name = hook
+        logits = model.run_with_hooks(base_tokens, fwd_hooks=[(hook, fn)])
+        out.append(metric(logits).item())
+    return torch.tensor(out)
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model):
+    cb = prepare(tiny_model, CLEAN, N)
+    xb = prepare(tiny_model, CORR, N)
+    _, cache = tiny_model.run_with_cache(cb.tokens)
+    return cb, xb, cache
+
+
+def test_heads_equal_transformer_lens(tiny_model, pair):
+    cb, xb, cache = pair
+    ref = tlp.get_act_patch_attn_head_out_all_pos(tiny_model, xb.tokens, cache, peer_metric(tiny_model, cb.tokens))
+    df = patch(tiny_model, CLEAN, CORR, unit="head", n_tokens=N, progress=False)
+    ours = torch.tensor(df.value.values).view(ref.shape)
+    assert torch.allclose(ours, ref.double(), atol=ATOL), (ours - ref).abs().max()
+    assert list(df.columns[:2]) == ["layer", "head"]
+
+
+def test_heads_by_position_equal_transformer_lens(tiny_model, pair):
+    cb, xb, cache = pair
+    ref = tlp.get_act_patch_attn_head_out_by_pos(tiny_model, xb.tokens, cache, peer_metric(tiny_model, cb.tokens))
+    df = patch(tiny_model, CLEAN, CORR, unit="head", positions=range(N), per_position=True, n_tokens=N, progress=False)
+    ours = torch.tensor(df.sort_values(["layer", "pos", "head"]).value.values).view(ref.shape)
+    assert torch.allclose(ours, ref.double(), atol=ATOL)
+
+
+@pytest.mark.parametrize(("unit", "peer"), [("mlp", tlp.get_act_patch_mlp_out), ("resid", tlp.get_act_patch_resid_pre),
+                                            ("attn", tlp.get_act_patch_attn_out)])
+def test_layer_units_by_position_equal_transformer_lens(tiny_model, pair, unit, peer):
+    cb, xb, cache = pair
+    ref = peer(tiny_model, xb.tokens, cache, peer_metric(tiny_model, cb.tokens))  # [layer, pos]
+    df = patch(tiny_model, CLEAN, CORR, unit=unit, positions=range(N), per_position=True, n_tokens=N, progress=False)
+    ours = torch.tensor(df.sort_values(["layer", "pos"]).value.values).view(ref.shape)
+    assert torch.allclose(ours, ref.double(), atol=ATOL)
+
+
+@pytest.mark.parametrize(("unit", "hook", "axis"), [("k", "attn.hook_k", "kv"), ("v", "attn.hook_v", "kv"),
+                                                     ("q", "attn.hook_q", "q"), ("neuron", "mlp.hook_post", "mlp")])
+def test_other_units_equal_a_plain_hook_loop(tiny_model, pair, unit, hook, axis):
+    """GQA key/value heads (where TransformerLens's own k/v patching breaks) and neurons."""
+    cb, xb, _ = pair
+    cfg = tiny_model.cfg
+    n = {"kv": getattr(cfg, "n_key_value_heads", None) or cfg.n_heads, "q": cfg.n_heads, "mlp": cfg.d_mlp}[axis]
+    df = patch(tiny_model, CLEAN, CORR, unit=unit, n_tokens=N, progress=False)
+    assert len(df) == cfg.n_layers * n
+    # every head; for neurons an evenly spread sample (a full forward each is slow)
+    idx = list(range(n)) if axis != "mlp" else list(range(0, n, 7))
+    for layer in range(cfg.n_layers):
+        ref = naive_loop(tiny_model, xb.tokens, cb.tokens, f"blocks.{layer}.{hook}", idx,
+                         peer_metric(tiny_model, cb.tokens))
+        ours = torch.tensor(df[df.layer == layer].value.values[idx])
+        assert torch.allclose(ours, ref.double(), atol=ATOL)
+
+
+def test_noising_and_normalisation(tiny_model, pair):
+    cb, xb, cache = pair
+    df = patch(tiny_model, CLEAN, CORR, unit="resid", direction="noise", n_tokens=N, progress=False)
+    # Replacing the whole residual stream with the corrupted one reproduces the corrupted run.
+    assert torch.allclose(torch.tensor(df.value.values), torch.tensor(df.attrs["corrupted"]).double(), atol=ATOL)
+    den = patch(tiny_model, CLEAN, CORR, unit="resid", n_tokens=N, progress=False)
+    assert den.normalized.sub(1).abs().max() < 1e-4
+    assert df.normalized.abs().max() < 1e-4
+
+
+def test_batched_interventions_equal_one_at_a_time(tiny_model):
+    one = patch(tiny_model, CLEAN, CORR, unit="head", n_tokens=N, batch_size=1, progress=False)
+    many = patch(tiny_model, CLEAN, CORR, unit="head", n_tokens=N, batch_size=3, progress=False)
+    assert torch.allclose(torch.tensor(one.value.values), torch.tensor(many.value.values), atol=ATOL)
+    assert one.attrs["per_prompt"].shape == (len(one), len(CLEAN))
+
+
+def test_zero_ablation_equals_a_plain_hook_loop(tiny_model):
+    pb = prepare(tiny_model, CLEAN, N)
+    df = ablate(tiny_model, CLEAN, unit="head", kind="zero", metric="logprob", n_tokens=N, progress=False)
+    ref = naive_loop(tiny_model, pb.tokens, pb.tokens, "blocks.1.attn.hook_z", tiny_model.cfg.n_heads,
+                     peer_metric(tiny_model, pb.tokens), ablation="zero")
+    assert torch.allclose(torch.tensor(df[df.layer == 1].value.values), ref.double(), atol=ATOL)
+
+
+def test_ablation_kinds_and_kl(tiny_model):
+    for kind in ("zero", "mean", "resample"):
+        df = ablate(tiny_model, CLEAN + CORR, unit="mlp", kind=kind, n_tokens=N, progress=False)
+        assert (df.value >= -1e-6).all() and df.attrs["baseline"] == pytest.approx(0, abs=1e-6)
+    # mean-ablating with the prompts' own per-position mean over one prompt is a no-op
+    one = ablate(tiny_model, CLEAN[:1], unit="resid", kind="mean", n_tokens=N, progress=False)
+    assert one.value.max() > 0  # the mean is over positions too, so it changes the run
+
+
+def test_bad_input_errors(tiny_model):
+    with pytest.raises(ValueError, match=r"layer\(s\) \[99\] do not exist"):
+        patch(tiny_model, CLEAN, CORR, layers=[99], n_tokens=N)
+    with pytest.raises(cnb.PromptSetError, match="differ in size"):
+        patch(tiny_model, CLEAN, CORR[:2], n_tokens=N)
+    with pytest.raises(cnb.PromptSetError, match="different token lengths"):
+        patch(tiny_model, ["a"], ["int main() { return 0; }"], n_tokens=N)
+    with pytest.raises(ValueError, match="unknown unit 'heads'"):
+        patch(tiny_model, CLEAN, CORR, unit="heads", n_tokens=N)
+    with pytest.raises(ValueError, match="unknown metric"):
+        patch(tiny_model, CLEAN, CORR, metric="accuracy", n_tokens=N)
+    with pytest.raises(ValueError, match="direction must be"):
+        patch(tiny_model, CLEAN, CORR, direction="sideways", n_tokens=N)
+    with pytest.raises(ValueError, match="unknown ablation kind"):
+        ablate(tiny_model, CLEAN, kind="noise", n_tokens=N)
+    with pytest.raises(cnb.PromptSetError, match="empty"):
+        ablate(tiny_model, [], n_tokens=N)
+
+
+def test_nonfinite_metric_is_reported(tiny_model):
+    def bad(logits, batch):
+        v = logits[:, 0, 0].float()
+        v[0] = float("nan")
+        return v
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        df = patch(tiny_model, CLEAN, CORR, unit="mlp", metric=bad, n_tokens=N, progress=False)
+    assert any("non-finite" in str(x.message) for x in w)
+    assert (df.n_nonfinite == 1).all() and df.value.notna().all()
