@@ -10,6 +10,8 @@ from .env import progress_enabled, setup  # noqa: E402
 from .evaluation import domain_losses, prompt_losses  # noqa: E402
 from .io import load_json, save_json  # noqa: E402
 from .loading import ModelNotAvailableError, list_models, load_model, model_card  # noqa: E402
+from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass  # noqa: E402
+from .patching import ablate, patch  # noqa: E402
 from .prompts import (  # noqa: E402
     PromptSet,
     PromptSetError,
@@ -18,8 +20,19 @@ from .prompts import (  # noqa: E402
     load_prompts,
     prompt_set_summary,
 )
+from .reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path  # noqa: E402
 
 __all__ = [
+    "METRICS",
+    "ScoredBatch",
+    "TokenSet",
+    "TokenSetError",
+    "ablate",
+    "logit_diff",
+    "logprob_mass",
+    "patch",
+    "reverse_intervention",
+    "token_set_path",
     "ModelNotAvailableError",
     "PromptSet",
     "PromptSetError",

@@ -13,10 +13,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["PromptSet", "PromptSetError", "TokenBatch", "available_domains", "load_prompts", "prompt_dir", "prompt_set_summary"]
 
@@ -169,7 +173,7 @@ def parse_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def prompt_set_summary() -> "pd.DataFrame":
+def prompt_set_summary() -> pd.DataFrame:
     """One row per domain file: prompts per split and mean characters per prompt."""
     import pandas as pd  # noqa: PLC0415
 

@@ -13,8 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from . import corpus
 from ..prompts import prompt_dir
+from . import corpus
 
 _COMMENT = ("#", "//", "/*", "*", "*/", '"""', "'''")
 
