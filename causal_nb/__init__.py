@@ -7,7 +7,8 @@ Layers, imports pointing one way: data (zoo, loading, prompts) <- engine <- anal
 __version__ = "0.1.0"
 
 from .env import progress_enabled, setup  # noqa: E402
-from .evaluation import domain_losses, prompt_losses  # noqa: E402
+from .evaluation import domain_losses, prompt_losses, token_set_mass  # noqa: E402
+from . import plotting  # noqa: E402
 from .io import load_json, save_json  # noqa: E402
 from .loading import ModelNotAvailableError, list_models, load_model, model_card  # noqa: E402
 from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass  # noqa: E402
@@ -49,5 +50,7 @@ __all__ = [
     "prompt_set_summary",
     "save_json",
     "progress_enabled",
+    "plotting",
     "setup",
+    "token_set_mass",
 ]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .prompts import PromptSet, TokenBatch, as_prompt_set
 
-__all__ = ["domain_losses", "prompt_losses", "token_losses", "unigram_counts", "unigram_loss"]
+__all__ = ["domain_losses", "prompt_losses", "token_losses", "token_set_mass", "unigram_counts", "unigram_loss"]
 
 
 @torch.no_grad()
@@ -60,6 +60,25 @@ def domain_losses(model, prompt_sets: dict[str, PromptSet], n_tokens: int = 64) 
         loss = float((per_prompt * n).sum() / n.sum())
         rows.append({"domain": name, "prompts": len(ps), "tokens": int(n.sum()), "loss": loss,
                      "unigram": uni, "margin": uni - loss})
+    return pd.DataFrame(rows).round(4)
+
+
+def token_set_mass(model, prompt_sets: dict[str, PromptSet], token_set, n_tokens: int = 64) -> pd.DataFrame:
+    """Mean log of the probability mass the model puts on a token set, per domain.
+
+    A characteristic token set of domain B should get more mass on B's prompts than on A's.
+    """
+    from .metrics import logprob_mass  # noqa: PLC0415
+    from .patching import prepare, scored_batch  # noqa: PLC0415
+
+    metric = logprob_mass(token_set.ids)
+    rows = []
+    for name, ps in prompt_sets.items():
+        batch = prepare(model, ps, n_tokens)
+        scored = scored_batch(batch)
+        with torch.no_grad():
+            logits = model(batch.tokens, return_type="logits")[:, scored.positions]
+        rows.append({"domain": name, "log_mass": float(metric(logits, scored).mean())})
     return pd.DataFrame(rows).round(4)
 
 

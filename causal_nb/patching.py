@@ -30,7 +30,14 @@ def _device(model):
 
 
 def prepare(model, prompts, n_tokens: int | None = None, pad: bool = True) -> TokenBatch:
-    """Tokenise a PromptSet or list of strings for this model, on its device."""
+    """Tokenise a PromptSet or list of strings for this model, on its device.
+
+    A ``TokenBatch`` (already tokenised, e.g. synthetic corruptions) passes through unchanged.
+    """
+    if isinstance(prompts, TokenBatch):
+        if len(prompts) == 0:
+            raise PromptSetError("the token batch is empty")
+        return prompts.to(_device(model))
     ps = as_prompt_set(prompts)
     return ps.tokenize(model, n_tokens or DEFAULT_N_TOKENS, pad=pad).to(_device(model))
 
@@ -80,7 +87,8 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     """Patch each unit between clean and corrupted runs and measure the metric.
 
     Args:
-        clean, corrupted: PromptSets or lists of strings, paired by index, equal token lengths.
+        clean, corrupted: PromptSets, lists of strings or TokenBatches, paired by index, of
+            equal token lengths.
         unit: ``"head"``, ``"q"``, ``"k"``, ``"v"``, ``"attn"``, ``"mlp"``, ``"neuron"``,
             ``"block"``, ``"resid"``.
         metric: a name (``"logprob"``, ``"loss"``, ``"kl"``, ``"top1"``, ``"logit_diff"``) or a

@@ -102,9 +102,18 @@ class TokenSet:
         return ts
 
 
+def model_key(name: str) -> str:
+    """A model's name as a relative folder: a local path gives its last component; a hub name
+    ``org/name`` stays two folders deep."""
+    name = str(name)
+    if name.startswith(("/", ".", "~")) or Path(name).expanduser().exists():
+        return Path(name).expanduser().resolve().name
+    return name
+
+
 def token_set_path(root: str | Path, model_name: str, a: str, b: str) -> Path:
-    """``<root>/<model>/<A>__<B>.json`` (model names with '/' become folders)."""
-    return Path(root) / model_name / f"{a}__{b}.json"
+    """``<root>/<model>/<A>__<B>.json`` (hub names ``org/name`` become two folders)."""
+    return Path(root) / model_key(model_name) / f"{a}__{b}.json"
 
 
 def _masked_mean(act: Tensor, mask: Tensor) -> Tensor:

@@ -98,8 +98,11 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
             print(f"skip {nb.name} (finished earlier)")
             continue
         nb_params = {k: v for k, v in params.items() if k in declared[nb.name]}
-        if "OUT_DIR" in declared[nb.name]:
-            nb_params["OUT_DIR"] = str(run)
+        for name in declared[nb.name]:
+            # Results travel between notebooks only through folders of the run: OUT_DIR is the
+            # run itself, TOKEN_SETS_DIR -> <run>/token_sets, SCORES_DIR -> <run>/scores...
+            if name.endswith("_DIR") and name not in (overrides or {}):
+                nb_params[name] = str(run if name == "OUT_DIR" else run / name[: -len("_DIR")].lower())
         print(f"run  {nb.name} {nb_params}", flush=True)
         t0 = time.time()
         try:

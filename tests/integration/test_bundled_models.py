@@ -1,0 +1,89 @@
+"""The bundled models are real language models, load through the hub code path, and ship
+what their cards claim."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import causal_nb as cnb
+from causal_nb.zoo import MODELS_DIR, quality
+
+from .conftest import BUNDLED
+
+
+def test_bundled_models_are_listed_default_first():
+    assert cnb.list_models() == BUNDLED
+    cards = cnb.list_models(cards=True)
+    assert list(cards.model) == BUNDLED and (cards.loss_python < cards.unigram_python).all()
+
+
+def test_zoo_fits_the_size_budget():
+    total = sum(p.stat().st_size for p in MODELS_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20, f"bundled models take {total / 2**20:.1f} MiB"
+    for name in BUNDLED:
+        folder = MODELS_DIR / name
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "card.json", "README.md", "unigram.json"):
+            assert (folder / f).exists(), f"{name} lacks {f}"
+
+
+def test_one_liner_from_the_issue_works_offline():
+    code = "import causal_nb as c; m=c.load_model(c.list_models()[0]); print(m.cfg.n_layers)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "4"
+
+
+def test_heldout_loss_far_below_unigram(bundled):
+    name, model = bundled
+    sets = {d: cnb.load_prompts(d, split="test", n=32) for d in ("python", "cpp")}
+    df = cnb.domain_losses(model, sets, n_tokens=128).set_index("domain")
+    assert (df.margin > 1.5).all(), df
+    card = cnb.model_card(name)
+    for d in ("python", "cpp"):
+        assert card["heldout_loss"][d] < card["unigram_loss"][d] - 1.5
+
+
+def test_loss_tells_python_from_cpp(bundled):
+    """A test chunk is likelier after a train prompt of its own domain (in-context loss)."""
+    _, model = bundled
+    prefix = {d: cnb.load_prompts(d, split="train", n=1).tokenize(model, 48).tokens[0] for d in ("python", "cpp")}
+    correct = total = 0
+    for d in ("python", "cpp"):
+        body = cnb.load_prompts(d, split="test", n=24).tokenize(model, 33, pad=False).tokens[:, 1:]
+        losses = []
+        for ctx in ("python", "cpp"):
+            x = torch.cat([prefix[ctx].expand(len(body), -1), body], 1)
+            with torch.no_grad():
+                logits = model(x, return_type="logits")[:, 47:-1]
+            lp = torch.log_softmax(logits.float(), -1).gather(-1, x[:, 48:, None])[..., 0]
+            losses.append(-lp.mean(1))
+        pred = torch.stack(losses).argmin(0)
+        correct += int((pred == ("python", "cpp").index(d)).sum())
+        total += len(body)
+    assert correct / total >= 0.9, correct / total
+
+
+def test_induction_report_matches_the_card(bundled):
+    """Recompute the card's repeated-sequence numbers from the shipped weights."""
+    name, _ = bundled
+    hf = AutoModelForCausalLM.from_pretrained(str(MODELS_DIR / name), dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    card = cnb.model_card(name)
+    with torch.no_grad():
+        rep = quality.induction_report(hf, card["tokenizer"]["vocab_size"], bos_id=0)
+    assert rep["gap"] == pytest.approx(card["induction"]["gap"], abs=0.05)
+    assert rep["max_induction"] == pytest.approx(card["induction"]["max_induction"], abs=0.02)
+    assert rep["max_prev_token"] == pytest.approx(card["induction"]["max_prev_token"], abs=0.02)
+
+
+def test_unigram_counts_are_the_train_corpus_distribution():
+    counts = json.loads((MODELS_DIR / BUNDLED[0] / "unigram.json").read_text())
+    for d in ("python", "cpp"):
+        c = np.asarray(counts[d])
+        assert c.sum() == cnb.model_card(BUNDLED[0])["corpus_tokens"][f"{d}_train"]
