@@ -21,6 +21,7 @@ from .prompts import (  # noqa: E402
     load_prompts,
     prompt_set_summary,
 )
+from .scoring import METHODS, score  # noqa: E402
 from .reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path  # noqa: E402
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "logprob_mass",
     "patch",
     "reverse_intervention",
+    "score",
+    "METHODS",
     "token_set_path",
     "ModelNotAvailableError",
     "PromptSet",

@@ -46,6 +46,8 @@ def _gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens, return_type="logits")[:, scored.positions]
         vals = metric(logits, scored)
+        if not names:
+            return {}, vals.detach()
         grads = torch.autograd.grad(vals.sum(), [acts[n] for n in names], allow_unused=True)
     return {n: (torch.zeros_like(acts[n]) if g is None else g.detach()) for n, g in zip(names, grads)}, vals.detach()
 

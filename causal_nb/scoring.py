@@ -1,0 +1,193 @@
+"""Unit importance by many methods through one interface: ``score(model, prompts, method, unit)``.
+
+Causal methods intervene (ablation, patching); attribution methods estimate those
+interventions to first order (attribution patching, EAP-IG); gradient methods score a
+unit by the loss's sensitivity to scaling it (Taylor |a.g|, Fisher E[(a.g)^2], Michel et al.
+2019's head-mask gradient); correlational methods look at weights or activations only;
+``random`` is the floor. Every method returns the same table: one row per unit, ``score``
+(higher = more important) and per-prompt values where the method has them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .attribution import _gradients
+from .engine import _edit_slice, capture
+from .metrics import get_metric
+from .patching import ablate, patch, prepare, scored_batch
+from .units import enumerate_units, unit_columns
+
+__all__ = ["METHODS", "SCORE_UNITS", "score"]
+
+METHODS = ("ablation", "patching", "attribution", "eap-ig", "taylor", "fisher", "magnitude", "activation", "random")
+SCORE_UNITS = ("head", "neuron", "mlp", "block")
+_HIGHER_IS_WORSE = {"kl", "loss"}
+
+
+def _table(units, unit: str, scores: np.ndarray, per_prompt: np.ndarray | None, prompt_ids, attrs: dict) -> pd.DataFrame:
+    cols = unit_columns(unit)
+    df = pd.DataFrame([{c: u.coords().get(c) for c in cols} for u in units])
+    df["score"] = scores
+    df.attrs.update(attrs)
+    if per_prompt is not None:
+        df.attrs["per_prompt"] = pd.DataFrame(per_prompt, columns=list(prompt_ids))
+    return df
+
+
+def _damage(values: np.ndarray, baseline: np.ndarray, metric) -> np.ndarray:
+    """Turn metric values into damage (higher = more important), per prompt."""
+    name = metric if isinstance(metric, str) else getattr(metric, "__name__", "")
+    return values - baseline if name in _HIGHER_IS_WORSE else baseline - values
+
+
+def _weight_norms(model, unit: str, p: int) -> np.ndarray:
+    """Norm of each unit's weights, layer-major in ``enumerate_units`` order."""
+    cfg = model.cfg
+
+    def norm(w, dims):
+        return torch.linalg.vector_norm(w.detach().float(), ord=p, dim=dims)
+
+    def gated():
+        try:
+            return model.W_gate
+        except Exception:  # noqa: BLE001 - models without a gated MLP raise here
+            return None
+
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    group = cfg.n_heads // n_kv
+    # K/V weights are shared by a group of query heads under GQA: each head carries its share.
+    kv = (norm(model.W_K, (2, 3)) + norm(model.W_V, (2, 3))).repeat_interleave(group, dim=1) / group
+    heads = norm(model.W_Q, (2, 3)) + norm(model.W_O, (2, 3)) + kv  # [layer, head]
+    g = gated()
+    neurons = norm(model.W_in, 1) + norm(model.W_out, 2) + (norm(g, 1) if g is not None else 0)  # [layer, d_mlp]
+    if unit == "head":
+        return heads.flatten().numpy()
+    if unit == "neuron":
+        return neurons.flatten().numpy()
+    if unit == "mlp":
+        return neurons.sum(1).numpy()
+    return (heads.sum(1) + neurons.sum(1)).numpy()
+
+
+def _unit_outputs(model, cap, unit: str):
+    """Per unit and prompt: mean over real positions of the unit's output norm [unit, batch]."""
+    cfg = model.cfg
+    rows = []
+    for layer in range(cfg.n_layers):
+        if unit == "head":
+            z = cap.acts[f"blocks.{layer}.attn.hook_z"]  # [batch pos head d_head]
+            out = torch.einsum("bphd,hdm->bphm", z.float(), model.W_O[layer].detach().float())
+            rows.append(out.norm(dim=-1).permute(2, 0, 1))  # [head batch pos]
+        elif unit == "neuron":
+            rows.append(cap.acts[f"blocks.{layer}.mlp.hook_post"].float().abs().permute(2, 0, 1))
+        elif unit == "mlp":
+            rows.append(cap.acts[f"blocks.{layer}.hook_mlp_out"].float().norm(dim=-1)[None])
+        else:
+            a = cap.acts[f"blocks.{layer}.hook_attn_out"] + cap.acts[f"blocks.{layer}.hook_mlp_out"]
+            rows.append(a.float().norm(dim=-1)[None])
+    return torch.cat(rows)  # [unit batch pos]
+
+
+def score(model, prompts, method: str, unit: str = "head", metric=None, kind: str = "mean", corrupted=None,
+          n_tokens: int | None = None, steps: int = 5, p: int = 2, seed: int = 0, progress: bool | None = None,
+          **kwargs) -> pd.DataFrame:
+    """Importance of every unit of a kind by one method; higher = more important.
+
+    Args:
+        prompts: PromptSet, list of strings or TokenBatch (the data the scores are about).
+        method: one of ``METHODS``:
+            ``"ablation"`` (metric damage when the unit is ``kind``-ablated; default metric KL),
+            ``"patching"`` (damage when the unit takes ``corrupted``'s activations),
+            ``"attribution"``/``"eap-ig"`` (first-order/integrated-gradient estimate of the
+            ablation's loss increase; EAP-IG needs ``kind="resample"`` or ``corrupted``),
+            ``"taylor"`` (mean |a.dL/da| over prompts), ``"fisher"`` (mean (a.dL/da)^2, the
+            head-mask gradient of Michel et al.), ``"magnitude"`` (L``p`` norm of the unit's
+            weights; GQA key/value weights shared out over their query heads),
+            ``"activation"`` (mean norm of the unit's output), ``"random"``.
+        unit: ``"head"``, ``"neuron"``, ``"mlp"`` or ``"block"``.
+        metric: for causal methods (default ``"kl"`` for ablation, ``"logprob"`` for patching).
+        kind: ablation kind for ``ablation``/``attribution``: ``"zero"``, ``"mean"``, ``"resample"``.
+
+    Returns:
+        DataFrame ``layer``, ``head``/``neuron``, ``score``; ``attrs["per_prompt"]`` (unit x
+        prompt) where the method is per-prompt, and the settings in ``attrs``.
+
+    Raises:
+        ValueError: unknown method or unit (the message lists the valid ones).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {list(METHODS)}")
+    if unit not in SCORE_UNITS:
+        raise ValueError(f"unknown unit {unit!r}; valid units: {list(SCORE_UNITS)}")
+    attrs = {"method": method, "unit": unit}
+    units = enumerate_units(model, unit)
+    if method == "random":
+        rng = np.random.default_rng(seed)
+        return _table(units, unit, rng.random(len(units)), None, (), {**attrs, "seed": seed})
+    if method == "magnitude":
+        return _table(units, unit, _weight_norms(model, unit, p), None, (), {**attrs, "p": p})
+    pb = prepare(model, prompts, n_tokens)
+    if method == "ablation":
+        metric = metric or "kl"
+        df = ablate(model, pb, unit=unit, kind=kind, metric=metric, seed=seed, n_tokens=n_tokens, progress=progress,
+                    **kwargs)
+        per = df.attrs["per_prompt"].to_numpy()
+        base = np.full(per.shape[1], df.attrs["baseline"])
+        dmg = _damage(per, base, metric)
+        return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "kind": kind, "metric": str(metric)})
+    if method == "patching":
+        if corrupted is None:
+            raise ValueError("method='patching' needs corrupted prompts (corrupted=...), paired with prompts")
+        metric = metric or "logprob"
+        df = patch(model, pb, corrupted, unit=unit, metric=metric, direction="noise", n_tokens=n_tokens,
+                   progress=progress, **kwargs)
+        per = df.attrs["per_prompt"].to_numpy()
+        clean = df.attrs["clean"]
+        dmg = _damage(per, np.full(per.shape[1], clean), metric)
+        return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "metric": str(metric)})
+    hooks = sorted({e.hook for u in units for e in u.edits})
+    scored = scored_batch(pb)
+    loss = get_metric("loss")
+    if method == "activation":
+        with torch.no_grad():
+            cap = capture(model, pb.tokens, hooks if unit != "head" else hooks)
+        norms = _unit_outputs(model, cap, unit)  # [unit batch pos]
+        m = pb.mask.float()[None]
+        per = ((norms * m).sum(-1) / m.sum(-1)).double().cpu().numpy()
+        return _table(units, unit, per.mean(1), per, pb.ids, attrs)
+    if method in ("taylor", "fisher"):
+        with torch.no_grad():
+            cap = capture(model, pb.tokens, hooks)
+        grads, _ = _gradients(model, pb.tokens, set(hooks), loss, scored, None)
+        per = np.zeros((len(units), len(pb)))
+        for i, u in enumerate(units):
+            for e in u.edits:
+                prod = (cap.acts[e.hook] * grads[e.hook]).double()[_edit_slice(e)]
+                per[i] += prod.reshape(prod.shape[0], -1).sum(-1).cpu().numpy()
+        # a.g is dL/dm for a mask m scaling the unit's output, at m = 1
+        per = np.abs(per) if method == "taylor" else per**2
+        return _table(units, unit, per.mean(1), per, pb.ids, attrs)
+    # attribution / eap-ig: first-order estimate of the ablation's loss increase
+    from .attribution import attribution_scores  # noqa: PLC0415
+    from .patching import _ablation_sources  # noqa: PLC0415
+
+    with torch.no_grad():
+        cap = capture(model, pb.tokens, hooks)
+        sources = _ablation_sources(model, kind, pb, hooks, None, n_tokens, seed)
+    src_tokens = None
+    if method == "eap-ig":
+        if corrupted is not None:
+            src_tokens = prepare(model, corrupted, n_tokens).tokens
+            with torch.no_grad():
+                sources = capture(model, src_tokens, hooks).acts
+        elif kind == "resample":
+            raise ValueError("method='eap-ig' with resample ablation: pass the resampled prompts as corrupted=...")
+        else:
+            raise ValueError("method='eap-ig' needs a source input: pass corrupted=... (zero/mean ablations have none)")
+    est, _ = attribution_scores(model, pb.tokens, sources, cap.acts, units, loss, scored,
+                                steps if method == "eap-ig" else 0, source_tokens=src_tokens)
+    per = est.numpy()  # estimated loss increase per prompt
+    return _table(units, unit, per.mean(1), per, pb.ids, {**attrs, "kind": kind, "metric": "loss"})

@@ -1,0 +1,116 @@
+"""Each importance method against a value computed by hand on a tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+import causal_nb as cnb
+from causal_nb.patching import prepare
+
+P = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "int main() { return 0; } // xx"]
+N = 8
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_dirs):
+    return cnb.load_model(tiny_dirs["llama"], device="cpu")
+
+
+def per_prompt_loss(model, tokens, fwd_hooks=()):
+    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    return -lp.mean(1)
+
+
+def test_magnitude_of_heads_from_the_hf_weights(llama):
+    hf = llama.original_model if hasattr(llama, "original_model") else None
+    cfg = llama.cfg
+    dh, group = cfg.d_head, cfg.n_heads // cfg.n_key_value_heads
+    df = cnb.score(llama, P, "magnitude", unit="head")
+    layers = hf.model.layers
+    for layer in range(cfg.n_layers):
+        att = layers[layer].self_attn
+        for h in range(cfg.n_heads):
+            g = h // group
+            q = att.q_proj.weight[h * dh : (h + 1) * dh].norm()
+            o = att.o_proj.weight[:, h * dh : (h + 1) * dh].norm()
+            k = att.k_proj.weight[g * dh : (g + 1) * dh].norm()
+            v = att.v_proj.weight[g * dh : (g + 1) * dh].norm()
+            want = (q + o + (k + v) / group).item()
+            got = df[(df.layer == layer) & (df["head"] == h)].score.item()
+            assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_magnitude_of_neurons_includes_the_gate(llama):
+    hf = llama.original_model
+    df = cnb.score(llama, P, "magnitude", unit="neuron")
+    mlp = hf.model.layers[1].mlp
+    i = 5
+    want = (mlp.up_proj.weight[i].norm() + mlp.down_proj.weight[:, i].norm() + mlp.gate_proj.weight[i].norm()).item()
+    assert df[(df.layer == 1) & (df.neuron == i)].score.item() == pytest.approx(want, rel=1e-5)
+    mlp_df = cnb.score(llama, P, "magnitude", unit="mlp")
+    assert mlp_df.score.iloc[1] == pytest.approx(df[df.layer == 1].score.sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["taylor", "fisher"])
+def test_gradient_methods_equal_the_head_mask_gradient(tiny_model, method):
+    """dL/dm for a scalar mask m on one head's output, per prompt, by autograd (Michel et al.)."""
+    df = cnb.score(tiny_model, P, method, unit="head", n_tokens=N)
+    tokens = prepare(tiny_model, P, N).tokens
+    layer, h = 1, 2
+    grads = []
+    for b in range(len(P)):
+        m = torch.ones((), requires_grad=True)
+
+        def mask(act, hook, m=m):
+            scale = torch.ones(act.shape[2])
+            scale = torch.where(torch.arange(act.shape[2]) == h, m, scale)
+            return act * scale[None, None, :, None]
+
+        loss = per_prompt_loss(tiny_model, tokens[b : b + 1], [(f"blocks.{layer}.attn.hook_z", mask)])[0]
+        grads.append(torch.autograd.grad(loss, m)[0].item())
+    g = np.array(grads)
+    want = np.abs(g).mean() if method == "taylor" else (g**2).mean()
+    got = df[(df.layer == layer) & (df["head"] == h)].score.item()
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-10)
+    assert df.attrs["per_prompt"].shape == (len(df), len(P))
+
+
+def test_zero_ablation_kl_by_hand(tiny_model):
+    df = cnb.score(tiny_model, P, "ablation", unit="mlp", kind="zero", n_tokens=N)
+    tokens = prepare(tiny_model, P, N).tokens
+    base = torch.log_softmax(tiny_model(tokens)[:, :-1].float(), -1)
+    abl = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, hook: torch.zeros_like(a))])
+    lp = torch.log_softmax(abl[:, :-1].float(), -1)
+    kl = (base.exp() * (base - lp)).sum(-1).mean(1).mean().item()
+    assert df.score.iloc[0] == pytest.approx(kl, rel=1e-4)
+
+
+def test_activation_norm_by_hand(tiny_model):
+    df = cnb.score(tiny_model, P, "activation", unit="head", n_tokens=N)
+    tokens = prepare(tiny_model, P, N).tokens
+    _, cache = tiny_model.run_with_cache(tokens)
+    z = cache["blocks.0.attn.hook_z"][:, :, 1]  # [batch pos d_head]
+    want = (z @ tiny_model.W_O[0, 1]).norm(dim=-1).mean().item()  # all positions real here
+    assert df[(df.layer == 0) & (df["head"] == 1)].score.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_patching_score_is_the_metric_drop(tiny_model):
+    x = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)", "x = [i for i in y]"]
+    s = cnb.score(tiny_model, P, "patching", unit="head", corrupted=x, n_tokens=N)
+    p = cnb.patch(tiny_model, P, x, unit="head", direction="noise", n_tokens=N, progress=False)
+    assert np.allclose(s.score, p.attrs["clean"] - p.value, atol=1e-6)
+
+
+def test_random_is_seeded_and_names_are_checked(tiny_model):
+    a = cnb.score(tiny_model, P, "random", unit="neuron", seed=3)
+    assert a.score.equals(cnb.score(tiny_model, P, "random", unit="neuron", seed=3).score)
+    assert not a.score.equals(cnb.score(tiny_model, P, "random", unit="neuron", seed=4).score)
+    with pytest.raises(ValueError, match=r"unknown method 'wanda'; valid methods: \['ablation'"):
+        cnb.score(tiny_model, P, "wanda")
+    with pytest.raises(ValueError, match="unknown unit 'layer'; valid units"):
+        cnb.score(tiny_model, P, "random", unit="layer")
+    with pytest.raises(ValueError, match="needs corrupted prompts"):
+        cnb.score(tiny_model, P, "patching")
+    with pytest.raises(ValueError, match="needs a source input"):
+        cnb.score(tiny_model, P, "eap-ig", n_tokens=N)
