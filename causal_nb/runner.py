@@ -76,20 +76,23 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
 
     if profile not in PROFILES:
         raise RunError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    params = {**PROFILES[profile], **(overrides or {})}
+    # Folder parameters given on the command line are relative to the caller's directory.
+    overrides = {k: (str(Path(v).resolve()) if k.endswith("_DIR") or (k == "MODEL" and Path(str(v)).exists()) else v)
+                 for k, v in (overrides or {}).items()}
+    params = {**PROFILES[profile], **overrides}
     nbs = series(notebooks_dir)
     if only:
         nbs = [p for p in nbs if any(p.name.startswith(o) for o in only)]
     if not nbs:
         raise RunError(f"no notebooks to run in {notebooks_dir} (only={only})")
     declared = {p.name: notebook_parameters(p) for p in nbs}
-    unknown = set(overrides or {}) - set().union(*[set(d) for d in declared.values()])
+    unknown = set(overrides) - set().union(*[set(d) for d in declared.values()])
     if unknown:
         raise RunError(f"parameter(s) {sorted(unknown)} not declared by any notebook; known: "
                        f"{sorted(set().union(*[set(d) for d in declared.values()]))}")
     if resume and out_dir is None:
         raise RunError("--resume needs the run folder to resume (--out runs/<timestamp>)")
-    run = Path(out_dir) if out_dir else REPO / "runs" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = Path(out_dir).resolve() if out_dir else REPO / "runs" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     (run / ".done").mkdir(parents=True, exist_ok=True)
     log = []
     for nb in nbs:
@@ -101,12 +104,12 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
         for name in declared[nb.name]:
             # Results travel between notebooks only through folders of the run: OUT_DIR is the
             # run itself, TOKEN_SETS_DIR -> <run>/token_sets, SCORES_DIR -> <run>/scores...
-            if name.endswith("_DIR") and name not in (overrides or {}):
+            if name.endswith("_DIR") and name not in overrides:
                 nb_params[name] = str(run if name == "OUT_DIR" else run / name[: -len("_DIR")].lower())
         print(f"run  {nb.name} {nb_params}", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(run / nb.name), parameters=nb_params, cwd=str(REPO),
+            pm.execute_notebook(str(nb), str(run / nb.name), parameters=nb_params, cwd=str(nb.parent),
                                 progress_bar=progress, kernel_name="python3")
         except pm.PapermillExecutionError as e:
             raise RunError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
