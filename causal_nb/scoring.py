@@ -22,7 +22,8 @@ from .units import enumerate_units, unit_columns
 
 __all__ = ["METHODS", "SCORE_UNITS", "score"]
 
-METHODS = ("ablation", "patching", "attribution", "eap-ig", "taylor", "fisher", "magnitude", "activation", "random")
+METHODS = ("ablation", "patching", "attribution", "eap-ig", "taylor", "fisher", "magnitude", "activation",
+           "duplication", "random")
 SCORE_UNITS = ("head", "neuron", "mlp", "block")
 _HIGHER_IS_WORSE = {"kl", "loss"}
 
@@ -106,7 +107,8 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             ``"taylor"`` (mean |a.dL/da| over prompts), ``"fisher"`` (mean (a.dL/da)^2, the
             head-mask gradient of Michel et al.), ``"magnitude"`` (L``p`` norm of the unit's
             weights; GQA key/value weights shared out over their query heads),
-            ``"activation"`` (mean norm of the unit's output), ``"random"``.
+            ``"activation"`` (mean norm of the unit's output), ``"duplication"`` (heads only:
+            1 - the largest cosine similarity of its output to another head's), ``"random"``.
         unit: ``"head"``, ``"neuron"``, ``"mlp"`` or ``"block"``.
         metric: for causal methods (default ``"kl"`` for ablation, ``"logprob"`` for patching).
         kind: ablation kind for ``ablation``/``attribution``: ``"zero"``, ``"mean"``, ``"resample"``.
@@ -130,6 +132,13 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
     if method == "magnitude":
         return _table(units, unit, _weight_norms(model, unit, p), None, (), {**attrs, "p": p})
     pb = prepare(model, prompts, n_tokens)
+    if method == "duplication":
+        if unit != "head":
+            raise ValueError("method='duplication' scores attention heads only (unit='head')")
+        from .duplication import head_similarity, uniqueness  # noqa: PLC0415
+
+        sim = head_similarity(model, pb, kind="cosine")
+        return _table(units, unit, uniqueness(sim), None, (), {**attrs, "similarity": "cosine"})
     if method == "ablation":
         metric = metric or "kl"
         df = ablate(model, pb, unit=unit, kind=kind, metric=metric, seed=seed, n_tokens=n_tokens, progress=progress,

@@ -9,6 +9,14 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _phases(tr: dict) -> str:
+    phases = tr.get("phases", [])
+    if len(phases) < 2:
+        return ""
+    parts = [f"{p['tokens'] / 1e6:.1f}M tokens at peak lr {p['lr']} ({p['seconds'] / 60:.0f} min)" for p in phases]
+    return "- Phases (each: warmup, then cosine decay to 10%; the later ones start from the earlier weights): " + "; then ".join(parts) + "\n"
+
+
 def render_card(card: dict) -> str:
     """Markdown model card from the numbers the training script measured."""
     tr, ind = card["training"], card["induction"]
@@ -34,7 +42,7 @@ def render_card(card: dict) -> str:
 - Shape: {shape}
 - Tokenizer: {card['tokenizer']['type']}, vocab {card['tokenizer']['vocab_size']}, `{card['tokenizer']['special']}` as BOS/EOS/pad
 - Training: {tr['tokens']:,} tokens ({tr['steps']} steps of {tr['batch']}x{tr['seq']}), AdamW lr {tr['lr']}, warmup {tr['warmup']}, cosine, seed {tr['seed']}; {tr['seconds'] / 60:.1f} min on {tr['device']} ({tr['threads']} threads)
-- Weights: fp16 safetensors
+{_phases(tr)}- Weights: fp16 safetensors
 
 ## Corpus (held out by file)
 Python: the CPython standard library without its tests. C++: libstdc++ headers and torch's bundled C/C++ headers.

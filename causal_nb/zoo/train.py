@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the bundled zoo)")
     p.add_argument("--eval-every", type=int, default=250, help="steps between progress evaluations")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="continue from a trained folder of the same model (fresh optimizer, new schedule)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -123,10 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(a.seed)
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    model = AutoModelForCausalLM.from_config(build_config(a.model), attn_implementation="sdpa").to(a.device)
+    model = AutoModelForCausalLM.from_config(build_config(a.model), attn_implementation="sdpa")
+    prior = None
+    if a.init_from:
+        # Weights were saved in fp16; continue in fp32 from them, keeping the earlier card's record.
+        trained = AutoModelForCausalLM.from_pretrained(str(a.init_from), dtype=torch.float32)
+        model.load_state_dict(trained.state_dict())
+        prior = json.loads((a.init_from / "card.json").read_text())
+        del trained
+    model = model.to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(a.seed)
-    run_key = hashlib.sha1(json.dumps([a.model, tokens, a.batch, a.seq, a.lr, a.warmup, a.seed]).encode()).hexdigest()[:10]
+    run_key = hashlib.sha1(json.dumps([a.model, tokens, a.batch, a.seq, a.lr, a.warmup, a.seed,
+                                       prior["training"]["tokens"] if prior else 0]).encode()).hexdigest()[:10]
     ckpt = corpus.cache_dir() / f"ckpt-{a.model}-{run_key}.pt"
     step, elapsed = 0, 0.0
     if ckpt.exists():
@@ -137,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         step, elapsed = state["step"], state["elapsed"]
         print(f"resumed from step {step} ({ckpt})", flush=True)
     t0 = time.time() - elapsed
-    log = []
+    done_before = prior["training"]["tokens"] if prior else 0
+    log = list(prior["progress"]) if prior else []
     while step < steps:
         model.train()
         for g in opt.param_groups:
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             rep = quality.induction_report(model.set_attn_implementation("eager") or model, spec["vocab_size"], bos)
             model.set_attn_implementation("sdpa")
             model.to(a.device)
-            log.append({"step": step, "tokens": step * a.batch * a.seq, "gap": rep["gap"],
+            log.append({"step": step, "tokens": done_before + step * a.batch * a.seq, "gap": rep["gap"],
                         "max_induction": rep["max_induction"], "max_prev_token": rep["max_prev_token"]})
             print("eval", log[-1], flush=True)
             tmp = ckpt.with_suffix(".tmp")
@@ -176,9 +188,13 @@ def main(argv: list[str] | None = None) -> None:
         "corpus": stats,
         "corpus_tokens": {f"{d}_{s}": int(len(streams[d, s])) for d in DOMAINS for s in ("train", "heldout")},
         "tokenizer": {"type": "byte-level BPE (tokenizers)", "vocab_size": spec["vocab_size"], "special": SPECIAL},
-        "training": {"tokens": steps * a.batch * a.seq, "steps": steps, "batch": a.batch, "seq": a.seq,
-                     "lr": a.lr, "warmup": a.warmup, "seed": a.seed, "device": a.device,
-                     "threads": torch.get_num_threads(), "seconds": round(train_seconds, 1)},
+        "training": {"tokens": done_before + steps * a.batch * a.seq, "steps": steps + (prior["training"]["steps"] if prior else 0),
+                     "batch": a.batch, "seq": a.seq, "lr": a.lr, "warmup": a.warmup, "seed": a.seed, "device": a.device,
+                     "threads": torch.get_num_threads(),
+                     "seconds": round(train_seconds + (prior["training"]["seconds"] if prior else 0), 1),
+                     "phases": (prior["training"].get("phases", [prior["training"]]) if prior else [])
+                     + [{"tokens": steps * a.batch * a.seq, "lr": a.lr, "warmup": a.warmup,
+                         "seconds": round(train_seconds, 1)}]},
         "progress": log,
         **report,
     }
