@@ -6,9 +6,12 @@ Layers, imports pointing one way: data (zoo, loading, prompts) <- engine <- anal
 
 __version__ = "0.1.0"
 
+from . import (
+    plotting,  # noqa: E402
+    stats,  # noqa: E402
+)
 from .env import progress_enabled, setup  # noqa: E402
 from .evaluation import domain_losses, prompt_losses, token_set_mass  # noqa: E402
-from . import plotting  # noqa: E402
 from .io import load_json, save_json  # noqa: E402
 from .loading import ModelNotAvailableError, list_models, load_model, model_card  # noqa: E402
 from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass  # noqa: E402
@@ -21,8 +24,9 @@ from .prompts import (  # noqa: E402
     load_prompts,
     prompt_set_summary,
 )
-from .scoring import METHODS, score  # noqa: E402
+from .pruning import prune, save_pruned  # noqa: E402
 from .reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path  # noqa: E402
+from .scoring import METHODS, score  # noqa: E402
 
 __all__ = [
     "METRICS",
@@ -35,6 +39,9 @@ __all__ = [
     "patch",
     "reverse_intervention",
     "score",
+    "prune",
+    "save_pruned",
+    "stats",
     "METHODS",
     "token_set_path",
     "ModelNotAvailableError",

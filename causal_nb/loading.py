@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 import warnings
@@ -157,6 +158,14 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
     kind, source = resolve_source(name_or_path)
     dev = resolve_device(device)
     with _quiet_loading(verbose):
+        if kind != "hub" and "causal_nb_pruned" in json.loads((Path(source) / "config.json").read_text()):
+            # A physically pruned folder: rebuild its per-layer shapes before loading weights.
+            from transformers import AutoTokenizer  # noqa: PLC0415
+
+            from .pruning import load_pruned_hf  # noqa: PLC0415
+
+            hf = load_pruned_hf(Path(source), dtype).to(dev)
+            bridge_kwargs = {"hf_model": hf, "tokenizer": AutoTokenizer.from_pretrained(source), **bridge_kwargs}
         model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
     model.eval()
     model.causal_nb_source = {"kind": kind, "source": source, "name": str(name_or_path)}

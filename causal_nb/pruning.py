@@ -1,0 +1,292 @@
+"""Structured pruning: remove the least important heads and MLP neurons.
+
+``prune`` picks the lowest-scoring units (globally or per layer, at least one head per
+layer) and returns a new model: *masked* (same shapes, the pruned units' output weights
+zeroed, which equals zero-ablating them) or *physical* (weights sliced, so the model is
+smaller and faster). Under grouped-query attention a layer keeps its key/value grouping when
+every surviving group keeps the same number of query heads; otherwise its key/value heads
+are copied out per query head ("ungrouped"), which is exact. The per-layer structure is
+stored in the config (``causal_nb_pruned``) so ``save_pruned`` folders load with ``load_model``.
+Assumes Hugging Face GPT-2 or Llama-style (q/k/v/o, gate/up/down) decoder layers. GPT-2 heads
+are zeroed rather than sliced even when ``physical=True`` (TransformerLens's GPT-2 bridge
+needs every layer to have the config's head count); its MLP neurons are sliced.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+__all__ = ["apply_structure", "prune", "save_pruned", "select_units"]
+
+
+def _hf(model):
+    return model.original_model if hasattr(model, "original_model") else model
+
+
+def plain_hf(model):
+    """A plain Hugging Face copy of a bridge's model (the bridge wraps the original modules in
+    place, so its ``original_model`` cannot be sliced or saved as is)."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    wrapped = _hf(model)
+    p = next(wrapped.parameters())
+    hf = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config), dtype=p.dtype)
+    spec = getattr(wrapped.config, "causal_nb_pruned", None)
+    if spec:
+        apply_structure(hf, spec)
+    # The bridge registers aliases (ln1, attn.q...) beside the original modules: keep the HF names.
+    wanted = set(hf.state_dict())
+    state = {k.replace("._original_component", ""): v for k, v in wrapped.state_dict().items()}
+    state = {k: v for k, v in state.items() if k in wanted}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [m for m in missing if "lm_head" not in m]
+    if missing or unexpected:
+        raise RuntimeError(f"could not copy the bridge's weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    hf.tie_weights()
+    return hf.to(p.device).eval()
+
+
+def _arch(hf) -> tuple[str, nn.ModuleList]:
+    if hasattr(hf, "transformer") and hasattr(hf.transformer, "h"):
+        return "gpt2", hf.transformer.h
+    if hasattr(hf, "model") and hasattr(hf.model, "layers") and hasattr(hf.model.layers[0], "self_attn"):
+        return "llama", hf.model.layers
+    raise NotImplementedError(f"pruning supports GPT-2 and Llama-style models, not {type(hf).__name__}")
+
+
+def select_units(scores: pd.DataFrame, sparsity: float, n_per_layer: int, n_layers: int, budget: str = "global",
+                 floor: int = 1) -> dict[int, list[int]]:
+    """Indices to remove per layer: the lowest scores, keeping at least ``floor`` per layer.
+
+    Args:
+        scores: ``layer``, ``head`` or ``neuron``, ``score`` (higher = more important).
+        sparsity: share of units to remove, in [0, 1).
+        budget: ``"global"`` (lowest scores anywhere) or ``"per_layer"`` (the same share in each).
+    """
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if budget not in ("global", "per_layer"):
+        raise ValueError(f"budget must be 'global' or 'per_layer', got {budget!r}")
+    col = "head" if "head" in scores.columns else "neuron"
+    if len(scores) != n_per_layer * n_layers:
+        raise ValueError(f"scores cover {len(scores)} units but the model has {n_layers} x {n_per_layer} {col}s: "
+                         "were they computed on another model?")
+    # Ties broken by position, so selections are reproducible.
+    order = scores.sort_values(["score", "layer", col], kind="mergesort")
+    removed: dict[int, list[int]] = {layer: [] for layer in range(n_layers)}
+    if budget == "per_layer":
+        k = min(round(sparsity * n_per_layer), n_per_layer - floor)
+        for layer in range(n_layers):
+            removed[layer] = sorted(order[order.layer == layer][col].head(k).astype(int).tolist())
+        return removed
+    target = round(sparsity * n_per_layer * n_layers)
+    count = 0
+    for layer, idx in zip(order.layer.astype(int), order[col].astype(int)):
+        if count == target:
+            break
+        if n_per_layer - len(removed[layer]) > floor:
+            removed[layer].append(idx)
+            count += 1
+    return {layer: sorted(v) for layer, v in removed.items()}
+
+
+def _rows(lin: nn.Module, idx: list[int], conv: bool = False) -> nn.Module:
+    """Keep output features ``idx`` (Linear rows; Conv1D columns)."""
+    if conv:
+        new = type(lin)(len(idx), lin.weight.shape[0])
+        new.weight.data = lin.weight.data[:, idx].clone()
+        new.bias.data = lin.bias.data[idx].clone()
+        return new
+    new = nn.Linear(lin.in_features, len(idx), bias=lin.bias is not None, dtype=lin.weight.dtype,
+                    device=lin.weight.device)
+    new.weight.data = lin.weight.data[idx].clone()
+    if lin.bias is not None:
+        new.bias.data = lin.bias.data[idx].clone()
+    return new
+
+
+def _cols(lin: nn.Module, idx: list[int], conv: bool = False) -> nn.Module:
+    """Keep input features ``idx`` (Linear columns; Conv1D rows)."""
+    if conv:
+        new = type(lin)(lin.weight.shape[1], len(idx))
+        new.weight.data = lin.weight.data[idx].clone()
+        new.bias.data = lin.bias.data.clone()
+        return new
+    new = nn.Linear(len(idx), lin.out_features, bias=lin.bias is not None, dtype=lin.weight.dtype,
+                    device=lin.weight.device)
+    new.weight.data = lin.weight.data[:, idx].clone()
+    if lin.bias is not None:
+        new.bias.data = lin.bias.data.clone()
+    return new
+
+
+def _span(heads, dh):
+    return [h * dh + i for h in heads for i in range(dh)]
+
+
+def _slice_heads(arch: str, layer: nn.Module, keep: list[int], cfg) -> dict:
+    if arch == "gpt2":
+        att = layer.attn
+        dh, d = att.head_dim, att.embed_dim
+        cols = _span(keep, dh)
+        att.c_attn = _rows(att.c_attn, cols + [d + c for c in cols] + [2 * d + c for c in cols], conv=True)
+        att.c_proj = _cols(att.c_proj, cols, conv=True)
+        att.split_size, att.num_heads = len(cols), len(keep)
+        return {"q_heads": keep, "kv_heads": keep, "kv_groups": 1}
+    att = layer.self_attn
+    dh = att.head_dim
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    by_group: dict[int, list[int]] = {}
+    for h in keep:
+        by_group.setdefault(h // group, []).append(h)
+    q_order = [h for g in sorted(by_group) for h in by_group[g]]  # repeat_kv needs group-contiguous heads
+    sizes = {len(v) for v in by_group.values()}
+    if len(sizes) == 1:
+        kv, rep = sorted(by_group), sizes.pop()
+    else:
+        kv, rep = [h // group for h in q_order], 1  # uneven groups: one key/value copy per query head
+    att.q_proj, att.o_proj = _rows(att.q_proj, _span(q_order, dh)), _cols(att.o_proj, _span(q_order, dh))
+    att.k_proj, att.v_proj = _rows(att.k_proj, _span(kv, dh)), _rows(att.v_proj, _span(kv, dh))
+    att.num_key_value_groups = rep
+    return {"q_heads": q_order, "kv_heads": kv, "kv_groups": rep}
+
+
+def _slice_neurons(arch: str, layer: nn.Module, keep: list[int]) -> None:
+    if arch == "gpt2":
+        layer.mlp.c_fc = _rows(layer.mlp.c_fc, keep, conv=True)
+        layer.mlp.c_proj = _cols(layer.mlp.c_proj, keep, conv=True)
+        return
+    mlp = layer.mlp
+    mlp.gate_proj, mlp.up_proj = _rows(mlp.gate_proj, keep), _rows(mlp.up_proj, keep)
+    mlp.down_proj = _cols(mlp.down_proj, keep)
+
+
+def _zero(arch: str, layer: nn.Module, heads: list[int], neurons: list[int], dh: int) -> None:
+    with torch.no_grad():
+        if arch == "gpt2":
+            layer.attn.c_proj.weight[_span(heads, dh)] = 0
+            layer.mlp.c_proj.weight[neurons] = 0
+        else:
+            layer.self_attn.o_proj.weight[:, _span(heads, dh)] = 0
+            layer.mlp.down_proj.weight[:, neurons] = 0
+
+
+def _n_neurons(arch, layer) -> int:
+    return layer.mlp.c_fc.weight.shape[1] if arch == "gpt2" else layer.mlp.up_proj.out_features
+
+
+def apply_structure(hf, spec: dict) -> None:
+    """Slice a full-size Hugging Face model in place to a saved pruning spec (for loading)."""
+    arch, layers = _arch(hf)
+    for layer, s in zip(layers, spec["layers"]):
+        if s.get("q_heads") is not None:
+            # The saved head order is group-contiguous, so slicing by it rebuilds the same layout.
+            _slice_heads(arch, layer, s["q_heads"], hf.config)
+        if s.get("neurons") is not None:
+            _slice_neurons(arch, layer, s["neurons"])
+
+
+def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "global"):
+    """A pruned copy of ``model``: the lowest-scoring heads and/or neurons removed.
+
+    Args:
+        model: a ``TransformerBridge`` from ``load_model`` (left untouched).
+        scores: a ``score`` table of heads or neurons, or a list of both.
+        sparsity: share of each unit kind to remove, in [0, 1).
+        physical: slice the weights (smaller, faster); ``False`` zeroes the pruned units'
+            output weights instead (same shapes; equals zero-ablation).
+        budget: ``"global"`` or ``"per_layer"``; every layer keeps at least one head.
+
+    Returns:
+        A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
+    """
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415
+
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    tables = scores if isinstance(scores, (list, tuple)) else [scores]
+    hf = plain_hf(model)
+    arch, layers = _arch(hf)
+    cfg = hf.config
+    n_layers, n_heads = len(layers), cfg.num_attention_heads
+    dh = cfg.hidden_size // n_heads
+    remove = {"head": {i: [] for i in range(n_layers)}, "neuron": {i: [] for i in range(n_layers)}}
+    for t in tables:
+        kind = "head" if "head" in t.columns else "neuron" if "neuron" in t.columns else None
+        if kind is None:
+            raise ValueError("scores must be a head or neuron table (columns layer, head|neuron, score)")
+        n = n_heads if kind == "head" else _n_neurons(arch, layers[0])
+        remove[kind] = select_units(t, sparsity, n, n_layers, budget)
+    spec = {"arch": arch, "physical": physical, "layers": []}
+    for i, layer in enumerate(layers):
+        keep_h = [h for h in range(n_heads) if h not in set(remove["head"][i])]
+        keep_n = [j for j in range(_n_neurons(arch, layer)) if j not in set(remove["neuron"][i])]
+        entry = {"removed_heads": remove["head"][i], "removed_neurons": remove["neuron"][i]}
+        if physical:
+            if arch == "gpt2":
+                # TransformerLens's GPT-2 bridge splits the fused QKV matrix by the config's head
+                # count, so GPT-2 heads stay in place with zeroed output weights (exact).
+                _zero(arch, layer, remove["head"][i], [], dh)
+                entry.update({"q_heads": None, "kv_heads": None, "kv_groups": None})
+            else:
+                entry.update(_slice_heads(arch, layer, keep_h, cfg) if remove["head"][i] else
+                             {"q_heads": None, "kv_heads": None, "kv_groups": None})
+            if remove["neuron"][i]:
+                _slice_neurons(arch, layer, keep_n)
+            entry["neurons"] = keep_n if remove["neuron"][i] else None
+        else:
+            _zero(arch, layer, remove["head"][i], remove["neuron"][i], dh)
+        spec["layers"].append(entry)
+    if physical:
+        hf.config.causal_nb_pruned = spec
+    src = getattr(model, "causal_nb_source", {})
+    with _quiet():
+        bridge = TransformerBridge.boot_transformers(src.get("source"), hf_model=hf, tokenizer=model.tokenizer,
+                                                     device=str(next(hf.parameters()).device),
+                                                     dtype=next(hf.parameters()).dtype)
+    bridge.eval()
+    bridge.causal_nb_source = {**src, "pruned": True}
+    bridge.causal_nb_pruned = spec
+    return bridge
+
+
+def _quiet():
+    from .loading import _quiet_loading  # noqa: PLC0415
+
+    return _quiet_loading(False)
+
+
+def save_pruned(model, folder: str | Path) -> Path:
+    """``save_pretrained`` a (pruned) bridge's Hugging Face model and tokenizer to ``folder``."""
+    folder = Path(folder)
+    hf = plain_hf(model)
+    hf.save_pretrained(str(folder), safe_serialization=True)
+    model.tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def load_pruned_hf(folder: Path, dtype=torch.float32):
+    """Rebuild a physically pruned Hugging Face model from ``save_pruned`` output."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+
+    cfg = AutoConfig.from_pretrained(str(folder))
+    spec = json.loads((folder / "config.json").read_text())["causal_nb_pruned"]
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    apply_structure(hf, spec)
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [m for m in missing if "lm_head" not in m]  # tied to the embedding
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit the pruned structure (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    hf.tie_weights()
+    return hf.to(dtype).eval()

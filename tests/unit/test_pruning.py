@@ -1,0 +1,90 @@
+import pandas as pd
+import pytest
+import torch
+
+import causal_nb as cnb
+from causal_nb.pruning import prune, save_pruned, select_units
+
+P = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "int main() { return 0; } // xx"]
+
+
+def heads_table(model, scores):
+    cfg = model.cfg
+    return pd.DataFrame([{"layer": l, "head": h, "score": scores[l * cfg.n_heads + h]}
+                         for l in range(cfg.n_layers) for h in range(cfg.n_heads)])
+
+
+def test_select_units_global_per_layer_and_floor():
+    s = pd.DataFrame({"layer": [0, 0, 0, 1, 1, 1], "head": [0, 1, 2, 0, 1, 2], "score": [1, 2, 3, 0.1, 0.2, 0.3]})
+    assert select_units(s, 0.5, 3, 2) == {0: [0], 1: [0, 1]}  # layer 1 keeps its floor head, so layer 0 gives one
+    assert select_units(s, 0.67, 3, 2) == {0: [0, 1], 1: [0, 1]}
+    assert select_units(s, 0.34, 3, 2, budget="per_layer") == {0: [0], 1: [0]}
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\), got 1.0"):
+        select_units(s, 1.0, 3, 2)
+    with pytest.raises(ValueError, match="another model"):
+        select_units(s, 0.5, 4, 2)
+    with pytest.raises(ValueError, match="budget must be"):
+        select_units(s, 0.5, 3, 2, budget="layerwise")
+
+
+def zero_ablated(model, tokens, heads: dict, neurons: dict):
+    def zero(idx):
+        def fn(act, hook):
+            act = act.clone()
+            act[:, :, idx] = 0
+            return act
+
+        return fn
+
+    hooks = [(f"blocks.{l}.attn.hook_z", zero(h)) for l, h in heads.items() if h]
+    hooks += [(f"blocks.{l}.mlp.hook_post", zero(n)) for l, n in neurons.items() if n]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+@pytest.mark.parametrize("budget", ["global", "per_layer"])
+def test_masked_equals_zero_ablation_and_physical_equals_masked(tiny_model, budget, tmp_path):
+    tokens = cnb.PromptSet.from_texts(P).tokenize(tiny_model, 8).tokens
+    before = tiny_model(tokens).detach().clone()
+    hs = cnb.score(tiny_model, P, "random", unit="head", seed=1)
+    ns = cnb.score(tiny_model, P, "random", unit="neuron", seed=2)
+    masked = prune(tiny_model, [hs, ns], 0.5, physical=False, budget=budget)
+    phys = prune(tiny_model, [hs, ns], 0.5, physical=True, budget=budget)
+    spec = masked.causal_nb_pruned["layers"]
+    heads = {l: s["removed_heads"] for l, s in enumerate(spec)}
+    neurons = {l: s["removed_neurons"] for l, s in enumerate(spec)}
+    assert sum(map(len, heads.values())) == tiny_model.cfg.n_heads * tiny_model.cfg.n_layers // 2
+    ref = zero_ablated(tiny_model, tokens, heads, neurons)
+    assert torch.allclose(masked(tokens), ref, atol=1e-5)
+    assert torch.allclose(phys(tokens), masked(tokens), atol=1e-5)
+    assert torch.equal(tiny_model(tokens), before)  # the input model is untouched
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(phys) < n(masked) == n(tiny_model)
+    back = cnb.load_model(save_pruned(phys, tmp_path / "pruned"), device="cpu")
+    assert torch.allclose(back(tokens), phys(tokens), atol=1e-6)
+
+
+def test_gqa_groups_kept_when_even_and_ungrouped_when_not(tiny_dirs):
+    model = cnb.load_model(tiny_dirs["llama"], device="cpu")  # 4 query heads, 2 key/value heads
+    tokens = cnb.PromptSet.from_texts(P).tokenize(model, 8).tokens
+    even = heads_table(model, [0, 9, 0, 9, 0, 9, 0, 9])  # drop heads 0 and 2: one per group
+    p = prune(model, even, 0.5)
+    layer0 = p.causal_nb_pruned["layers"][0]
+    assert layer0["q_heads"] == [1, 3] and layer0["kv_heads"] == [0, 1] and layer0["kv_groups"] == 1
+    uneven = heads_table(model, [0, 9, 9, 9, 0, 9, 9, 9])  # drop head 0 of each layer: groups of 1 and 2
+    q = prune(model, uneven, 0.25)
+    layer0 = q.causal_nb_pruned["layers"][0]
+    assert layer0["q_heads"] == [1, 2, 3] and layer0["kv_heads"] == [0, 1, 1] and layer0["kv_groups"] == 1
+    whole = heads_table(model, [0, 0, 9, 9, 0, 0, 9, 9])  # drop group 0 entirely: grouped layout stays
+    r = prune(model, whole, 0.5)
+    layer0 = r.causal_nb_pruned["layers"][0]
+    assert layer0["q_heads"] == [2, 3] and layer0["kv_heads"] == [1] and layer0["kv_groups"] == 2
+    for pruned, removed in ((p, [0, 2]), (q, [0]), (r, [0, 1])):
+        ref = zero_ablated(model, tokens, {0: removed, 1: removed}, {})
+        assert torch.allclose(pruned(tokens), ref, atol=1e-5)
+
+
+def test_bad_scores(tiny_model):
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        prune(tiny_model, cnb.score(tiny_model, P, "random"), -0.1)
+    with pytest.raises(ValueError, match="head or neuron table"):
+        prune(tiny_model, cnb.score(tiny_model, P, "random", unit="mlp"), 0.5)
