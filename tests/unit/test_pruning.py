@@ -10,8 +10,8 @@ P = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", 
 
 def heads_table(model, scores):
     cfg = model.cfg
-    return pd.DataFrame([{"layer": l, "head": h, "score": scores[l * cfg.n_heads + h]}
-                         for l in range(cfg.n_layers) for h in range(cfg.n_heads)])
+    return pd.DataFrame([{"layer": i, "head": h, "score": scores[i * cfg.n_heads + h]}
+                         for i in range(cfg.n_layers) for h in range(cfg.n_heads)])
 
 
 def test_select_units_global_per_layer_and_floor():
@@ -36,8 +36,8 @@ def zero_ablated(model, tokens, heads: dict, neurons: dict):
 
         return fn
 
-    hooks = [(f"blocks.{l}.attn.hook_z", zero(h)) for l, h in heads.items() if h]
-    hooks += [(f"blocks.{l}.mlp.hook_post", zero(n)) for l, n in neurons.items() if n]
+    hooks = [(f"blocks.{i}.attn.hook_z", zero(h)) for i, h in heads.items() if h]
+    hooks += [(f"blocks.{i}.mlp.hook_post", zero(n)) for i, n in neurons.items() if n]
     return model.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
@@ -50,8 +50,8 @@ def test_masked_equals_zero_ablation_and_physical_equals_masked(tiny_model, budg
     masked = prune(tiny_model, [hs, ns], 0.5, physical=False, budget=budget)
     phys = prune(tiny_model, [hs, ns], 0.5, physical=True, budget=budget)
     spec = masked.causal_nb_pruned["layers"]
-    heads = {l: s["removed_heads"] for l, s in enumerate(spec)}
-    neurons = {l: s["removed_neurons"] for l, s in enumerate(spec)}
+    heads = {i: s["removed_heads"] for i, s in enumerate(spec)}
+    neurons = {i: s["removed_neurons"] for i, s in enumerate(spec)}
     assert sum(map(len, heads.values())) == tiny_model.cfg.n_heads * tiny_model.cfg.n_layers // 2
     ref = zero_ablated(tiny_model, tokens, heads, neurons)
     assert torch.allclose(masked(tokens), ref, atol=1e-5)
