@@ -11,7 +11,7 @@ from . import (
     stats,  # noqa: E402
 )
 from .env import progress_enabled, setup  # noqa: E402
-from .evaluation import domain_losses, prompt_losses, token_set_mass  # noqa: E402
+from .evaluation import domain_losses, evaluate, prompt_losses, token_set_mass  # noqa: E402
 from .io import load_json, save_json  # noqa: E402
 from .loading import ModelNotAvailableError, list_models, load_model, model_card  # noqa: E402
 from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass  # noqa: E402
@@ -51,6 +51,7 @@ __all__ = [
     "__version__",
     "available_domains",
     "domain_losses",
+    "evaluate",
     "load_json",
     "list_models",
     "load_model",

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .prompts import PromptSet, TokenBatch, as_prompt_set
 
-__all__ = ["domain_losses", "prompt_losses", "token_losses", "token_set_mass", "unigram_counts", "unigram_loss"]
+__all__ = ["evaluate", "latency_ms", "domain_losses", "prompt_losses", "token_losses", "token_set_mass", "unigram_counts", "unigram_loss"]
 
 
 @torch.no_grad()
@@ -96,3 +96,76 @@ def unigram_loss(counts: np.ndarray, batch: TokenBatch) -> float:
     p = (counts.astype(np.float64) + 1.0) / (counts.sum() + len(counts))
     targets = batch.tokens[:, 1:][batch.mask[:, 1:]].numpy()
     return float(-np.log(p[targets]).mean())
+
+
+def _params(model) -> int:
+    from .pruning import plain_hf  # noqa: PLC0415
+
+    hf = plain_hf(model)
+    return sum(p.numel() for n, p in hf.named_parameters() if "lm_head" not in n or not hf.config.tie_word_embeddings)
+
+
+def latency_ms(model, batch_size: int, n_tokens: int = 128, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time (ms) of one forward of the plain Hugging Face model at this batch size.
+
+    The model is measured outside TransformerLens (no hooks), as it would be deployed.
+    """
+    import time  # noqa: PLC0415
+
+    from .pruning import plain_hf  # noqa: PLC0415
+
+    hf = plain_hf(model)
+    dev = next(hf.parameters()).device
+    x = torch.randint(1, hf.config.vocab_size, (batch_size, n_tokens), generator=torch.Generator().manual_seed(0)).to(dev)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            hf(input_ids=x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+@torch.no_grad()
+def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches=(1, 32), latency_tokens: int = 128,
+             repeats: int = 5) -> dict:
+    """Quality and cost of a (pruned) model on held-out prompts.
+
+    Args:
+        prompts: PromptSet or list of strings.
+        reference: the full model, for ``kl`` and ``top1_agreement`` (KL(reference || model)
+            and the share of positions with the same top-1 token); NaN without one.
+        latency_batches: batch sizes timed (median of ``repeats`` forwards of ``latency_tokens``);
+            ``()`` skips timing.
+
+    Returns:
+        ``loss``, ``kl``, ``top1_agreement``, ``params``, ``latency_ms`` (at the first batch
+        size) and ``latency_ms_b<N>`` for each, plus ``per_prompt_loss`` (a list).
+    """
+    from .metrics import get_metric  # noqa: PLC0415
+    from .patching import prepare, scored_batch  # noqa: PLC0415
+
+    pb = prepare(model, prompts, n_tokens)
+    scored = scored_batch(pb)
+    logits = model(pb.tokens, return_type="logits")[:, scored.positions]
+    out = {"loss": float("nan"), "kl": float("nan"), "top1_agreement": float("nan")}
+    per = get_metric("loss")(logits, scored)
+    out["loss"] = float(per.mean())
+    if reference is not None:
+        ref = reference(pb.tokens.to(next(reference.parameters()).device), return_type="logits")[:, scored.positions]
+        scored.ref_logprobs = torch.log_softmax(ref.float(), -1).to(logits.device)
+        out["kl"] = float(get_metric("kl")(logits, scored).mean())
+        out["top1_agreement"] = float(get_metric("top1")(logits, scored).mean())
+    out["params"] = _params(model)
+    for i, b in enumerate(latency_batches):
+        ms = latency_ms(model, b, latency_tokens, repeats)
+        out[f"latency_ms_b{b}"] = ms
+        if i == 0:
+            out["latency_ms"] = ms
+    out["per_prompt_loss"] = per.double().cpu().tolist()
+    return out
