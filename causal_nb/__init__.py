@@ -25,6 +25,7 @@ from .prompts import (  # noqa: E402
     prompt_set_summary,
 )
 from .pruning import prune, save_pruned  # noqa: E402
+from .sweep import SweepConfig, sweep  # noqa: E402
 from .reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path  # noqa: E402
 from .scoring import METHODS, score  # noqa: E402
 
@@ -41,6 +42,8 @@ __all__ = [
     "score",
     "prune",
     "save_pruned",
+    "sweep",
+    "SweepConfig",
     "stats",
     "METHODS",
     "token_set_path",

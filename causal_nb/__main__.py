@@ -18,11 +18,26 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--resume", action="store_true", help="skip notebooks finished earlier in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the bundled models with their cards")
+    sw = sub.add_parser("sweep", help="run a pruning sweep from a YAML config")
+    sw.add_argument("config", help="YAML file (keys: see causal_nb.sweep.SweepConfig)")
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its 'out' folder")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.cmd == "models":
         from .loading import list_models  # noqa: PLC0415
 
         print(list_models(cards=True).to_string(index=False))
+        return 0
+    if a.cmd == "sweep":
+        from .sweep import SweepError, load_config, sweep  # noqa: PLC0415
+
+        try:
+            cfg = load_config(a.config)
+            df = sweep(cfg, resume=a.resume, progress=not a.no_progress)
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"{len(df)} cells -> {cfg.out}/results.csv")
         return 0
     from .runner import RunError, parse_value, run_series  # noqa: PLC0415
 

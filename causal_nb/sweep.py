@@ -1,0 +1,225 @@
+"""Pruning sweeps: methods x units x sparsities x seeds x models, one result row per cell.
+
+Each cell (model, method, unit, sparsity, seed) scores the units on the scoring prompts
+(scores are computed once per model/method/unit/seed and saved under ``scores/``), prunes,
+and evaluates on held-out prompts of every evaluation domain. Every finished cell is written
+atomically to ``cells/<id>.json`` before the next starts, so a sweep killed at any moment
+(even SIGKILL) loses at most the cell in flight and, restarted with ``resume=True``,
+recomputes no finished cell; the final table is the same as an uninterrupted run's. Cells
+are independent jobs handed to an executor (in-process by default); another executor (a
+cluster engine) only has to implement ``map``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+
+from .env import progress_enabled
+from .io import atomic_write_text, load_json, save_json
+
+__all__ = ["InProcessExecutor", "SweepConfig", "SweepError", "load_config", "run_cell", "sweep"]
+
+
+class SweepError(ValueError):
+    """A sweep config or results folder that cannot be used (nothing is overwritten)."""
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep runs. Unknown keys in a config file are errors (typos would be silent)."""
+
+    out: str = "runs/sweep"  # results folder
+    models: list[str] = field(default_factory=lambda: ["code-llama-4l"])  # names or folders
+    domain: str = "python"  # prompts the scores are computed on (train split)
+    eval_domains: list[str] = field(default_factory=lambda: ["python", "cpp"])  # test splits evaluated
+    n_prompts: int = 16  # scoring prompts
+    n_eval_prompts: int = 16  # evaluation prompts per domain
+    n_tokens: int = 64  # tokens per prompt, BOS included
+    methods: list[str] = field(default_factory=lambda: ["ablation", "attribution", "taylor", "magnitude", "random"])
+    units: list[str] = field(default_factory=lambda: ["head", "neuron"])  # "head", "neuron" or "both"
+    sparsities: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.8])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    physical: bool = True  # slice weights (else zero them)
+    budget: str = "global"  # "global" or "per_layer"
+    latency: bool = False  # time each pruned model (slower)
+    device: str = "cpu"
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not ``out``)."""
+        d = {k: v for k, v in asdict(self).items() if k != "out"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def cells(self) -> list[dict]:
+        """All cells, in a fixed order."""
+        return [{"model": m, "method": meth, "unit": u, "sparsity": float(s), "seed": int(seed)}
+                for m in self.models for u in self.units for meth in self.methods for seed in self.seeds
+                for s in self.sparsities]
+
+
+def load_config(source: str | Path | dict) -> SweepConfig:
+    """A ``SweepConfig`` from a YAML file or dict; unknown keys and bad values are errors."""
+    import yaml  # noqa: PLC0415
+
+    from .scoring import METHODS  # noqa: PLC0415
+
+    if isinstance(source, dict):
+        raw, where = dict(source), "config"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise SweepError(f"{path}: no such sweep config")
+        raw, where = yaml.safe_load(path.read_text()) or {}, str(path)
+    valid = [f.name for f in fields(SweepConfig)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise SweepError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+    cfg = SweepConfig(**raw)
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad:
+        raise SweepError(f"{where}: unknown method(s) {bad}; valid: {list(METHODS)}")
+    bad = [u for u in cfg.units if u not in ("head", "neuron", "both")]
+    if bad:
+        raise SweepError(f"{where}: unknown unit(s) {bad}; valid: 'head', 'neuron', 'both'")
+    bad = [s for s in cfg.sparsities if not 0 <= s < 1]
+    if bad:
+        raise SweepError(f"{where}: sparsities {bad} are outside [0, 1)")
+    return cfg
+
+
+def cell_id(cell: dict) -> str:
+    model = cell["model"].replace("/", "_")
+    return f"{model}__{cell['method']}__{cell['unit']}__s{cell['sparsity']:.3f}__seed{cell['seed']}"
+
+
+class InProcessExecutor:
+    """Runs cells one after another in this process (the default executor)."""
+
+    def map(self, fn: Callable[[dict], dict], cells: Iterable[dict]) -> Iterable[dict]:
+        for c in cells:
+            yield fn(c)
+
+
+class _Context:
+    """Models, prompts and scores loaded once per process and reused across cells."""
+
+    def __init__(self, cfg: SweepConfig, root: Path):
+        self.cfg, self.root = cfg, root
+        self.models: dict = {}
+        self.scores: dict = {}
+
+    def model(self, name):
+        from .loading import load_model  # noqa: PLC0415
+
+        if name not in self.models:
+            self.models[name] = load_model(name, device=self.cfg.device)
+        return self.models[name]
+
+    def unit_scores(self, cell) -> list[pd.DataFrame]:
+        from .prompts import load_prompts  # noqa: PLC0415
+        from .reverse import model_key  # noqa: PLC0415
+        from .scoring import score  # noqa: PLC0415
+
+        kinds = ["head", "neuron"] if cell["unit"] == "both" else [cell["unit"]]
+        out = []
+        for kind in kinds:
+            key = (cell["model"], cell["method"], kind, cell["seed"])
+            path = self.root / "scores" / model_key(cell["model"]) / self.cfg.domain / \
+                f"{cell['method']}_{kind}_seed{cell['seed']}.json"
+            if key not in self.scores:
+                if path.exists():
+                    self.scores[key] = pd.DataFrame(load_json(path)["scores"])
+                else:
+                    prompts = load_prompts(self.cfg.domain, split="train", n=self.cfg.n_prompts)
+                    kw = {"corrupted": load_prompts(self.cfg.eval_domains[-1], split="train", n=self.cfg.n_prompts)} \
+                        if cell["method"] in ("patching", "eap-ig") else {}
+                    df = score(self.model(cell["model"]), prompts, cell["method"], unit=kind, n_tokens=self.cfg.n_tokens,
+                               seed=cell["seed"], progress=False, **kw)
+                    save_json({"model": cell["model"], "domain": self.cfg.domain, "method": cell["method"], "unit": kind,
+                               "seed": cell["seed"], "n_prompts": self.cfg.n_prompts, "n_tokens": self.cfg.n_tokens,
+                               "scores": df.to_dict(orient="records")}, path)
+                    self.scores[key] = df
+            out.append(self.scores[key])
+        return out
+
+
+def run_cell(ctx: _Context, cell: dict) -> dict:
+    """Score, prune and evaluate one cell; returns its result row (per-prompt losses included)."""
+    from .evaluation import evaluate  # noqa: PLC0415
+    from .prompts import load_prompts  # noqa: PLC0415
+    from .pruning import prune  # noqa: PLC0415
+
+    t0 = time.time()
+    cfg = ctx.cfg
+    model = ctx.model(cell["model"])
+    pruned = prune(model, ctx.unit_scores(cell), cell["sparsity"], physical=cfg.physical, budget=cfg.budget)
+    row = dict(cell)
+    for d in cfg.eval_domains:
+        ev = evaluate(pruned, load_prompts(d, split="test", n=cfg.n_eval_prompts), reference=model,
+                      n_tokens=cfg.n_tokens, latency_batches=(1, 32) if cfg.latency else ())
+        for k, v in ev.items():
+            row[f"{d}_{k}" if k not in ("params",) and not k.startswith("latency") else k] = v
+    row["seconds"] = round(time.time() - t0, 2)
+    return row
+
+
+def sweep(config: SweepConfig | dict | str | Path, resume: bool = False, executor=None,
+          progress: bool | None = None, on_cell: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Run every cell not yet finished and return the results table (one row per cell).
+
+    Args:
+        config: a ``SweepConfig``, dict or YAML path.
+        resume: continue in an existing results folder; without it an existing folder is an
+            error (nothing is overwritten).
+        executor: object with ``map(fn, cells)`` (default ``InProcessExecutor``).
+
+    Writes ``<out>/sweep.json``, ``<out>/cells/*.json``, ``<out>/scores/...`` and the table as
+    ``<out>/results.csv`` and ``results.parquet`` (per-prompt losses stay in the cell files).
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    cfg = config if isinstance(config, SweepConfig) else load_config(config)
+    root = Path(cfg.out)
+    meta = root / "sweep.json"
+    if meta.exists():
+        old = load_json(meta)
+        if old["fingerprint"] != cfg.fingerprint():
+            raise SweepError(f"{root} holds results of an incompatible sweep (config {old['fingerprint']} vs "
+                             f"{cfg.fingerprint()}); choose another 'out' folder")
+        if not resume:
+            raise SweepError(f"{root} already holds this sweep's results; pass resume=True (--resume) to continue")
+    else:
+        save_json({"fingerprint": cfg.fingerprint(), "config": asdict(cfg)}, meta)
+    cells_dir = root / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cfg.cells() if not (cells_dir / f"{cell_id(c)}.json").exists()]
+    ctx = _Context(cfg, root)
+    bar = tqdm(total=len(cfg.cells()), initial=len(cfg.cells()) - len(todo), desc="sweep",
+               disable=not progress_enabled(progress))
+    for row in (executor or InProcessExecutor()).map(lambda c: run_cell(ctx, c), todo):
+        atomic_write_text(cells_dir / f"{cell_id(row)}.json", json.dumps(row))
+        bar.update(1)
+        if on_cell:
+            on_cell(row)
+    bar.close()
+    return collect(cfg)
+
+
+def collect(cfg: SweepConfig) -> pd.DataFrame:
+    """The results table from the finished cell files, in cell order; also written to disk."""
+    root = Path(cfg.out)
+    rows = [load_json(root / "cells" / f"{cell_id(c)}.json") for c in cfg.cells()
+            if (root / "cells" / f"{cell_id(c)}.json").exists()]
+    df = pd.DataFrame(rows)
+    flat = df.drop(columns=[c for c in df.columns if c.endswith("per_prompt_loss")])
+    atomic_write_text(root / "results.csv", flat.to_csv(index=False))
+    tmp = root / ".results.parquet.tmp"
+    flat.to_parquet(tmp, index=False)
+    tmp.replace(root / "results.parquet")
+    return df

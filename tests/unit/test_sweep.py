@@ -1,0 +1,69 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from causal_nb.sweep import SweepError, load_config, sweep
+
+
+def config(tiny_dirs, out):
+    return {"out": str(out), "models": [str(tiny_dirs["llama"])], "n_prompts": 3, "n_eval_prompts": 2, "n_tokens": 8,
+            "methods": ["magnitude", "random", "taylor"], "units": ["head", "neuron", "both"],
+            "sparsities": [0.25, 0.5], "eval_domains": ["python", "cpp"]}
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(SweepError, match=r"unknown key\(s\) \['sparsity'\]; valid keys"):
+        load_config({"sparsity": [0.5]})
+    with pytest.raises(SweepError, match=r"unknown method\(s\) \['wanda'\]"):
+        load_config({"methods": ["wanda"]})
+    with pytest.raises(SweepError, match="outside"):
+        load_config({"sparsities": [0.5, 1.0]})
+    with pytest.raises(SweepError, match="no such sweep config"):
+        load_config(tmp_path / "missing.yaml")
+    p = tmp_path / "c.yaml"
+    p.write_text("methods: [random]\nsparsities: [0.5]\n")
+    assert load_config(p).methods == ["random"]
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_recomputing_and_matches(tiny_dirs, tmp_path):
+    cfg_a = config(tiny_dirs, tmp_path / "a")
+    cfg_path = tmp_path / "a.yaml"
+    cfg_path.write_text(json.dumps(cfg_a))  # JSON is YAML
+    proc = subprocess.Popen([sys.executable, "-m", "causal_nb", "sweep", str(cfg_path), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = tmp_path / "a" / "cells"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not cells.exists() or len(list(cells.glob("*.json"))) < 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in cells.glob("*.json"))
+    assert 4 <= len(done) < 18, len(done)
+    for p in cells.glob("*.json"):  # every finished cell file is whole (writes are atomic)
+        assert json.loads(p.read_text())["model"] == cfg_a["models"][0]
+    with pytest.raises(SweepError, match="already holds this sweep"):
+        sweep(cfg_a, progress=False)
+    recomputed = []
+    resumed = sweep(cfg_a, resume=True, progress=False, on_cell=recomputed.append)
+    assert len(recomputed) == 18 - len(done)
+    straight = sweep(config(tiny_dirs, tmp_path / "b"), progress=False)
+    drop = ["seconds"]
+    pd.testing.assert_frame_equal(resumed.drop(columns=drop), straight.drop(columns=drop))
+    assert len(pd.read_csv(tmp_path / "a" / "results.csv")) == 18
+    assert (tmp_path / "a" / "scores").exists()
+
+
+def test_incompatible_results_folder_is_refused(tiny_dirs, tmp_path):
+    cfg = config(tiny_dirs, tmp_path / "c")
+    cfg.update({"methods": ["random"], "units": ["head"], "sparsities": [0.5]})
+    df = sweep(cfg, progress=False)
+    assert len(df) == 1 and df.python_kl.iloc[0] > 0
+    cfg["sparsities"] = [0.25]
+    with pytest.raises(SweepError, match="incompatible sweep"):
+        sweep(cfg, resume=True, progress=False)
