@@ -79,14 +79,34 @@ def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor],
         _, base_val = _gradients(model, base_tokens, set(), metric, scored, None)
     else:
         grads, base_val = _gradients(model, base_tokens, hooks, metric, scored, None)
-    out = torch.zeros(len(units), base_tokens.shape[0], dtype=torch.float64)
     prods = {h: ((source_acts[h].to(base_acts[h].dtype).expand_as(base_acts[h]) - base_acts[h]) * grads[h]).double()
              for h in hooks}
+    return unit_sums(prods, units), base_val.double().cpu()
+
+
+def unit_sums(prods: dict[str, torch.Tensor], units: list[Unit]) -> torch.Tensor:
+    """Sum of each unit's slice of per-hook tensors [batch, pos, ...], per prompt: [unit, batch].
+
+    Units that cover all positions and index one slot of the first axis after pos (heads,
+    neurons) are summed in one vectorised pass per hook; anything else slice by slice.
+    """
+    batch = next(iter(prods.values())).shape[0]
+    out = torch.zeros(len(units), batch, dtype=torch.float64)
+    per_index = {}
+    for h, t in prods.items():
+        if t.dim() >= 3:
+            per_index[h] = t.sum(1).reshape(batch, t.shape[2], -1).sum(-1).cpu()  # [batch, index]
+    whole = {h: t.reshape(batch, -1).sum(-1).cpu() for h, t in prods.items()}
     for i, u in enumerate(units):
         for e in u.edits:
-            part = prods[e.hook][_edit_slice(e)]
-            out[i] += part.reshape(part.shape[0], -1).sum(-1).cpu()
-    return out, base_val.double().cpu()
+            if e.positions is None and len(e.index) == 1 and e.hook in per_index:
+                out[i] += per_index[e.hook][:, e.index[0]]
+            elif e.positions is None and not e.index:
+                out[i] += whole[e.hook]
+            else:
+                part = prods[e.hook][_edit_slice(e)]
+                out[i] += part.reshape(batch, -1).sum(-1).cpu()
+    return out
 
 
 def attribute(model, cb: TokenBatch, xb: TokenBatch, units, unit: str, metric, scored: ScoredBatch, method: str,

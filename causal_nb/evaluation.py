@@ -145,7 +145,8 @@ def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches
 
     Returns:
         ``loss``, ``kl``, ``top1_agreement``, ``params``, ``latency_ms`` (at the first batch
-        size) and ``latency_ms_b<N>`` for each, plus ``per_prompt_loss`` (a list).
+        size) and ``latency_ms_b<N>`` for each, plus ``per_prompt_loss`` (and, with a
+        reference, ``per_prompt_kl`` and ``per_prompt_top1``) as lists.
     """
     from .metrics import get_metric  # noqa: PLC0415
     from .patching import prepare, scored_batch  # noqa: PLC0415
@@ -159,8 +160,11 @@ def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches
     if reference is not None:
         ref = reference(pb.tokens.to(next(reference.parameters()).device), return_type="logits")[:, scored.positions]
         scored.ref_logprobs = torch.log_softmax(ref.float(), -1).to(logits.device)
-        out["kl"] = float(get_metric("kl")(logits, scored).mean())
-        out["top1_agreement"] = float(get_metric("top1")(logits, scored).mean())
+        kl = get_metric("kl")(logits, scored)
+        top1 = get_metric("top1")(logits, scored)
+        out["kl"], out["top1_agreement"] = float(kl.mean()), float(top1.mean())
+        out["per_prompt_kl"] = kl.double().cpu().tolist()
+        out["per_prompt_top1"] = top1.double().cpu().tolist()
     out["params"] = _params(model)
     for i, b in enumerate(latency_batches):
         ms = latency_ms(model, b, latency_tokens, repeats)

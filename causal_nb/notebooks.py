@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("cmd", choices=["build"])
     p.add_argument("names", nargs="*", help="notebook number prefixes (default: all)")
     p.add_argument("--no-execute", action="store_true", help="convert only")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
+    # Outputs of an earlier build (a resumable sweep, say) must not leak into this one.
+    shutil.rmtree(NOTEBOOKS / "runs" / "manual", ignore_errors=True)
     for src in sorted(SRC.glob("[0-9][0-9]_*.py")):
         if a.names and not any(src.name.startswith(n) for n in a.names):
             continue

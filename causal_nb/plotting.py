@@ -7,7 +7,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-__all__ = ["loss_bars", "token_set_bars", "token_set_layers", "unit_heatmap"]
+__all__ = ["agreement_heatmap", "degradation_curves", "loss_bars", "pareto_front", "token_set_bars", "token_set_layers",
+           "unit_heatmap"]
 
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
 
@@ -56,3 +57,68 @@ def loss_bars(df: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd.DataFram
     fig = px.bar(long, x="domain", y="nats", color="kind", barmode="group", title=title)
     fig.update_layout(**_LAYOUT)
     return fig, long.round(4)
+
+
+def agreement_heatmap(mat: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
+    """Method x method rank-agreement matrix (``stats.agreement_matrix``)."""
+    fig = px.imshow(mat.values, x=list(mat.columns), y=list(mat.index), zmin=-1, zmax=1,
+                    color_continuous_scale="RdBu", text_auto=".2f", title=title)
+    fig.update_layout(**_LAYOUT)
+    return fig, mat.round(3)
+
+
+def degradation_curves(results: pd.DataFrame, quality: str = "python_per_prompt_top1", unit: str | None = None,
+                       title: str = "") -> tuple[go.Figure, pd.DataFrame]:
+    """Quality vs sparsity per method, with 95% bootstrap bands over prompts (sweep results)."""
+    from .stats import bootstrap_ci  # noqa: PLC0415
+
+    df = results if unit is None else results[results.unit == unit]
+    rows = []
+    for (method, s), g in df.groupby(["method", "sparsity"]):
+        vals = [v for lst in g[quality] for v in lst]
+        mean, lo, hi = bootstrap_ci(vals)
+        rows.append({"method": method, "sparsity": s, "mean": mean, "ci_low": lo, "ci_high": hi})
+    table = pd.DataFrame(rows).sort_values(["method", "sparsity"]).reset_index(drop=True)
+    fig = go.Figure()
+    for i, (method, g) in enumerate(table.groupby("method")):
+        color = px.colors.qualitative.Plotly[i % 10]
+        fig.add_trace(go.Scatter(x=list(g.sparsity) + list(g.sparsity[::-1]), y=list(g.ci_high) + list(g.ci_low[::-1]),
+                                 fill="toself", fillcolor=color, opacity=0.15, line={"width": 0}, showlegend=False,
+                                 hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=g.sparsity, y=g["mean"], mode="lines+markers", name=method, line={"color": color}))
+    fig.update_layout(title=title, xaxis_title="sparsity", yaxis_title=quality.replace("_per_prompt_", " "), **_LAYOUT)
+    return fig, table.round(4)
+
+
+def pareto_front(results: pd.DataFrame, quality: str = "python_top1_agreement", cost: str = "params",
+                 title: str = "") -> tuple[go.Figure, pd.DataFrame]:
+    """Quality vs cost of every pruned model; the Pareto-optimal ones (no other is both
+    cheaper and better) are marked."""
+    df = results[["model", "method", "unit", "sparsity", cost, quality]].copy().sort_values([cost, quality],
+                                                                                          ascending=[True, False])
+    best, front = -float("inf"), []
+    for q in df[quality]:
+        front.append(q > best)
+        best = max(best, q)
+    df["pareto"] = front
+    fig = px.scatter(df, x=cost, y=quality, color="method", symbol="unit", hover_data=["sparsity"], title=title)
+    pf = df[df.pareto]
+    fig.add_trace(go.Scatter(x=pf[cost], y=pf[quality], mode="lines", name="Pareto front", line={"dash": "dot"}))
+    fig.update_layout(**_LAYOUT)
+    return fig, df.round(4).reset_index(drop=True)
+
+
+def save_figure(fig: go.Figure, folder, name: str):
+    """Write ``<folder>/<name>.html`` (plotly.js from the bundle, works offline) and, when
+    kaleido is installed, ``<name>.png``. Returns the HTML path."""
+    from pathlib import Path  # noqa: PLC0415
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    html = folder / f"{name}.html"
+    fig.write_html(html, include_plotlyjs=True, full_html=True)
+    try:
+        fig.write_image(folder / f"{name}.png", scale=2)
+    except Exception:  # noqa: BLE001 - static export needs kaleido and a browser; HTML is enough
+        pass
+    return html

@@ -131,8 +131,8 @@ def layer_effects(model, a, b, site: str = "resid", mode: str = "mean", measure:
         raise ValueError(f"unknown site {site!r}; valid: {sorted(SITES)}")
     if mode not in ("mean", "paired"):
         raise ValueError(f"mode must be 'mean' or 'paired', got {mode!r}")
-    if measure not in ("logprob", "logit"):
-        raise ValueError(f"measure must be 'logprob' or 'logit', got {measure!r}")
+    if measure not in ("prob", "logprob", "logit"):
+        raise ValueError(f"measure must be 'prob', 'logprob' or 'logit', got {measure!r}")
     if mode == "paired" and site == "resid":
         raise ValueError("paired patching of the whole residual stream reproduces B's run exactly at every layer; "
                          "use site='attn' or 'mlp', or mode='mean'")
@@ -147,6 +147,8 @@ def layer_effects(model, a, b, site: str = "resid", mode: str = "mean", measure:
 
     def norm(lg):
         lg = lg.float()
+        if measure == "prob":
+            return torch.softmax(lg, -1)
         return torch.log_softmax(lg, -1) if measure == "logprob" else lg
 
     base = norm(cap_a.logits)

@@ -10,17 +10,19 @@ unit by the loss's sensitivity to scaling it (Taylor |a.g|, Fisher E[(a.g)^2], M
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 
-from .attribution import _gradients
-from .engine import _edit_slice, capture
+from .attribution import _gradients, unit_sums
+from .engine import capture
 from .metrics import get_metric
 from .patching import ablate, patch, prepare, scored_batch
 from .units import enumerate_units, unit_columns
 
-__all__ = ["METHODS", "SCORE_UNITS", "score"]
+__all__ = ["METHODS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path"]
 
 METHODS = ("ablation", "patching", "attribution", "eap-ig", "taylor", "fisher", "magnitude", "activation",
            "duplication", "random")
@@ -171,11 +173,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         with torch.no_grad():
             cap = capture(model, pb.tokens, hooks)
         grads, _ = _gradients(model, pb.tokens, set(hooks), loss, scored, None)
-        per = np.zeros((len(units), len(pb)))
-        for i, u in enumerate(units):
-            for e in u.edits:
-                prod = (cap.acts[e.hook] * grads[e.hook]).double()[_edit_slice(e)]
-                per[i] += prod.reshape(prod.shape[0], -1).sum(-1).cpu().numpy()
+        per = unit_sums({h: (cap.acts[h] * grads[h]).double() for h in hooks}, units).numpy()
         # a.g is dL/dm for a mask m scaling the unit's output, at m = 1
         per = np.abs(per) if method == "taylor" else per**2
         return _table(units, unit, per.mean(1), per, pb.ids, attrs)
@@ -200,3 +198,44 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
                                 steps if method == "eap-ig" else 0, source_tokens=src_tokens)
     per = est.numpy()  # estimated loss increase per prompt
     return _table(units, unit, per.mean(1), per, pb.ids, {**attrs, "kind": kind, "metric": "loss"})
+
+
+def scores_path(root, model_name: str, domain: str, method: str, unit: str) -> Path:
+    """``<root>/<model>/<domain>/<method>_<unit>.json``."""
+    from .reverse import model_key  # noqa: PLC0415
+
+    return Path(root) / model_key(model_name) / domain / f"{method}_{unit}.json"
+
+
+def save_scores(df: pd.DataFrame, root, model, domain: str, prompts=None) -> Path:
+    """Write a score table with provenance (model, tokenizer fingerprint, prompt hash, settings)."""
+    from .io import save_json  # noqa: PLC0415
+    from .reverse import tokenizer_fingerprint  # noqa: PLC0415
+
+    name = getattr(model, "causal_nb_source", {}).get("name", "model")
+    attrs = {k: v for k, v in df.attrs.items() if k != "per_prompt"}
+    per = df.attrs.get("per_prompt")
+    payload = {"model": name, "tokenizer": tokenizer_fingerprint(model), "domain": domain,
+               "prompt_sha256": getattr(prompts, "sha256", None), "settings": attrs,
+               "scores": df.to_dict(orient="records"),
+               "per_prompt": per.to_dict(orient="list") if per is not None else None}
+    return save_json(payload, scores_path(root, name, domain, attrs.get("method", "unknown"), attrs.get("unit", "unit")))
+
+
+def load_scores(path, model=None) -> pd.DataFrame:
+    """Read a saved score table; with ``model``, refuse scores computed for another tokenizer."""
+    from .io import load_json  # noqa: PLC0415
+    from .reverse import tokenizer_fingerprint  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no saved scores; run notebooks/02_causal_scoring first "
+                                "(or causal_nb.scoring.save_scores)")
+    d = load_json(path)
+    if model is not None and d["tokenizer"] != tokenizer_fingerprint(model):
+        raise ValueError(f"{path} holds scores for {d['model']!r} (tokenizer {d['tokenizer']}), not for this model")
+    df = pd.DataFrame(d["scores"])
+    df.attrs.update(d["settings"])
+    if d.get("per_prompt"):
+        df.attrs["per_prompt"] = pd.DataFrame(d["per_prompt"])
+    return df

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-__all__ = ["agreement_matrix", "bootstrap_ci", "holm", "paired_tests", "rank_agreement", "topk_overlap"]
+__all__ = ["agreement_matrix", "bootstrap_ci", "h1_table", "h2_table", "holm", "paired_tests", "rank_agreement",
+           "topk_overlap"]
 
 _KEYS = ("layer", "head", "neuron", "pos")
 
@@ -112,3 +113,49 @@ def paired_tests(per_prompt: dict[str, np.ndarray], reference: str, alternative:
     df = pd.DataFrame(rows)
     df["p_holm"] = holm(df.p.to_numpy()) if len(df) else []
     return df
+
+
+def h1_table(scores: dict[str, pd.DataFrame], removal_effect: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
+    """H1: does a method's importance predict the quality drop when the unit is removed?
+
+    Args:
+        scores: method -> score table of the same units.
+        removal_effect: the measured drop per unit when that unit alone is removed (e.g. the
+            ``ablation`` score: KL to the full model), as a score table.
+
+    Returns:
+        One row per method: Spearman and Kendall correlation with the measured drop and the
+        top-k overlap, sorted by Spearman.
+    """
+    rows = [{"method": m, **{key: v for key, v in rank_agreement(df, removal_effect, k).items()}}
+            for m, df in scores.items()]
+    return pd.DataFrame(rows).sort_values("spearman", ascending=False).reset_index(drop=True)
+
+
+def h2_table(results: pd.DataFrame, reference: str, quality: str = "python_per_prompt_top1",
+             unit: str | None = None, model: str | None = None) -> pd.DataFrame:
+    """H2: does the reference (causal) selection retain more quality than each other method?
+
+    For every sparsity: mean retained quality per method with a bootstrap CI over prompts,
+    the ratio reference / method, and a paired Wilcoxon test (Holm-corrected across methods
+    at that sparsity). ``results`` is the sweep table with per-prompt lists (``sweep`` output).
+    """
+    df = results
+    if unit is not None:
+        df = df[df.unit == unit]
+    if model is not None:
+        df = df[df.model == model]
+    if reference not in set(df.method):
+        raise ValueError(f"reference method {reference!r} is not in the results ({sorted(set(df.method))})")
+    rows = []
+    for s, block in df.groupby("sparsity"):
+        per = {m: np.mean(np.stack(g[quality].to_list()), axis=0) for m, g in block.groupby("method")}
+        tests = paired_tests(per, reference).set_index("other")
+        for m, v in per.items():
+            mean, lo, hi = bootstrap_ci(v)
+            row = {"sparsity": s, "method": m, "retained": mean, "ci_low": lo, "ci_high": hi}
+            if m != reference:
+                row.update({"ratio_ref_over_method": float(np.mean(per[reference]) / mean) if mean else np.inf,
+                            "p": tests.loc[m, "p"], "p_holm": tests.loc[m, "p_holm"]})
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -24,7 +24,7 @@ import pandas as pd
 from .env import progress_enabled
 from .io import atomic_write_text, load_json, save_json
 
-__all__ = ["InProcessExecutor", "SweepConfig", "SweepError", "load_config", "run_cell", "sweep"]
+__all__ = ["InProcessExecutor", "SweepConfig", "SweepError", "load_config", "load_results", "run_cell", "sweep"]
 
 
 class SweepError(ValueError):
@@ -50,10 +50,11 @@ class SweepConfig:
     budget: str = "global"  # "global" or "per_layer"
     latency: bool = False  # time each pruned model (slower)
     device: str = "cpu"
+    scores_dir: str | None = None  # read scores saved by notebook 02 here instead of computing them
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not ``out``)."""
-        d = {k: v for k, v in asdict(self).items() if k != "out"}
+        """Hash of everything that changes results (not ``out`` or where saved scores live)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("out", "scores_dir")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[dict]:
@@ -132,6 +133,14 @@ class _Context:
             key = (cell["model"], cell["method"], kind, cell["seed"])
             path = self.root / "scores" / model_key(cell["model"]) / self.cfg.domain / \
                 f"{cell['method']}_{kind}_seed{cell['seed']}.json"
+            if key not in self.scores and self.cfg.scores_dir:
+                from .scoring import load_scores, scores_path  # noqa: PLC0415
+
+                saved = scores_path(self.cfg.scores_dir, cell["model"], self.cfg.domain, cell["method"], kind)
+                if not saved.exists():
+                    raise SweepError(f"{saved}: no saved {cell['method']} {kind} scores for {cell['model']}; run "
+                                     "notebooks/02_causal_scoring.ipynb first (or drop scores_dir to compute them)")
+                self.scores[key] = load_scores(saved, self.model(cell["model"]))
             if key not in self.scores:
                 if path.exists():
                     self.scores[key] = pd.DataFrame(load_json(path)["scores"])
@@ -217,9 +226,19 @@ def collect(cfg: SweepConfig) -> pd.DataFrame:
     rows = [load_json(root / "cells" / f"{cell_id(c)}.json") for c in cfg.cells()
             if (root / "cells" / f"{cell_id(c)}.json").exists()]
     df = pd.DataFrame(rows)
-    flat = df.drop(columns=[c for c in df.columns if c.endswith("per_prompt_loss")])
+    flat = df.drop(columns=[c for c in df.columns if "per_prompt" in c])
     atomic_write_text(root / "results.csv", flat.to_csv(index=False))
     tmp = root / ".results.parquet.tmp"
     flat.to_parquet(tmp, index=False)
     tmp.replace(root / "results.parquet")
     return df
+
+
+def load_results(folder: str | Path) -> pd.DataFrame:
+    """The results of a sweep folder (finished cells, per-prompt lists included)."""
+    meta = Path(folder) / "sweep.json"
+    if not meta.exists():
+        raise SweepError(f"{folder} holds no sweep (no sweep.json); run notebooks/03_pruning_sweep.ipynb first")
+    cfg = SweepConfig(**load_json(meta)["config"])
+    cfg.out = str(folder)
+    return collect(cfg)

@@ -1,8 +1,9 @@
 import pytest
 
 import causal_nb as cnb
+from causal_nb.zoo import SPECS
 
-BUNDLED = ["code-llama-4l", "code-gpt2-2l"]
+BUNDLED = list(SPECS)
 
 
 @pytest.fixture(scope="session", params=BUNDLED)

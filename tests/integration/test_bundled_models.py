@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import causal_nb as cnb
-from causal_nb.zoo import MODELS_DIR, quality
+from causal_nb.zoo import MODELS_DIR, SPECS, quality
 
-from .conftest import BUNDLED
+BUNDLED = list(SPECS)
 
 
 def test_bundled_models_are_listed_default_first():

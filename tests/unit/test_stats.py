@@ -54,3 +54,26 @@ def test_paired_tests_detect_a_real_difference_and_not_a_null():
     assert df.loc["same", "p_holm"] > 0.05
     ref = st.wilcoxon(per["causal"] - per["magnitude"], alternative="greater")
     assert df.loc["magnitude", "p"] == pytest.approx(ref.pvalue)
+
+
+def test_h1_ranks_methods_by_agreement_with_the_removal_effect():
+    truth = table([1.0, 2, 3, 4, 5, 6])
+    h1 = stats.h1_table({"good": table([1.1, 2, 3.5, 4, 5, 7]), "bad": table([6.0, 5, 4, 3, 2, 1])}, truth)
+    assert list(h1.method) == ["good", "bad"]
+    assert h1.spearman.tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_h2_ratio_and_tests_from_per_prompt_results():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in (0.5, 0.8):
+        base = rng.uniform(0.3, 0.6, 30)
+        rows.append({"method": "ablation", "unit": "head", "model": "m", "sparsity": s, "q": list(base + 0.2)})
+        rows.append({"method": "magnitude", "unit": "head", "model": "m", "sparsity": s, "q": list(base)})
+    h2 = stats.h2_table(pd.DataFrame(rows), "ablation", quality="q")
+    at80 = h2[(h2.sparsity == 0.8) & (h2.method == "magnitude")].iloc[0]
+    ref = h2[(h2.sparsity == 0.8) & (h2.method == "ablation")].iloc[0]
+    assert at80.ratio_ref_over_method == pytest.approx(ref.retained / at80.retained)
+    assert at80.p < 1e-5 and at80.ci_low < at80.retained < at80.ci_high
+    with pytest.raises(ValueError, match="reference method 'taylor'"):
+        stats.h2_table(pd.DataFrame(rows), "taylor", quality="q")
