@@ -22,10 +22,12 @@ DOMAIN_A = "python"  # token-set domain pair
 DOMAIN_B = "cpp"  # token-set domain pair
 TOKEN_SETS_DIR = "../token_sets"  # written by notebook 01
 SCORES_DIR = "../scores"  # written by notebook 02
-SWEEP_DIR = "runs/manual/sweep"  # written by notebook 03 (OUT_DIR/sweep there)
+SWEEP_DIR = "runs/manual/sweep"  # written by notebook 03 (OUT_DIR/sweep there, one folder per unit kind)
 GRAPHS_DIR = "runs/manual/graphs"  # where figures are written
 
 # %%
+import pandas as pd
+
 import causal_nb as cnb
 from causal_nb.scoring import load_scores, scores_path
 from causal_nb.sweep import load_results
@@ -50,7 +52,7 @@ fig, df = cnb.plotting.unit_heatmap(load_scores(scores_path(SCORES_DIR, MODEL, D
 keep(fig, "head_importance")
 
 # %%
-results = load_results(SWEEP_DIR)
+results = pd.concat([load_results(f"{SWEEP_DIR}/{unit}") for unit in ("head", "neuron")], ignore_index=True)
 fig, curves = cnb.plotting.degradation_curves(results, f"{DOMAIN_A}_per_prompt_top1", unit="head",
                                               title=f"{MODEL}: top-1 agreement after pruning heads")
 keep(fig, "degradation_heads")
