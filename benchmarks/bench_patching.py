@@ -14,6 +14,10 @@ Spearman correlation with the exact head effects instead.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # the peer's own progress bars would flood the table
+
 import argparse
 import datetime as dt
 import platform
@@ -35,8 +39,9 @@ HERE = Path(__file__).parent
 
 def corrupted_pair(model, n_prompts: int, n_tokens: int):
     """Clean python prompts and a copy whose first half comes from other prompts."""
-    cb = cnb.load_prompts("python", split="all").tokenize(model, n_tokens, pad=False)
-    cb = TokenBatch(cb.tokens[:n_prompts], cb.mask[:n_prompts], cb.ids[:n_prompts])
+    cb = cnb.load_prompts("python", split="all").tokenize(model, n_tokens)
+    full = cb.mask.all(-1).nonzero()[:n_prompts, 0]  # prompts at least n_tokens long
+    cb = TokenBatch(cb.tokens[full], cb.mask[full], tuple(cb.ids[i] for i in full.tolist()))
     donor = torch.roll(cb.tokens, shifts=1, dims=0)
     half = n_tokens // 2
     x = cb.tokens.clone()
@@ -67,9 +72,9 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
     scored = list(range(half - 1, n_tokens - 1))
     tgt = cb.tokens[:, half:]
 
-    def peer_metric(logits):
-        lp = torch.log_softmax(logits[:, half - 1 : -1].float(), -1)
-        return lp.gather(-1, tgt[..., None])[..., 0].mean()
+    def peer_metric(logits):  # the same arithmetic as the kit's "logprob" metric
+        lg = logits[:, half - 1 : -1].float()
+        return (lg.gather(-1, tgt[..., None])[..., 0] - torch.logsumexp(lg, -1)).mean()
 
     rows = []
     peers = {

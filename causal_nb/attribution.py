@@ -22,8 +22,12 @@ from .units import Unit
 __all__ = ["attribute", "attribution_scores"]
 
 
-def _gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[torch.Tensor, torch.Tensor, float] | None):
-    """Per-prompt metric gradients w.r.t. activations at ``hooks`` (a forward + backward)."""
+def _gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[torch.Tensor, torch.Tensor, float] | None,
+               keep_acts: bool = False):
+    """Per-prompt metric gradients w.r.t. activations at ``hooks`` (a forward + backward).
+
+    Returns (grads, metric values) or, with ``keep_acts``, (grads, detached activations, values).
+    """
     names = sorted(hooks)
     acts: dict[str, torch.Tensor] = {}
     first = "blocks.0.hook_resid_pre"
@@ -47,14 +51,17 @@ def _gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[
         logits = model(tokens, return_type="logits")[:, scored.positions]
         vals = metric(logits, scored)
         if not names:
-            return {}, vals.detach()
+            return ({}, {}, vals.detach()) if keep_acts else ({}, vals.detach())
         grads = torch.autograd.grad(vals.sum(), [acts[n] for n in names], allow_unused=True)
-    return {n: (torch.zeros_like(acts[n]) if g is None else g.detach()) for n, g in zip(names, grads)}, vals.detach()
+    grads = {n: (torch.zeros_like(acts[n]) if g is None else g.detach()) for n, g in zip(names, grads)}
+    if keep_acts:
+        return grads, {n: acts[n].detach() for n in names}, vals.detach()
+    return grads, vals.detach()
 
 
 def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor], base_acts: dict[str, torch.Tensor],
                        units: list[Unit], metric, scored: ScoredBatch, steps: int = 0,
-                       source_tokens=None) -> tuple[torch.Tensor, torch.Tensor]:
+                       source_tokens=None, grads: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """First-order effect per unit and prompt: sum over the unit's slice of (source - base) * grad.
 
     Args:
@@ -77,11 +84,13 @@ def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor],
             total = g if total is None else {n: total[n] + g[n] for n in g}
         grads = {n: t / steps for n, t in total.items()}
         _, base_val = _gradients(model, base_tokens, set(), metric, scored, None)
-    else:
+    elif grads is None:
         grads, base_val = _gradients(model, base_tokens, hooks, metric, scored, None)
+    else:
+        base_val = None
     prods = {h: ((source_acts[h].to(base_acts[h].dtype).expand_as(base_acts[h]) - base_acts[h]) * grads[h]).double()
              for h in hooks}
-    return unit_sums(prods, units), base_val.double().cpu()
+    return unit_sums(prods, units), None if base_val is None else base_val.double().cpu()
 
 
 def unit_sums(prods: dict[str, torch.Tensor], units: list[Unit]) -> torch.Tensor:
@@ -120,16 +129,29 @@ def attribute(model, cb: TokenBatch, xb: TokenBatch, units, unit: str, metric, s
     with torch.no_grad():
         clean_cap = capture(model, cb.tokens, hooks, scored.positions)
         scored.ref_logprobs = torch.log_softmax(clean_cap.logits.float(), -1)
-        corr_cap = capture(model, xb.tokens, hooks, scored.positions)
         clean_val = metric(clean_cap.logits, scored).float().cpu()
-        corr_val = metric(corr_cap.logits, scored).float().cpu()
-    base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)
     n_steps = steps if method == "eap-ig" else 0
-    delta, base_val = attribution_scores(model, base.tokens, src.acts, base.acts, units, metric, scored, n_steps,
-                                         source_tokens=src.tokens)
+    if direction == "denoise":
+        # The gradient pass runs the corrupted input anyway: its activations and metric are the
+        # base, so no separate corrupted capture is needed.
+        grads, acts, base_val = _gradients(model, xb.tokens, set(hooks), metric, scored, None, keep_acts=True)
+        src_acts, base_acts, base_tokens, src_tokens = clean_cap.acts, acts, xb.tokens, cb.tokens
+        corr_val = base_val.float().cpu()
+    else:
+        with torch.no_grad():
+            corr_cap = capture(model, xb.tokens, hooks)
+        grads = None
+        src_acts, base_acts, base_tokens, src_tokens = corr_cap.acts, clean_cap.acts, cb.tokens, xb.tokens
+        corr_val = None
+    delta, _ = attribution_scores(model, base_tokens, src_acts, base_acts, units, metric, scored, n_steps,
+                                  source_tokens=src_tokens, grads=None if n_steps else grads)
+    if corr_val is None:
+        with torch.no_grad():
+            corr_val = metric(model(xb.tokens, return_type="logits")[:, scored.positions], scored).float().cpu()
     attrs = {"method": method, "unit": unit, "metric": metric_name, "direction": direction,
              "clean": float(clean_val.nanmean()), "corrupted": float(corr_val.nanmean()),
              "steps": n_steps}
+    base_val = (corr_val if direction == "denoise" else clean_val).double()
     df = _finish(units, base_val[None, :] + delta, unit, per_position, cb.ids, attrs)
     df["normalized"] = (df["value"] - attrs["corrupted"]) / (attrs["clean"] - attrs["corrupted"])
     return df

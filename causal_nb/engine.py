@@ -60,6 +60,10 @@ def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), 
         grad: keep the graph (for attribution); activations are then not detached.
     """
     names = set(hooks) | {f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)}
+    if any(h.endswith("attn.hook_z") for h in hooks):
+        # head patching can resume after the attention layer (see _head_fast_path)
+        names |= {f"blocks.{layer}.hook_resid_mid" for layer in range(model.cfg.n_layers)}
+        names |= {f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)}
     acts: dict[str, Tensor] = {}
     block_args: dict[int, tuple[tuple, dict]] = {}
 
@@ -116,6 +120,59 @@ def run_from(model, cap: Capture, start: int, k: int, positions: Tensor) -> Floa
     for layer in range(start, model.cfg.n_layers):
         args, kwargs = cap.block_args[layer]
         out = model.blocks[layer](x, *_expand(args[1:], batch, k), **{n: _expand(v, batch, k) for n, v in kwargs.items()})
+        x = out[0] if isinstance(out, tuple) else out
+    return final_logits(model, x, positions)
+
+
+def _mlp_half(model, layer: int, x):
+    """The second half of a sequential pre-norm block: x + mlp(ln2(x))."""
+    blk = model.blocks[layer]
+    return x + blk.mlp(blk.ln2(x))
+
+
+def _head_fast_path(model, base: Capture, layer: int) -> bool:
+    """Whether head edits at ``layer`` can skip its attention computation.
+
+    A head's output enters the residual stream only through ``z_h @ W_O[h]``, so patching it
+    adds (z_src - z_base)[h] @ W_O[h] to the cached ``resid_mid``; the block's MLP half then
+    runs from there. Valid for sequential pre-norm blocks (checked numerically on the base run:
+    parallel-attention blocks fail the check and use the full replay).
+    """
+    key = ("fast", layer)
+    if key not in base.acts:
+        ok = False
+        try:
+            mid = base.acts.get(f"blocks.{layer}.hook_resid_mid")
+            post = base.acts.get(f"blocks.{layer}.hook_resid_post")
+            if mid is not None and post is not None and model.W_O[layer] is not None:
+                with torch.no_grad():
+                    ok = bool(torch.allclose(_mlp_half(model, layer, mid), post, atol=1e-4, rtol=1e-4))
+        except Exception:  # noqa: BLE001 - any model where the check can't run takes the full replay
+            ok = False
+        base.acts[key] = ok
+    return base.acts[key]
+
+
+def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
+                    positions: Tensor) -> Tensor:
+    hook = f"blocks.{layer}.attn.hook_z"
+    z_base = base.acts[hook]
+    z_src = sources[hook].to(z_base.dtype).expand_as(z_base)
+    w_o = model.W_O[layer]  # [head d_head d_model]
+    mids = []
+    for unit in group:
+        delta = torch.zeros_like(base.acts[f"blocks.{layer}.hook_resid_mid"])
+        for e in unit.edits:
+            (h,) = e.index
+            pos = slice(None) if e.positions is None else list(e.positions)
+            d = (z_src[:, pos, h] - z_base[:, pos, h]) @ w_o[h]
+            delta[:, pos] += d.to(delta.dtype)
+        mids.append(base.acts[f"blocks.{layer}.hook_resid_mid"] + delta)
+    x = _mlp_half(model, layer, torch.cat(mids))
+    batch, k = base.tokens.shape[0], len(group)
+    for later in range(layer + 1, model.cfg.n_layers):
+        args, kwargs = base.block_args[later]
+        out = model.blocks[later](x, *_expand(args[1:], batch, k), **{n: _expand(v, batch, k) for n, v in kwargs.items()})
         x = out[0] if isinstance(out, tuple) else out
     return final_logits(model, x, positions)
 
@@ -184,8 +241,12 @@ def evaluate_units(model, base: Capture, sources: dict[str, Tensor], units: Sequ
         layer = units[order[i]].layer
         group_idx = [j for j in order[i : i + batch_size] if units[j].layer == layer]
         group = [units[j] for j in group_idx]
-        with model.hooks(fwd_hooks=_hooks_for(group, sources, batch)):
-            logits = run_from(model, base, layer, len(group), scored.positions)
+        if all(e.hook == f"blocks.{layer}.attn.hook_z" and len(e.index) == 1 for u in group for e in u.edits) \
+                and _head_fast_path(model, base, layer):
+            logits = _run_heads_fast(model, base, layer, group, sources, scored.positions)
+        else:
+            with model.hooks(fwd_hooks=_hooks_for(group, sources, batch)):
+                logits = run_from(model, base, layer, len(group), scored.positions)
         vals = metric(logits, scored.repeat(len(group)) if len(group) > 1 else scored)
         out[group_idx] = vals.double().cpu().view(len(group), batch)
         i += len(group_idx)

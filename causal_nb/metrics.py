@@ -60,7 +60,9 @@ def masked_mean(x: Float[Tensor, "batch scored"], valid: Bool[Tensor, "batch sco
 
 def logprob(logits, batch: ScoredBatch):
     """Mean log-probability of the clean next tokens."""
-    lp = torch.log_softmax(_up(logits), -1).gather(-1, batch.targets[..., None])[..., 0]
+    lg = _up(logits)
+    # logit - logsumexp: the same number as log_softmax, without materialising [.., vocab] log-probs
+    lp = lg.gather(-1, batch.targets[..., None])[..., 0] - torch.logsumexp(lg, -1)
     return masked_mean(lp, batch.valid)
 
 

@@ -30,9 +30,9 @@ def naive_loop(model, base_tokens, source_tokens, hook, n_index, metric, ablatio
     _, src = model.run_with_cache(source_tokens)
     out = []
     for i in range(n_index) if isinstance(n_index, int) else n_index:
-        def fn(act, hook_point, i=i):
+        def fn(act, hook, i=i, name=hook):
             act = act.clone()
-            act[:, :, i] = 0 if ablation == "zero" else src[hook][:, :, i]
+            act[:, :, i] = 0 if ablation == "zero" else src[name][:, :, i]
             return act
 
         logits = model.run_with_hooks(base_tokens, fwd_hooks=[(hook, fn)])
