@@ -102,7 +102,7 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
             ours = torch.tensor(df.sort_values(["layer", "pos"]).value.values).view(ref.shape)
         err = (ours - ref.double().cpu()).abs().max().item()
         rows.append({"model": label, "method": f"exact {unit}", "peer_s": t_peer, "ours_s": t_ours,
-                     "ratio": t_peer / t_ours, "check": f"max|diff| {err:.1e} (largest effect "
+                     "ratio": t_peer / t_ours, "check": f"max abs diff {err:.1e} (largest effect "
                      f"{(ref - ref.flatten().median()).abs().max().item():.2f})"})
         print(rows[-1], flush=True)
     if exact_heads is not None:
