@@ -31,6 +31,8 @@ def build(src: Path, execute: bool = True, timeout: int = 1200) -> Path:
     from nbclient import NotebookClient  # noqa: PLC0415
 
     nb = jupytext.read(src)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:02d}"  # stable ids: rebuilding an unchanged source changes nothing
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata["causal_nb"] = {"source": f"src/{src.name}", "source_sha256": source_hash(src)}

@@ -15,7 +15,7 @@ _LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b"
 
 def token_set_bars(ts, n: int = 20) -> tuple[go.Figure, pd.DataFrame]:
     """Top-``n`` tokens of a token set by score (mean log-prob change)."""
-    df = ts.to_frame().head(n)[["rank", "id", "token", "score"]]
+    df = ts.to_frame().head(n)[["rank", "id", "token", "score"]].round(6)
     a, b = ts.domains
     fig = px.bar(df, x="score", y="token", orientation="h",
                  title=f"{ts.model}: tokens promoted in {a} runs by {b} activity")
@@ -43,6 +43,8 @@ def unit_heatmap(df: pd.DataFrame, value: str = "value", title: str = "") -> tup
         mat = df.set_index("layer")[[value]]
     else:
         mat = df.pivot_table(index="layer", columns=col, values=value)
+    # Rounded before plotting: the figure's JSON (compared by nbval) must not move with the last bit.
+    mat = mat.round(6)
     fig = px.imshow(mat.values, x=[str(c) for c in mat.columns], y=[str(i) for i in mat.index], aspect="auto",
                     color_continuous_scale="RdBu", color_continuous_midpoint=0.0,
                     labels={"x": col or "", "y": "layer", "color": value}, title=title)
@@ -61,6 +63,7 @@ def loss_bars(df: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd.DataFram
 
 def agreement_heatmap(mat: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Method x method rank-agreement matrix (``stats.agreement_matrix``)."""
+    mat = mat.round(6)
     fig = px.imshow(mat.values, x=list(mat.columns), y=list(mat.index), zmin=-1, zmax=1,
                     color_continuous_scale="RdBu", text_auto=".2f", title=title)
     fig.update_layout(**_LAYOUT)
@@ -78,7 +81,7 @@ def degradation_curves(results: pd.DataFrame, quality: str = "python_per_prompt_
         vals = [v for lst in g[quality] for v in lst]
         mean, lo, hi = bootstrap_ci(vals)
         rows.append({"method": method, "sparsity": s, "mean": mean, "ci_low": lo, "ci_high": hi})
-    table = pd.DataFrame(rows).sort_values(["method", "sparsity"]).reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values(["method", "sparsity"]).reset_index(drop=True).round(6)
     fig = go.Figure()
     for i, (method, g) in enumerate(table.groupby("method")):
         color = px.colors.qualitative.Plotly[i % 10]
@@ -94,8 +97,8 @@ def pareto_front(results: pd.DataFrame, quality: str = "python_top1_agreement", 
                  title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Quality vs cost of every pruned model; the Pareto-optimal ones (no other is both
     cheaper and better) are marked."""
-    df = results[["model", "method", "unit", "sparsity", cost, quality]].copy().sort_values([cost, quality],
-                                                                                          ascending=[True, False])
+    df = results[["model", "method", "unit", "sparsity", cost, quality]].round(6).sort_values([cost, quality],
+                                                                                             ascending=[True, False])
     best, front = -float("inf"), []
     for q in df[quality]:
         front.append(q > best)

@@ -99,8 +99,9 @@ def test_noising_and_normalisation(tiny_model, pair):
     # Replacing the whole residual stream with the corrupted one reproduces the corrupted run.
     assert torch.allclose(torch.tensor(df.value.values), torch.tensor(df.attrs["corrupted"]).double(), atol=ATOL)
     den = patch(tiny_model, CLEAN, CORR, unit="resid", n_tokens=N, progress=False)
-    assert den.normalized.sub(1).abs().max() < 1e-4
-    assert df.normalized.abs().max() < 1e-4
+    assert torch.allclose(torch.tensor(den.value.values), torch.tensor(den.attrs["clean"]).double(), atol=ATOL)
+    gap = abs(den.attrs["clean"] - den.attrs["corrupted"])  # small on random models: scale the check
+    assert den.normalized.sub(1).abs().max() < ATOL / gap and df.normalized.abs().max() < ATOL / gap
 
 
 def test_batched_interventions_equal_one_at_a_time(tiny_model):
