@@ -37,6 +37,8 @@ def test_series_runs_in_order_and_resumes(series_dir, tmp_path):
     run = run_series("demo", {"SEED": 7}, out, notebooks_dir=series_dir, progress=False)
     assert (run / "first.txt").read_text() == "7" and (run / "second.txt").read_text() == "ok"
     assert [n["notebook"] for n in json.loads((run / "run.json").read_text())["notebooks"]] == ["01_first.ipynb", "02_second.ipynb"]
+    report = (run / "report.md").read_text()
+    assert "01_first.ipynb" in report and "02_second.ipynb" in report and (run / "report.html").exists()
     (run / "first.txt").unlink()
     run_series("demo", {"SEED": 7}, out, resume=True, notebooks_dir=series_dir, progress=False)
     assert not (run / "first.txt").exists()  # finished notebooks are not rerun
