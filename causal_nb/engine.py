@@ -109,14 +109,16 @@ def final_logits(model, resid: Float[Tensor, "batch pos d_model"], positions: Te
     return model.unembed(model.ln_final(resid[:, positions]))
 
 
-def run_from(model, cap: Capture, start: int, k: int, positions: Tensor) -> Float[Tensor, "batchk scored vocab"]:
-    """Replay blocks ``start..`` from the cached residual, the batch stacked ``k`` times.
-
-    Hooks active on the model (``model.hooks``) fire as in a full forward.
+def run_from(model, cap: Capture, start: int, k: int, positions: Tensor,
+             x: Tensor | None = None) -> Float[Tensor, "batchk scored vocab"]:
+    """Replay blocks ``start..`` from the cached residual (or from ``x``, already stacked),
+    the batch stacked ``k`` times; hooks active on the model (``model.hooks``) fire as in a
+    full forward.
     """
     batch = cap.tokens.shape[0]
-    x = cap.resid_pre(start)
-    x = x.repeat(k, 1, 1) if k > 1 else x
+    if x is None:
+        x = cap.resid_pre(start)
+        x = x.repeat(k, 1, 1) if k > 1 else x
     for layer in range(start, model.cfg.n_layers):
         args, kwargs = cap.block_args[layer]
         out = model.blocks[layer](x, *_expand(args[1:], batch, k), **{n: _expand(v, batch, k) for n, v in kwargs.items()})
@@ -168,13 +170,7 @@ def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sou
             d = (z_src[:, pos, h] - z_base[:, pos, h]) @ w_o[h]
             delta[:, pos] += d.to(delta.dtype)
         mids.append(base.acts[f"blocks.{layer}.hook_resid_mid"] + delta)
-    x = _mlp_half(model, layer, torch.cat(mids))
-    batch, k = base.tokens.shape[0], len(group)
-    for later in range(layer + 1, model.cfg.n_layers):
-        args, kwargs = base.block_args[later]
-        out = model.blocks[later](x, *_expand(args[1:], batch, k), **{n: _expand(v, batch, k) for n, v in kwargs.items()})
-        x = out[0] if isinstance(out, tuple) else out
-    return final_logits(model, x, positions)
+    return run_from(model, base, layer + 1, len(group), positions, x=_mlp_half(model, layer, torch.cat(mids)))
 
 
 def _edit_slice(e: Edit) -> tuple:

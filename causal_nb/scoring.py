@@ -164,7 +164,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
     loss = get_metric("loss")
     if method == "activation":
         with torch.no_grad():
-            cap = capture(model, pb.tokens, hooks if unit != "head" else hooks)
+            cap = capture(model, pb.tokens, hooks)
         norms = _unit_outputs(model, cap, unit)  # [unit batch pos]
         m = pb.mask.float()[None]
         per = ((norms * m).sum(-1) / m.sum(-1)).double().cpu().numpy()
