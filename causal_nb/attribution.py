@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .engine import _edit_slice, capture
+from .engine import _edit_slice, capture, scored_run
 from .metrics import ScoredBatch
 from .prompts import TokenBatch
 from .units import Unit
@@ -126,10 +126,7 @@ def attribute(model, cb: TokenBatch, xb: TokenBatch, units, unit: str, metric, s
     if method not in ("attribution", "eap-ig"):
         raise ValueError(f"unknown method {method!r}; valid: 'exact', 'attribution', 'eap-ig'")
     hooks = sorted({e.hook for u in units for e in u.edits})
-    with torch.no_grad():
-        clean_cap = capture(model, cb.tokens, hooks, scored.positions)
-        scored.ref_logprobs = torch.log_softmax(clean_cap.logits.float(), -1)
-        clean_val = metric(clean_cap.logits, scored).float().cpu()
+    clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric, reference=True)
     n_steps = steps if method == "eap-ig" else 0
     if direction == "denoise":
         # The gradient pass runs the corrupted input anyway: its activations and metric are the
@@ -138,16 +135,11 @@ def attribute(model, cb: TokenBatch, xb: TokenBatch, units, unit: str, metric, s
         src_acts, base_acts, base_tokens, src_tokens = clean_cap.acts, acts, xb.tokens, cb.tokens
         corr_val = base_val.float().cpu()
     else:
-        with torch.no_grad():
-            corr_cap = capture(model, xb.tokens, hooks)
+        corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric)
         grads = None
         src_acts, base_acts, base_tokens, src_tokens = corr_cap.acts, clean_cap.acts, cb.tokens, xb.tokens
-        corr_val = None
     delta, _ = attribution_scores(model, base_tokens, src_acts, base_acts, units, metric, scored, n_steps,
                                   source_tokens=src_tokens, grads=None if n_steps else grads)
-    if corr_val is None:
-        with torch.no_grad():
-            corr_val = metric(model(xb.tokens, return_type="logits")[:, scored.positions], scored).float().cpu()
     attrs = {"method": method, "unit": unit, "metric": metric_name, "direction": direction,
              "clean": float(clean_val.nanmean()), "corrupted": float(corr_val.nanmean()),
              "steps": n_steps}

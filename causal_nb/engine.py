@@ -22,7 +22,7 @@ from .env import progress_enabled
 from .metrics import ScoredBatch
 from .units import Edit, Unit
 
-__all__ = ["Capture", "capture", "evaluate_units", "final_logits", "apply_edits"]
+__all__ = ["Capture", "capture", "evaluate_units", "final_logits", "apply_edits", "scored_run"]
 
 
 @dataclass
@@ -92,6 +92,17 @@ def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), 
             h.remove()
     kept = logits[:, positions] if positions is not None else None
     return Capture(tokens, acts, block_args, kept if grad or kept is None else kept.detach())
+
+
+@torch.no_grad()
+def scored_run(model, tokens, hooks: Sequence[str], scored: ScoredBatch, metric: Callable,
+               reference: bool = False) -> tuple[Capture, Tensor]:
+    """Capture an unmodified run and its per-prompt metric; with ``reference`` it also becomes
+    the run that KL and top-1 agreement compare against."""
+    cap = capture(model, tokens, hooks, scored.positions)
+    if reference:
+        scored.ref_logprobs = torch.log_softmax(cap.logits.float(), -1)
+    return cap, metric(cap.logits, scored).float().cpu()
 
 
 def _expand(v, batch: int, k: int):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .engine import capture, evaluate_units
+from .engine import capture, evaluate_units, scored_run
 from .metrics import ScoredBatch, get_metric
 from .prompts import PromptSetError, TokenBatch, as_prompt_set
 from .units import enumerate_units, unit_columns
@@ -121,12 +121,8 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
 
         return attribute(model, cb, xb, units, unit, metric_fn, scored, method, direction, per_position,
                          metric_name=str(getattr(metric, "__name__", metric)), **method_kwargs)
-    with torch.no_grad():
-        clean_cap = capture(model, cb.tokens, hooks, scored.positions)
-        scored.ref_logprobs = torch.log_softmax(clean_cap.logits.float(), -1)
-        corr_cap = capture(model, xb.tokens, hooks, scored.positions)
-        clean_val = metric_fn(clean_cap.logits, scored).float().cpu()
-        corr_val = metric_fn(corr_cap.logits, scored).float().cpu()
+    clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric_fn, reference=True)
+    corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric_fn)
     base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)
     k = batch_size or (model.cfg.n_heads if _device(model).type == "cuda" else 1)
     values = evaluate_units(model, base, src.acts, units, metric_fn, scored, k, progress, desc=f"patch {unit}")
@@ -189,10 +185,8 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
     units = enumerate_units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = scored_batch(pb, scored_positions)
+    base, baseline = scored_run(model, pb.tokens, hooks, scored, metric_fn, reference=True)
     with torch.no_grad():
-        base = capture(model, pb.tokens, hooks, scored.positions)
-        scored.ref_logprobs = torch.log_softmax(base.logits.float(), -1)
-        baseline = metric_fn(base.logits, scored).float().cpu()
         sources = _ablation_sources(model, kind, pb, hooks, reference, n_tokens, seed)
     k = batch_size or (model.cfg.n_heads if _device(model).type == "cuda" else 1)
     values = evaluate_units(model, base, sources, units, metric_fn, scored, k, progress, desc=f"{kind}-ablate {unit}")
