@@ -170,10 +170,9 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         per = ((norms * m).sum(-1) / m.sum(-1)).double().cpu().numpy()
         return _table(units, unit, per.mean(1), per, pb.ids, attrs)
     if method in ("taylor", "fisher"):
-        with torch.no_grad():
-            cap = capture(model, pb.tokens, hooks)
-        grads, _ = _gradients(model, pb.tokens, set(hooks), loss, scored, None)
-        per = unit_sums({h: (cap.acts[h] * grads[h]).double() for h in hooks}, units).numpy()
+        # the gradient pass's own activations: no separate forward
+        grads, acts, _ = _gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True)
+        per = unit_sums({h: (acts[h] * grads[h]).double() for h in hooks}, units).numpy()
         # a.g is dL/dm for a mask m scaling the unit's output, at m = 1
         per = np.abs(per) if method == "taylor" else per**2
         return _table(units, unit, per.mean(1), per, pb.ids, attrs)
