@@ -98,23 +98,27 @@ def unigram_loss(counts: np.ndarray, batch: TokenBatch) -> float:
     return float(-np.log(p[targets]).mean())
 
 
-def _params(model) -> int:
+def _as_hf(model):
+    """The plain Hugging Face model: a bridge's is copied out (once per call), a plain one is used as is."""
     from .pruning import plain_hf  # noqa: PLC0415
 
-    hf = plain_hf(model)
+    return plain_hf(model) if hasattr(model, "original_model") else model
+
+
+def _params(model) -> int:
+    hf = _as_hf(model)
     return sum(p.numel() for n, p in hf.named_parameters() if "lm_head" not in n or not hf.config.tie_word_embeddings)
 
 
 def latency_ms(model, batch_size: int, n_tokens: int = 128, repeats: int = 5, warmup: int = 2) -> float:
     """Median wall time (ms) of one forward of the plain Hugging Face model at this batch size.
 
-    The model is measured outside TransformerLens (no hooks), as it would be deployed.
+    The model is measured outside TransformerLens (no hooks), as it would be deployed; a
+    bridge or a plain Hugging Face model may be passed.
     """
     import time  # noqa: PLC0415
 
-    from .pruning import plain_hf  # noqa: PLC0415
-
-    hf = plain_hf(model)
+    hf = _as_hf(model)
     dev = next(hf.parameters()).device
     x = torch.randint(1, hf.config.vocab_size, (batch_size, n_tokens), generator=torch.Generator().manual_seed(0)).to(dev)
     times = []
@@ -165,9 +169,10 @@ def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches
         out["kl"], out["top1_agreement"] = float(kl.mean()), float(top1.mean())
         out["per_prompt_kl"] = kl.double().cpu().tolist()
         out["per_prompt_top1"] = top1.double().cpu().tolist()
-    out["params"] = _params(model)
+    hf = _as_hf(model)  # one copy for the parameter count and every timing
+    out["params"] = _params(hf)
     for i, b in enumerate(latency_batches):
-        ms = latency_ms(model, b, latency_tokens, repeats)
+        ms = latency_ms(hf, b, latency_tokens, repeats)
         out[f"latency_ms_b{b}"] = ms
         if i == 0:
             out["latency_ms"] = ms
