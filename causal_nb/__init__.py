@@ -6,7 +6,7 @@ metrics, engine) <- analysis (patching, attribution, reverse, scoring, pruning, 
 sweep, stats) <- face (plotting, runner, CLI).
 """
 
-from . import plotting, stats
+from . import plotting, stats, views, widgets
 from .env import progress_enabled, setup
 from .evaluation import domain_losses, evaluate, prompt_losses, token_set_mass
 from .io import load_json, save_json
@@ -58,4 +58,6 @@ __all__ = [
     "sweep",
     "token_set_mass",
     "token_set_path",
+    "views",
+    "widgets",
 ]

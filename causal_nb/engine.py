@@ -22,7 +22,7 @@ from .env import progress_enabled
 from .metrics import ScoredBatch
 from .units import Edit, Unit
 
-__all__ = ["Capture", "capture", "evaluate_units", "final_logits", "apply_edits", "scored_run"]
+__all__ = ["Capture", "apply_edits", "capture", "evaluate_units", "final_logits", "joint_hooks", "run_from", "scored_run"]
 
 
 @dataclass
@@ -204,11 +204,17 @@ def apply_edits(act: Tensor, edits: Sequence[tuple[int, Edit]], source: Tensor, 
     return act
 
 
-def _hooks_for(group: Sequence[Unit], sources: dict[str, Tensor], batch: int):
+def joint_hooks(units: Sequence[Unit], sources: dict[str, Tensor], batch: int) -> list:
+    """Forward hooks that replace all ``units`` at once (a mask), for ``model.hooks``."""
+    return _hooks_for(units, sources, batch, joint=True)
+
+
+def _hooks_for(group: Sequence[Unit], sources: dict[str, Tensor], batch: int, joint: bool = False):
+    # stacked: unit k edits copy k of the batch; joint: every unit edits the one batch together
     by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
     for k, unit in enumerate(group):
         for e in unit.edits:
-            by_hook[e.hook].append((k, e))
+            by_hook[e.hook].append((0 if joint else k, e))
 
     def make(name, edits):
         def fn(act, hook):

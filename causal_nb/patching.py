@@ -14,13 +14,14 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from .engine import capture, evaluate_units, scored_run
 from .metrics import ScoredBatch, get_metric
 from .prompts import PromptSetError, TokenBatch, as_prompt_set
 from .units import enumerate_units, unit_columns
 
-__all__ = ["ablate", "patch", "prepare", "scored_batch"]
+__all__ = ["ablate", "mean_activations", "patch", "prepare", "scored_batch"]
 
 DEFAULT_N_TOKENS = 64
 
@@ -133,19 +134,29 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     return df
 
 
+@torch.no_grad()
+def mean_activations(model, batch: TokenBatch, hooks) -> dict[str, Tensor]:
+    """Each hook's activation averaged over prompts and real (unpadded) positions.
+
+    Returns:
+        hook name -> tensor of shape [1, 1, ...] (the activation's trailing dims), float32,
+        broadcastable against [batch, pos, ...].
+    """
+    cap = capture(model, batch.tokens, hooks)
+    m = batch.mask.to(torch.float32)
+    out = {}
+    for h in hooks:
+        a = cap.acts[h].float()
+        w = m.view(*m.shape, *([1] * (a.dim() - 2)))
+        out[h] = (a * w).sum((0, 1), keepdim=True) / w.sum((0, 1), keepdim=True)
+    return out
+
+
 def _ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_tokens, seed: int):
     if kind == "zero":
         return {h: torch.zeros(1) for h in hooks}
     if kind == "mean":
-        rb = pb if reference is None else prepare(model, reference, n_tokens)
-        cap = capture(model, rb.tokens, hooks)
-        m = rb.mask.to(torch.float32)
-        out = {}
-        for h in hooks:
-            a = cap.acts[h].float()
-            w = m.view(*m.shape, *([1] * (a.dim() - 2)))
-            out[h] = ((a * w).sum((0, 1), keepdim=True) / w.sum((0, 1), keepdim=True))
-        return out
+        return mean_activations(model, pb if reference is None else prepare(model, reference, n_tokens), hooks)
     if kind == "resample":
         if reference is None:
             if len(pb) < 2:

@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-__all__ = ["agreement_heatmap", "degradation_curves", "loss_bars", "pareto_front", "token_set_bars", "token_set_layers",
-           "unit_heatmap"]
+__all__ = ["agreement_heatmap", "attention_heatmap", "degradation_curves", "loss_bars", "pareto_front", "token_effects",
+           "token_set_bars", "token_set_layers", "unit_heatmap"]
 
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
 
@@ -111,17 +111,74 @@ def pareto_front(results: pd.DataFrame, quality: str = "python_top1_agreement", 
     return fig, df.round(4).reset_index(drop=True)
 
 
-def save_figure(fig: go.Figure, folder, name: str):
-    """Write ``<folder>/<name>.html`` (plotly.js from the bundle, works offline) and, when
-    kaleido is installed, ``<name>.png``. Returns the HTML path."""
+def _browser_for_kaleido() -> None:
+    # kaleido 1.x drives a Chrome-family browser; Debian's chromium is not on its search path.
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    if "BROWSER_PATH" not in os.environ:
+        found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        if found:
+            os.environ["BROWSER_PATH"] = found
+
+
+def save_figure(fig: go.Figure, folder, name: str, png: bool = True):
+    """Write ``<folder>/<name>.html`` (plotly.js from the bundle, works offline) and, with
+    ``png`` and where kaleido and a Chromium-family browser are installed, ``<name>.png``.
+    Returns the HTML path."""
     from pathlib import Path  # noqa: PLC0415
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / f"{name}.html"
     fig.write_html(html, include_plotlyjs=True, full_html=True)
-    try:
-        fig.write_image(folder / f"{name}.png", scale=2)
-    except Exception:  # noqa: BLE001 - static export needs kaleido and a browser; HTML is enough
-        pass
+    if png:
+        _browser_for_kaleido()
+        try:
+            fig.write_image(folder / f"{name}.png", scale=2)
+        except Exception:  # noqa: BLE001 - static export needs kaleido and a browser; HTML is enough
+            pass
     return html
+
+
+def token_effects(effect, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
+    """Change in each next token's log-prob along a prompt (a ``views.Effect``)."""
+    df = effect.frame(6)
+    heads = " ".join(f"L{a}H{b}" for a, b in effect.heads) or "no heads"
+    fig = go.Figure(go.Bar(x=df.pos, y=df.delta, marker_color=["#d62728" if v < 0 else "#1f77b4" for v in df.delta],
+                           hovertext=[f"{t!r} -> {n!r}" for t, n in zip(df.token, df.next)]))
+    fig.update_layout(title=title or f"{effect.kind}-replacing {heads}: change in next-token log-prob",
+                      xaxis_title="position (predicting the next token)", yaxis_title="nats", **_LAYOUT)
+    return fig, df.round(4)
+
+
+def attention_heatmap(patterns, tokens, heads, max_tokens: int = 40) -> tuple[go.Figure, pd.DataFrame]:
+    """Attention patterns of chosen heads on one prompt, side by side.
+
+    Args:
+        patterns: [head, query, key] from ``views.attention_patterns``.
+        tokens: the prompt's token strings.
+        heads: the (layer, head) pairs, in the order of ``patterns``.
+
+    Returns:
+        The figure, and per head: attention to the previous token, to BOS, to itself (means
+        over queries after the first), and the mean entropy in nats.
+    """
+    import numpy as np  # noqa: PLC0415
+    from plotly.subplots import make_subplots  # noqa: PLC0415
+
+    p = patterns.double().numpy()
+    n = min(p.shape[-1], max_tokens)
+    labels = [f"{i}:{t!r}"[:14] for i, t in enumerate(tokens[:n])]
+    fig = make_subplots(1, len(heads), subplot_titles=[f"L{a}H{b}" for a, b in heads], horizontal_spacing=0.04)
+    rows = []
+    for j, (a, b) in enumerate(heads):
+        fig.add_trace(go.Heatmap(z=np.round(p[j, :n, :n], 6), x=labels, y=labels, coloraxis="coloraxis"), 1, j + 1)
+        q = np.arange(1, p.shape[1])
+        ent = -(p[j] * np.log(np.clip(p[j], 1e-12, None))).sum(-1)
+        rows.append({"layer": a, "head": b, "prev_token": p[j, q, q - 1].mean(), "bos": p[j, q, 0].mean(),
+                     "self": p[j, q, q].mean(), "entropy": ent[1:].mean()})
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title="attention patterns (rows: query, columns: key)", coloraxis={"colorscale": "Blues"},
+                      height=420, **_LAYOUT)
+    return fig, pd.DataFrame(rows).round(4)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["apply_structure", "prune", "save_pruned", "select_units"]
+__all__ = ["apply_structure", "prune", "prune_units", "save_pruned", "select_units"]
 
 
 def _hf(model):
@@ -206,23 +206,45 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
     """
-    from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415
-
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     tables = scores if isinstance(scores, (list, tuple)) else [scores]
+    cfg = model.cfg
+    remove = {}
+    for t in tables:
+        kind = "head" if "head" in t.columns else "neuron" if "neuron" in t.columns else None
+        if kind is None:
+            raise ValueError("scores must be a head or neuron table (columns layer, head|neuron, score)")
+        n = cfg.n_heads if kind == "head" else cfg.d_mlp
+        remove[kind] = select_units(t, sparsity, n, cfg.n_layers, budget)
+    return prune_units(model, heads=remove.get("head"), neurons=remove.get("neuron"), physical=physical)
+
+
+def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[int, list[int]] | None = None,
+                physical: bool = True):
+    """A copy of ``model`` without the given heads and neurons (layer -> indices).
+
+    The explicit-set form of ``prune``, for selections made elsewhere (ACDC, by hand). Every
+    layer must keep at least one head.
+    """
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415
+
     hf = plain_hf(model)
     arch, layers = _arch(hf)
     cfg = hf.config
     n_layers, n_heads = len(layers), cfg.num_attention_heads
     dh = cfg.hidden_size // n_heads
     remove = {"head": {i: [] for i in range(n_layers)}, "neuron": {i: [] for i in range(n_layers)}}
-    for t in tables:
-        kind = "head" if "head" in t.columns else "neuron" if "neuron" in t.columns else None
-        if kind is None:
-            raise ValueError("scores must be a head or neuron table (columns layer, head|neuron, score)")
-        n = n_heads if kind == "head" else _n_neurons(arch, layers[0])
-        remove[kind] = select_units(t, sparsity, n, n_layers, budget)
+    for kind, given in (("head", heads), ("neuron", neurons)):
+        for layer, idx in (given or {}).items():
+            n = n_heads if kind == "head" else _n_neurons(arch, layers[0])
+            if not 0 <= int(layer) < n_layers or any(not 0 <= int(i) < n for i in idx):
+                raise ValueError(f"{kind}s {list(idx)} of layer {layer} do not exist (the model has {n_layers} layers "
+                                 f"of {n} {kind}s)")
+            remove[kind][int(layer)] = sorted({int(i) for i in idx})
+    full = [layer for layer, idx in remove["head"].items() if len(idx) >= n_heads]
+    if full:
+        raise ValueError(f"layer(s) {full} would lose every head; keep at least one head per layer")
     spec = {"arch": arch, "physical": physical, "layers": []}
     for i, layer in enumerate(layers):
         keep_h = [h for h in range(n_heads) if h not in set(remove["head"][i])]

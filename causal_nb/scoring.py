@@ -24,7 +24,7 @@ from .units import enumerate_units, unit_columns
 
 __all__ = ["METHODS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path"]
 
-METHODS = ("ablation", "patching", "attribution", "eap-ig", "taylor", "fisher", "magnitude", "activation",
+METHODS = ("ablation", "patching", "attribution", "eap-ig", "acdc", "taylor", "fisher", "magnitude", "activation",
            "duplication", "random")
 SCORE_UNITS = ("head", "neuron", "mlp", "block")
 _HIGHER_IS_WORSE = {"kl", "loss"}
@@ -106,6 +106,8 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             ``"patching"`` (damage when the unit takes ``corrupted``'s activations),
             ``"attribution"``/``"eap-ig"`` (first-order/integrated-gradient estimate of the
             ablation's loss increase; EAP-IG needs ``kind="resample"`` or ``corrupted``),
+            ``"acdc"`` (KL increase when an ACDC walk, late to early, tested the unit with the
+            units it had removed so far; ``threshold=`` in kwargs, default 0.01),
             ``"taylor"`` (mean |a.dL/da| over prompts), ``"fisher"`` (mean (a.dL/da)^2, the
             head-mask gradient of Michel et al.), ``"magnitude"`` (L``p`` norm of the unit's
             weights; GQA key/value weights shared out over their query heads),
@@ -149,6 +151,13 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         base = np.full(per.shape[1], df.attrs["baseline"])
         dmg = _damage(per, base, metric)
         return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "kind": kind, "metric": str(metric)})
+    if method == "acdc":
+        from .acdc import acdc_scores  # noqa: PLC0415
+
+        df = acdc_scores(model, pb, unit, kind=kind, threshold=kwargs.get("threshold", 0.01), n_tokens=n_tokens,
+                         progress=progress)
+        df.attrs["kind"] = kind
+        return df
     if method == "patching":
         if corrupted is None:
             raise ValueError("method='patching' needs corrupted prompts (corrupted=...), paired with prompts")
@@ -214,10 +223,12 @@ def save_scores(df: pd.DataFrame, root, model, domain: str, prompts=None) -> Pat
     name = getattr(model, "causal_nb_source", {}).get("name", "model")
     attrs = {k: v for k, v in df.attrs.items() if k != "per_prompt"}
     per = df.attrs.get("per_prompt")
+    # Rounded to 9 decimals: far below any effect studied, and a rerun on another CPU (whose
+    # last float bits differ) then rewrites the committed files identically.
     payload = {"model": name, "tokenizer": tokenizer_fingerprint(model), "domain": domain,
                "prompt_sha256": getattr(prompts, "sha256", None), "settings": attrs,
-               "scores": df.to_dict(orient="records"),
-               "per_prompt": per.to_dict(orient="list") if per is not None else None}
+               "scores": df.round(9).to_dict(orient="records"),
+               "per_prompt": per.round(9).to_dict(orient="list") if per is not None else None}
     return save_json(payload, scores_path(root, name, domain, attrs.get("method", "unknown"), attrs.get("unit", "unit")))
 
 
