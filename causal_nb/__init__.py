@@ -7,6 +7,7 @@ sweep, stats) <- face (plotting, runner, CLI).
 """
 
 from . import plotting, stats, views, widgets
+from .acdc import acdc, acdc_sweep
 from .env import progress_enabled, setup
 from .evaluation import domain_losses, evaluate, prompt_losses, token_set_mass
 from .io import load_json, save_json
@@ -14,7 +15,7 @@ from .loading import ModelNotAvailableError, list_models, load_model, model_card
 from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass
 from .patching import ablate, patch
 from .prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
-from .pruning import prune, save_pruned
+from .pruning import prune, prune_units, save_pruned
 from .reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path
 from .scoring import METHODS, score
 from .sweep import SweepConfig, sweep
@@ -33,6 +34,8 @@ __all__ = [
     "TokenSet",
     "TokenSetError",
     "ablate",
+    "acdc",
+    "acdc_sweep",
     "available_domains",
     "domain_losses",
     "evaluate",
@@ -49,6 +52,7 @@ __all__ = [
     "prompt_losses",
     "prompt_set_summary",
     "prune",
+    "prune_units",
     "reverse_intervention",
     "save_json",
     "save_pruned",

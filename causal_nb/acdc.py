@@ -21,7 +21,7 @@ from .metrics import get_metric
 from .patching import _ablation_sources, prepare, scored_batch
 from .units import Unit, enumerate_units, unit_columns
 
-__all__ = ["ACDC_UNITS", "DEFAULT_THRESHOLDS", "acdc", "acdc_scores", "acdc_walk"]
+__all__ = ["ACDC_UNITS", "DEFAULT_THRESHOLDS", "acdc", "acdc_scores", "acdc_sweep", "acdc_walk"]
 
 ACDC_UNITS = ("head", "neuron", "mlp", "block")
 DEFAULT_THRESHOLDS = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -149,3 +149,30 @@ def acdc_scores(model, prompts, unit: str = "head", kind: str = "zero", threshol
     df.attrs.update({"method": "acdc", "unit": unit, "kind": kind, "threshold": float(threshold),
                      "removed": len(removed), "kl": final})
     return df
+
+
+def acdc_sweep(model, prompts, eval_prompts, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, unit: str = "head",
+               kind: str = "zero", n_tokens: int | None = None, physical: bool = True,
+               progress: bool | None = None) -> pd.DataFrame:
+    """ACDC at each threshold on ``prompts``, each result pruned and evaluated on ``eval_prompts``.
+
+    Heads and neurons only (``prune_units`` removes them; with ``kind="mean"`` the pruned model
+    zeroes the units, so its held-out KL is that of zero-removal of the mean-chosen set).
+
+    Returns:
+        ``acdc``'s table plus held-out ``eval_kl``, ``eval_top1`` and ``params`` per threshold.
+    """
+    from .evaluation import evaluate  # noqa: PLC0415
+    from .pruning import prune_units  # noqa: PLC0415
+
+    if unit not in ("head", "neuron"):
+        raise ValueError(f"acdc_sweep prunes heads or neurons, not {unit!r}")
+    df = acdc(model, prompts, thresholds, unit, kind, n_tokens=n_tokens, progress=progress)
+    extra = []
+    for sel in df.attrs["selections"]:
+        pruned = prune_units(model, **{f"{unit}s": sel}, physical=physical)
+        ev = evaluate(pruned, eval_prompts, reference=model, n_tokens=n_tokens or 64, latency_batches=())
+        extra.append({"eval_kl": ev["kl"], "eval_top1": ev["top1_agreement"], "params": ev["params"]})
+    out = pd.concat([df, pd.DataFrame(extra)], axis=1)
+    out.attrs.update(df.attrs)
+    return out

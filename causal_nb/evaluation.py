@@ -17,7 +17,8 @@ from torch import Tensor
 
 from .prompts import PromptSet, TokenBatch, as_prompt_set
 
-__all__ = ["evaluate", "latency_ms", "domain_losses", "prompt_losses", "token_losses", "token_set_mass", "unigram_counts", "unigram_loss"]
+__all__ = ["domain_losses", "evaluate", "flops_per_token", "latency_ms", "peak_memory_mb", "prompt_losses", "token_losses",
+           "token_set_mass", "unigram_counts", "unigram_loss"]
 
 
 @torch.no_grad()
@@ -135,9 +136,80 @@ def latency_ms(model, batch_size: int, n_tokens: int = 128, repeats: int = 5, wa
     return float(np.median(times))
 
 
+def flops_per_token(model, n_tokens: int = 128) -> float:
+    """Forward FLOPs per token (multiply-add = 2) at context ``n_tokens``, from the actual shapes.
+
+    Every linear layer's weight counts 2 x its size (embedding lookups count 0, the output
+    layer counts); causal attention adds 2 x 2 x (query width) x the mean context length
+    (n_tokens + 1) / 2 per layer, for the scores and the weighted sum. Pruned layers count at
+    their pruned widths, so the figure falls with physical pruning and not with masking.
+    """
+    from torch import nn  # noqa: PLC0415
+
+    hf = _as_hf(model)
+    flops = 0.0
+    for name, mod in hf.named_modules():
+        w = getattr(mod, "weight", None)
+        if w is None or isinstance(mod, nn.Embedding) or w.dim() != 2:
+            continue
+        if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D":
+            flops += 2.0 * w.numel()
+    from .pruning import _arch  # noqa: PLC0415
+
+    arch, layers = _arch(hf)
+    ctx = (n_tokens + 1) / 2
+    for layer in layers:
+        if arch == "gpt2":
+            q_width = layer.attn.c_attn.weight.shape[1] // 3
+        else:
+            q_width = layer.self_attn.q_proj.weight.shape[0]
+        flops += 2 * 2 * q_width * ctx
+    return flops
+
+
+def _rss_mb(key: str) -> float:
+    import re  # noqa: PLC0415
+
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+) kB", f.read())[1]) / 1024
+
+
+def peak_memory_mb(model, batch_size: int, n_tokens: int = 128, repeats: int = 3) -> float:
+    """Peak memory (MB) one forward adds on top of what is already held: weights excluded.
+
+    On CUDA, ``torch.cuda.max_memory_allocated`` growth; on Linux CPUs, the growth of the
+    process's peak resident set (VmHWM, reset through ``/proc/self/clear_refs``), median of
+    ``repeats``. NaN where neither is available.
+    """
+    hf = _as_hf(model)
+    dev = next(hf.parameters()).device
+    x = torch.randint(1, hf.config.vocab_size, (batch_size, n_tokens), generator=torch.Generator().manual_seed(0)).to(dev)
+    out = []
+    with torch.no_grad():
+        hf(input_ids=x)  # warm-up: lazy allocations are not the model's cost
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(dev)
+                before = torch.cuda.memory_allocated(dev)
+                hf(input_ids=x)
+                torch.cuda.synchronize()
+                out.append((torch.cuda.max_memory_allocated(dev) - before) / 2**20)
+                continue
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                before = _rss_mb("VmRSS")
+            except OSError:
+                return float("nan")
+            hf(input_ids=x)
+            out.append(_rss_mb("VmHWM") - before)
+    return float(np.median(out))
+
+
 @torch.no_grad()
 def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches=(1, 32), latency_tokens: int = 128,
-             repeats: int = 5) -> dict:
+             repeats: int = 5, memory: bool = True) -> dict:
     """Quality and cost of a (pruned) model on held-out prompts.
 
     Args:
@@ -148,8 +220,10 @@ def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches
             ``()`` skips timing.
 
     Returns:
-        ``loss``, ``kl``, ``top1_agreement``, ``params``, ``latency_ms`` (at the first batch
-        size) and ``latency_ms_b<N>`` for each, plus ``per_prompt_loss`` (and, with a
+        ``loss``, ``kl``, ``top1_agreement``, ``params``, ``flops_per_token`` (at
+        ``latency_tokens`` context), ``latency_ms`` (at the first batch size) and
+        ``latency_ms_b<N>`` for each, ``peak_memory_mb`` (a forward at the last batch size,
+        see ``peak_memory_mb``; with ``memory`` and timing on), plus ``per_prompt_loss`` (and, with a
         reference, ``per_prompt_kl`` and ``per_prompt_top1``) as lists.
     """
     from .metrics import get_metric  # noqa: PLC0415
@@ -171,10 +245,13 @@ def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches
         out["per_prompt_top1"] = top1.double().cpu().tolist()
     hf = _as_hf(model)  # one copy for the parameter count and every timing
     out["params"] = _params(hf)
+    out["flops_per_token"] = flops_per_token(hf, latency_tokens)
     for i, b in enumerate(latency_batches):
         ms = latency_ms(hf, b, latency_tokens, repeats)
         out[f"latency_ms_b{b}"] = ms
         if i == 0:
             out["latency_ms"] = ms
+    if memory and latency_batches:
+        out["peak_memory_mb"] = peak_memory_mb(hf, latency_batches[-1], latency_tokens)
     out["per_prompt_loss"] = per.double().cpu().tolist()
     return out

@@ -145,16 +145,23 @@ def _slice_heads(arch: str, layer: nn.Module, keep: list[int], cfg) -> dict:
     by_group: dict[int, list[int]] = {}
     for h in keep:
         by_group.setdefault(h // group, []).append(h)
-    q_order = [h for g in sorted(by_group) for h in by_group[g]]  # repeat_kv needs group-contiguous heads
-    sizes = {len(v) for v in by_group.values()}
-    if len(sizes) == 1:
-        kv, rep = sorted(by_group), sizes.pop()
-    else:
-        kv, rep = [h // group for h in q_order], 1  # uneven groups: one key/value copy per query head
+    # repeat_kv needs equal, contiguous groups. Where the kept heads leave groups uneven, the
+    # smaller groups are padded back with some of their removed heads, whose output columns are
+    # zeroed (exactly removal): the key/value heads stay shared, so the model never grows.
+    rep = max(len(v) for v in by_group.values())
+    padded: list[int] = []
+    for g, hs in by_group.items():
+        spare = [h for h in range(g * group, (g + 1) * group) if h not in hs]
+        padded += spare[: rep - len(hs)]
+        by_group[g] = sorted(hs + spare[: rep - len(hs)])
+    q_order = [h for g in sorted(by_group) for h in by_group[g]]
+    kv = sorted(by_group)
     att.q_proj, att.o_proj = _rows(att.q_proj, _span(q_order, dh)), _cols(att.o_proj, _span(q_order, dh))
     att.k_proj, att.v_proj = _rows(att.k_proj, _span(kv, dh)), _rows(att.v_proj, _span(kv, dh))
+    with torch.no_grad():
+        att.o_proj.weight[:, _span([q_order.index(h) for h in padded], dh)] = 0
     att.num_key_value_groups = rep
-    return {"q_heads": q_order, "kv_heads": kv, "kv_groups": rep}
+    return {"q_heads": q_order, "kv_heads": kv, "kv_groups": rep, "zeroed_heads": sorted(padded)}
 
 
 def _slice_neurons(arch: str, layer: nn.Module, keep: list[int]) -> None:
@@ -185,6 +192,10 @@ def apply_structure(hf, spec: dict) -> None:
     """Slice a full-size Hugging Face model in place to a saved pruning spec (for loading)."""
     arch, layers = _arch(hf)
     for layer, s in zip(layers, spec["layers"]):
+        if s.get("o_bias") and layer.self_attn.o_proj.bias is None:
+            _add_bias(layer.self_attn.o_proj, torch.zeros(()))
+        if s.get("down_bias") and layer.mlp.down_proj.bias is None:
+            _add_bias(layer.mlp.down_proj, torch.zeros(()))
         if s.get("q_heads") is not None:
             # The saved head order is group-contiguous, so slicing by it rebuilds the same layout.
             _slice_heads(arch, layer, s["q_heads"], hf.config)
@@ -192,7 +203,8 @@ def apply_structure(hf, spec: dict) -> None:
             _slice_neurons(arch, layer, s["neurons"])
 
 
-def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "global"):
+def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "global", fill: str = "zero",
+          reference=None, n_tokens: int = 64):
     """A pruned copy of ``model``: the lowest-scoring heads and/or neurons removed.
 
     Args:
@@ -202,6 +214,11 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
         physical: slice the weights (smaller, faster); ``False`` zeroes the pruned units'
             output weights instead (same shapes; equals zero-ablation).
         budget: ``"global"`` or ``"per_layer"``; every layer keeps at least one head.
+        fill: what a removed unit leaves behind: ``"zero"`` (nothing), or ``"mean"``: its mean
+            output over ``reference`` prompts, folded into the output projection's bias (the
+            "bias compensation" of FLAP, An et al. 2024), so the pruned model equals
+            mean-ablation of the removed units, masked or physical alike.
+        reference: prompts for ``fill="mean"``.
 
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
@@ -217,17 +234,69 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
             raise ValueError("scores must be a head or neuron table (columns layer, head|neuron, score)")
         n = cfg.n_heads if kind == "head" else cfg.d_mlp
         remove[kind] = select_units(t, sparsity, n, cfg.n_layers, budget)
-    return prune_units(model, heads=remove.get("head"), neurons=remove.get("neuron"), physical=physical)
+    return prune_units(model, heads=remove.get("head"), neurons=remove.get("neuron"), physical=physical, fill=fill,
+                       reference=reference, n_tokens=n_tokens)
+
+
+def _unit_means(model, reference, n_tokens: int, heads: dict, neurons: dict) -> dict[str, torch.Tensor]:
+    """Mean head outputs (hook_z) and neuron activations (hook_post) of the layers that lose units."""
+    from .patching import mean_activations, prepare  # noqa: PLC0415
+
+    if reference is None:
+        raise ValueError("fill='mean' needs reference prompts (reference=...) to average the removed units over")
+    hooks = [f"blocks.{la}.attn.hook_z" for la, v in (heads or {}).items() if v]
+    hooks += [f"blocks.{la}.mlp.hook_post" for la, v in (neurons or {}).items() if v]
+    if not hooks:
+        return {}
+    with torch.no_grad():
+        means = mean_activations(model, prepare(model, reference, n_tokens), hooks)
+    return {h: m[0, 0] for h, m in means.items()}
+
+
+def _add_bias(lin: nn.Module, b: torch.Tensor) -> None:
+    if lin.bias is None:  # Llama's projections have none: give this one a bias
+        lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
+    lin.bias.data += b.to(lin.bias.dtype)
+
+
+def _compensate(arch: str, layer: nn.Module, heads: list[int], neurons: list[int], z: torch.Tensor | None,
+                post: torch.Tensor | None, dh: int) -> dict:
+    """Fold the removed units' mean contribution into the output biases (before they are cut)."""
+    flags = {}
+    with torch.no_grad():
+        if heads:
+            zs = z.reshape(-1)[_span(heads, dh)].to(layer_dtype(layer))
+            if arch == "gpt2":
+                _add_bias(layer.attn.c_proj, zs @ layer.attn.c_proj.weight[_span(heads, dh)])
+            else:
+                _add_bias(layer.self_attn.o_proj, layer.self_attn.o_proj.weight[:, _span(heads, dh)] @ zs)
+                flags["o_bias"] = True
+        if neurons:
+            ps = post[neurons].to(layer_dtype(layer))
+            if arch == "gpt2":
+                _add_bias(layer.mlp.c_proj, ps @ layer.mlp.c_proj.weight[neurons])
+            else:
+                _add_bias(layer.mlp.down_proj, layer.mlp.down_proj.weight[:, neurons] @ ps)
+                flags["down_bias"] = True
+    return flags
+
+
+def layer_dtype(layer: nn.Module) -> torch.dtype:
+    return next(layer.parameters()).dtype
 
 
 def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[int, list[int]] | None = None,
-                physical: bool = True):
+                physical: bool = True, fill: str = "zero", reference=None, n_tokens: int = 64):
     """A copy of ``model`` without the given heads and neurons (layer -> indices).
 
-    The explicit-set form of ``prune``, for selections made elsewhere (ACDC, by hand). Every
-    layer must keep at least one head.
+    The explicit-set form of ``prune`` (see there for ``fill``), for selections made elsewhere
+    (ACDC, by hand). Every layer must keep at least one head.
     """
     from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415
+
+    if fill not in ("zero", "mean"):
+        raise ValueError(f"fill must be 'zero' or 'mean', got {fill!r}")
+    means = _unit_means(model, reference, n_tokens, heads, neurons) if fill == "mean" else {}
 
     hf = plain_hf(model)
     arch, layers = _arch(hf)
@@ -249,7 +318,10 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     for i, layer in enumerate(layers):
         keep_h = [h for h in range(n_heads) if h not in set(remove["head"][i])]
         keep_n = [j for j in range(_n_neurons(arch, layer)) if j not in set(remove["neuron"][i])]
-        entry = {"removed_heads": remove["head"][i], "removed_neurons": remove["neuron"][i]}
+        entry = {"removed_heads": remove["head"][i], "removed_neurons": remove["neuron"][i], "fill": fill}
+        if fill == "mean":
+            entry.update(_compensate(arch, layer, remove["head"][i], remove["neuron"][i],
+                                     means.get(f"blocks.{i}.attn.hook_z"), means.get(f"blocks.{i}.mlp.hook_post"), dh))
         if physical:
             if arch == "gpt2":
                 # TransformerLens's GPT-2 bridge splits the fused QKV matrix by the config's head
@@ -265,7 +337,7 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
         else:
             _zero(arch, layer, remove["head"][i], remove["neuron"][i], dh)
         spec["layers"].append(entry)
-    if physical:
+    if physical or fill == "mean":  # the spec rebuilds the shapes (and added biases) on loading
         hf.config.causal_nb_pruned = spec
     src = getattr(model, "causal_nb_source", {})
     with _quiet():

@@ -48,6 +48,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     physical: bool = True  # slice weights (else zero them)
     budget: str = "global"  # "global" or "per_layer"
+    fill: str = "zero"  # what removed units leave: "zero", or "mean" over the scoring prompts (bias-folded)
     latency: bool = False  # time each pruned model (slower)
     device: str = "cpu"
     scores_dir: str | None = None  # read scores saved by notebook 02 here instead of computing them
@@ -55,6 +56,8 @@ class SweepConfig:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not ``out`` or where saved scores live)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("out", "scores_dir")}
+        if d.get("fill") == "zero":
+            del d["fill"]  # added later: a zero-fill sweep keeps the fingerprint it had before
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def cells(self) -> list[dict]:
@@ -88,6 +91,8 @@ def load_config(source: str | Path | dict) -> SweepConfig:
     bad = [u for u in cfg.units if u not in ("head", "neuron", "both")]
     if bad:
         raise SweepError(f"{where}: unknown unit(s) {bad}; valid: 'head', 'neuron', 'both'")
+    if cfg.fill not in ("zero", "mean"):
+        raise SweepError(f"{where}: fill must be 'zero' or 'mean', got {cfg.fill!r}")
     bad = [s for s in cfg.sparsities if not 0 <= s < 1]
     if bad:
         raise SweepError(f"{where}: sparsities {bad} are outside [0, 1)")
@@ -167,7 +172,9 @@ def run_cell(ctx: _Context, cell: dict) -> dict:
     t0 = time.time()
     cfg = ctx.cfg
     model = ctx.model(cell["model"])
-    pruned = prune(model, ctx.unit_scores(cell), cell["sparsity"], physical=cfg.physical, budget=cfg.budget)
+    reference = load_prompts(cfg.domain, split="train", n=cfg.n_prompts) if cfg.fill == "mean" else None
+    pruned = prune(model, ctx.unit_scores(cell), cell["sparsity"], physical=cfg.physical, budget=cfg.budget,
+                   fill=cfg.fill, reference=reference, n_tokens=cfg.n_tokens)
     row = dict(cell)
     for d in cfg.eval_domains:
         ev = evaluate(pruned, load_prompts(d, split="test", n=cfg.n_eval_prompts), reference=model,

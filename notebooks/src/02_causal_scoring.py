@@ -26,7 +26,8 @@ DOMAIN = "python"  # prompts the scores are about (train split)
 CORRUPT_DOMAIN = "cpp"  # prompts whose activations replace DOMAIN's in "patching"
 N_PROMPTS = 16  # prompts
 N_TOKENS = 64  # tokens per prompt, BOS included
-HEAD_METHODS = ["ablation", "patching", "attribution", "eap-ig", "taylor", "fisher", "magnitude", "activation", "duplication", "random"]  # head scores
+HEAD_METHODS = ["ablation", "patching", "attribution", "eap-ig", "acdc", "taylor", "fisher", "magnitude", "activation", "duplication", "random"]  # head scores
+ACDC_THRESHOLD = 0.1  # ACDC walk: a head is removed when that raises the KL by less than this (nats); its score is the rise it caused
 NEURON_METHODS = ["attribution", "taylor", "fisher", "magnitude", "activation", "random"]  # neuron scores (exact ablation of every neuron is slow)
 DEVICE = "auto"  # "auto", "cpu" or "cuda"
 SCORES_DIR = "../scores"  # where scores are written: <dir>/<model>/<domain>/<method>_<unit>.json
@@ -44,14 +45,14 @@ print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
 # %%
 prompts = cnb.load_prompts(DOMAIN, split="train", n=N_PROMPTS)
 corrupted = cnb.load_prompts(CORRUPT_DOMAIN, split="train", n=N_PROMPTS)
-needs_corrupted = {"patching", "eap-ig"}
+extra = {"patching": {"corrupted": corrupted}, "eap-ig": {"corrupted": corrupted}, "acdc": {"threshold": ACDC_THRESHOLD}}
 scores = {}
 for name in MODELS:
     model = cnb.load_model(name, device=DEVICE)
     for unit, methods in (("head", HEAD_METHODS), ("neuron", NEURON_METHODS)):
         for method in methods:
-            kw = {"corrupted": corrupted} if method in needs_corrupted else {}
-            df = cnb.score(model, prompts, method, unit=unit, n_tokens=N_TOKENS, seed=SEED, progress=False, **kw)
+            df = cnb.score(model, prompts, method, unit=unit, n_tokens=N_TOKENS, seed=SEED, progress=False,
+                           **extra.get(method, {}))
             save_scores(df, SCORES_DIR, model, DOMAIN, prompts)
             scores[name, unit, method] = df
 print(f"{len(scores)} score tables written under {SCORES_DIR}")

@@ -24,7 +24,7 @@ MODEL = "code-llama-4l"  # model to prune (scores for it must exist in SCORES_DI
 SEED = 0  # seed for everything random
 DOMAIN = "python"  # domain the scores were computed on
 EVAL_DOMAINS = ["python", "cpp"]  # test splits evaluated
-HEAD_METHODS = ["ablation", "attribution", "taylor", "fisher", "magnitude", "random"]  # head selection methods compared
+HEAD_METHODS = ["ablation", "attribution", "acdc", "taylor", "fisher", "magnitude", "random"]  # head selection methods compared
 HEAD_REFERENCE = "ablation"  # the causal method tested against the others (H2), heads
 NEURON_METHODS = ["attribution", "taylor", "fisher", "magnitude", "random"]  # neuron selection methods compared
 NEURON_REFERENCE = "attribution"  # for neurons: attribution patching, the first-order estimate of mean-ablation (exact ablation of every neuron is slow on CPU)
@@ -32,6 +32,7 @@ SPARSITIES = [0.1, 0.25, 0.5, 0.8]  # shares of units removed
 N_EVAL_PROMPTS = 16  # evaluation prompts per domain
 N_TOKENS = 64  # tokens per prompt, BOS included
 PHYSICAL = True  # slice weights (smaller model) instead of zeroing them
+ACDC_THRESHOLDS = [0.01, 0.03, 0.1, 0.3, 1.0]  # KL increases (nats) below which ACDC removes a head
 SCORES_DIR = "../scores"  # scores written by notebook 02
 OUT_DIR = "runs/manual"  # sweep results go to OUT_DIR/sweep/<unit>
 
@@ -90,6 +91,20 @@ summary = pd.concat([h2[u].assign(unit=u, reference=plan[u][1]) for u in plan])
 summary = summary[(summary.sparsity == max(SPARSITIES)) & (summary.method != summary.reference)]
 summary = summary[["unit", "reference", "method", "retained", "ratio_ref_over_method", "p_holm"]].round(3).reset_index(drop=True)
 summary
+
+# %% [markdown]
+# ## ACDC: let a KL threshold choose the sparsity
+# Walking from the last layer to the first, a head is removed when doing so raises the KL
+# divergence to the full model (on the scoring prompts) by less than tau. Each threshold's
+# pruned model is then evaluated on the held-out prompts.
+
+# %%
+model = cnb.load_model(MODEL)
+acdc_table = cnb.acdc_sweep(model, cnb.load_prompts(DOMAIN, split="train", n=N_EVAL_PROMPTS),
+                            cnb.load_prompts(DOMAIN, split="test", n=N_EVAL_PROMPTS), ACDC_THRESHOLDS, unit="head",
+                            kind="mean", n_tokens=N_TOKENS, physical=PHYSICAL, progress=False)
+acdc_table.to_csv(f"{OUT_DIR}/03_acdc.csv", index=False)
+acdc_table.round(3)
 
 # %%
 results.drop(columns=[c for c in results.columns if "per_prompt" in c]).to_csv(f"{OUT_DIR}/03_results.csv", index=False)

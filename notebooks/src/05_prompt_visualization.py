@@ -30,7 +30,7 @@ HEADS = "L1H3 L2H0"  # heads replaced / drawn, as L<layer>H<head> separated by s
 KIND = "patch"  # replacement: "zero", "mean" (DOMAIN_A mean) or "patch" (DOMAIN_B mean)
 N_NEW = 16  # tokens the model writes in the continuation table
 SCORES_DIR = "../scores"  # scores written by notebook 02, for the sparsity sliders
-SLIDER_METHODS = ["ablation", "attribution", "fisher", "magnitude", "random"]  # one slider each
+SLIDER_METHODS = ["ablation", "attribution", "acdc", "fisher", "magnitude", "random"]  # one slider each
 DEVICE = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
 # %%

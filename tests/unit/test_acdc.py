@@ -110,3 +110,12 @@ def test_bad_input_is_named(tiny_model):
         prune_units(tiny_model, heads={0: list(range(tiny_model.cfg.n_heads))})
     with pytest.raises(ValueError, match="do not exist"):
         prune_units(tiny_model, heads={0: [99]})
+
+
+def test_acdc_sweep_evaluates_each_threshold_held_out(tiny_model):
+    df = cnb.acdc_sweep(tiny_model, TEXTS, TEXTS[::-1], [0.0, 1e9], n_tokens=N_TOK, progress=False)
+    assert list(df.columns[-3:]) == ["eval_kl", "eval_top1", "params"]
+    # same prompts (reordered): the held-out KL is the walk's KL; removing heads shrinks the model
+    assert df.eval_kl[1] == pytest.approx(df.kl[1], abs=1e-5)
+    if tiny_model.cfg.n_key_value_heads is not None:  # GPT-2 heads are zeroed in place, not sliced
+        assert df.params[1] < df.params[0]

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -42,3 +43,37 @@ def test_unigram_loss_by_hand():
 def test_domain_losses_without_unigram_is_nan(tiny_model):
     df = cnb.domain_losses(tiny_model, {"a": cnb.PromptSet.from_texts(["x = 1"])}, n_tokens=6)
     assert df.loc[0, "domain"] == "a" and np.isnan(df.loc[0, "unigram"])
+
+
+def test_flops_per_token_by_hand_and_falls_with_physical_pruning(tiny_model):
+    import pandas as pd
+
+    from causal_nb.evaluation import flops_per_token
+
+    cfg = tiny_model.cfg
+    from causal_nb.evaluation import _as_hf
+
+    v = _as_hf(tiny_model).config.vocab_size  # the bridge's d_vocab may be padded
+    d, n_h, d_mlp, n_l = cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.n_layers
+    dh = d // n_h
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_h
+    from causal_nb.pruning import _arch
+
+    gated = _arch(_as_hf(tiny_model))[0] != "gpt2"
+    per_layer = d * n_h * dh + 2 * d * n_kv * dh + n_h * dh * d + (3 if gated else 2) * d * d_mlp
+    t = 16
+    want = 2 * (n_l * per_layer + d * v) + n_l * 4 * n_h * dh * (t + 1) / 2
+    assert flops_per_token(tiny_model, t) == pytest.approx(want)
+    scores = pd.DataFrame({"layer": [la for la in range(n_l) for _ in range(d_mlp)],
+                           "neuron": [i for _ in range(n_l) for i in range(d_mlp)], "score": range(n_l * d_mlp)})
+    pruned = cnb.prune(tiny_model, scores, 0.5)
+    assert flops_per_token(pruned, t) == pytest.approx(want - 2 * n_l * (3 if gated else 2) * d * d_mlp / 2)
+    masked = cnb.prune(tiny_model, scores, 0.5, physical=False)
+    assert flops_per_token(masked, t) == pytest.approx(want)  # masking saves no FLOPs
+
+
+def test_evaluate_reports_cost_columns(tiny_model):
+    out = cnb.evaluate(tiny_model, ["def f(x): return x + 1", "int main() { return 0; }"], n_tokens=8,
+                       latency_batches=(1, 4), latency_tokens=16, repeats=1)
+    assert out["flops_per_token"] > 0 and out["latency_ms_b4"] > 0
+    assert out["peak_memory_mb"] >= 0 or np.isnan(out["peak_memory_mb"])

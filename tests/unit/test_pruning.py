@@ -64,7 +64,7 @@ def test_masked_equals_zero_ablation_and_physical_equals_masked(tiny_model, budg
     assert torch.allclose(back(tokens), phys(tokens), atol=1e-6)
 
 
-def test_gqa_groups_kept_when_even_and_ungrouped_when_not(tiny_dirs):
+def test_gqa_groups_kept_when_even_and_padded_when_not(tiny_dirs):
     model = cnb.load_model(tiny_dirs["llama"], device="cpu")  # 4 query heads, 2 key/value heads
     tokens = cnb.PromptSet.from_texts(P).tokenize(model, 8).tokens
     even = heads_table(model, [0, 9, 0, 9, 0, 9, 0, 9])  # drop heads 0 and 2: one per group
@@ -74,7 +74,10 @@ def test_gqa_groups_kept_when_even_and_ungrouped_when_not(tiny_dirs):
     uneven = heads_table(model, [0, 9, 9, 9, 0, 9, 9, 9])  # drop head 0 of each layer: groups of 1 and 2
     q = prune(model, uneven, 0.25)
     layer0 = q.causal_nb_pruned["layers"][0]
-    assert layer0["q_heads"] == [1, 2, 3] and layer0["kv_heads"] == [0, 1, 1] and layer0["kv_groups"] == 1
+    # head 0's group keeps only head 1: head 0 stays as a zeroed pad, so key/value heads stay shared
+    assert layer0["q_heads"] == [0, 1, 2, 3] and layer0["kv_heads"] == [0, 1] and layer0["kv_groups"] == 2
+    assert layer0["zeroed_heads"] == [0]
+    assert sum(x.numel() for x in q.parameters()) <= sum(x.numel() for x in model.parameters())
     whole = heads_table(model, [0, 0, 9, 9, 0, 0, 9, 9])  # drop group 0 entirely: grouped layout stays
     r = prune(model, whole, 0.5)
     layer0 = r.causal_nb_pruned["layers"][0]
@@ -104,3 +107,48 @@ def test_evaluate_full_and_pruned(tiny_model):
     assert ev["kl"] > 0 and ev["params"] < full["params"] and "latency_ms" not in ev
     assert len(ev["per_prompt_loss"]) == len(P)
     assert ev["loss"] == pytest.approx(float(torch.tensor(ev["per_prompt_loss"]).mean()), rel=1e-6)
+
+
+def test_mean_fill_equals_mean_ablation_masked_physical_and_saved(tiny_model, tmp_path):
+    # Mean ablation done by hooks (the means taken the same way, over the reference prompts'
+    # real positions) against the pruned model whose output biases absorbed the means.
+    from causal_nb.patching import mean_activations, prepare
+
+    ref_prompts = P[::-1]
+    tokens = cnb.PromptSet.from_texts(P).tokenize(tiny_model, 8).tokens
+    hs = cnb.score(tiny_model, P, "random", unit="head", seed=3)
+    ns = cnb.score(tiny_model, P, "random", unit="neuron", seed=4)
+    masked = prune(tiny_model, [hs, ns], 0.5, physical=False, fill="mean", reference=ref_prompts)
+    phys = prune(tiny_model, [hs, ns], 0.5, physical=True, fill="mean", reference=ref_prompts)
+    spec = masked.causal_nb_pruned["layers"]
+    n_l = tiny_model.cfg.n_layers
+    hooks = [f"blocks.{i}.attn.hook_z" for i in range(n_l)] + [f"blocks.{i}.mlp.hook_post" for i in range(n_l)]
+    with torch.no_grad():
+        means = mean_activations(tiny_model, prepare(tiny_model, ref_prompts, 64), hooks)
+
+    def fill(name, idx):
+        def fn(act, hook):
+            act = act.clone()
+            act[:, :, idx] = means[name][0, 0, idx].to(act.dtype)
+            return act
+
+        return fn
+
+    fwd = [(f"blocks.{i}.attn.hook_z", fill(f"blocks.{i}.attn.hook_z", s["removed_heads"]))
+           for i, s in enumerate(spec) if s["removed_heads"]]
+    fwd += [(f"blocks.{i}.mlp.hook_post", fill(f"blocks.{i}.mlp.hook_post", s["removed_neurons"]))
+            for i, s in enumerate(spec) if s["removed_neurons"]]
+    with torch.no_grad():
+        want = tiny_model.run_with_hooks(tokens, fwd_hooks=fwd)
+        zero = prune(tiny_model, [hs, ns], 0.5, physical=False)(tokens)
+        assert torch.allclose(masked(tokens), want, atol=1e-5)
+        assert torch.allclose(phys(tokens), want, atol=1e-5)
+        assert not torch.allclose(zero, want, atol=1e-3)  # the fill mattered
+        back = cnb.load_model(save_pruned(phys, tmp_path / "mean_pruned"), device="cpu")
+        assert torch.allclose(back(tokens), want, atol=1e-5)
+        back_m = cnb.load_model(save_pruned(masked, tmp_path / "mean_masked"), device="cpu")
+        assert torch.allclose(back_m(tokens), want, atol=1e-5)
+    with pytest.raises(ValueError, match="reference prompts"):
+        prune(tiny_model, hs, 0.5, fill="mean")
+    with pytest.raises(ValueError, match="fill must be"):
+        prune(tiny_model, hs, 0.5, fill="median")

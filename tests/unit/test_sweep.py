@@ -67,3 +67,14 @@ def test_incompatible_results_folder_is_refused(tiny_dirs, tmp_path):
     cfg["sparsities"] = [0.25]
     with pytest.raises(SweepError, match="incompatible sweep"):
         sweep(cfg, resume=True, progress=False)
+
+
+def test_mean_fill_sweep_differs_from_zero_fill(tiny_dirs, tmp_path):
+    base = {**config(tiny_dirs, tmp_path / "z"), "methods": ["random"], "units": ["head"], "sparsities": [0.5],
+            "eval_domains": ["python"]}
+    with pytest.raises(SweepError, match="fill must be"):
+        load_config({**base, "fill": "median"})
+    zero = sweep(load_config(base), progress=False)
+    mean = sweep(load_config({**base, "out": str(tmp_path / "m"), "fill": "mean"}), progress=False)
+    assert load_config(base).fingerprint() != load_config({**base, "fill": "mean"}).fingerprint()
+    assert zero.python_kl[0] != pytest.approx(mean.python_kl[0], abs=1e-6)
