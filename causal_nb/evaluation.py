@@ -148,7 +148,7 @@ def flops_per_token(model, n_tokens: int = 128) -> float:
 
     hf = _as_hf(model)
     flops = 0.0
-    for name, mod in hf.named_modules():
+    for mod in hf.modules():
         w = getattr(mod, "weight", None)
         if w is None or isinstance(mod, nn.Embedding) or w.dim() != 2:
             continue

@@ -11,6 +11,7 @@ nothing about widgets so they can be tested and used from scripts.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from .patching import mean_activations, prepare
 from .prompts import TokenBatch
 
 __all__ = ["HEAD_KINDS", "Effect", "attention_patterns", "continuation", "domain_outputs", "head_effect", "head_means",
-           "head_sets", "parse_heads", "token_html", "token_strings"]
+           "head_hooks", "head_sets", "parse_heads", "token_html", "token_strings"]
 
 HEAD_KINDS = ("zero", "mean", "patch")
 Heads = Sequence[tuple[int, int]]
@@ -74,7 +75,9 @@ def head_sets(model, heads: Heads) -> dict[int, list[int]]:
     return out
 
 
-def _hooks(model, heads: Heads, kind: str, means: Tensor | None, source_means: Tensor | None):
+def head_hooks(model, heads: Heads, kind: str = "zero", means: Tensor | None = None,
+               source_means: Tensor | None = None) -> list:
+    """Forward hooks (for ``model.hooks``) replacing ``heads``' outputs: zero, ``means`` or ``source_means``."""
     if kind not in HEAD_KINDS:
         raise ValueError(f"unknown intervention {kind!r}; valid: {list(HEAD_KINDS)}")
     values = {"zero": None, "mean": means, "patch": source_means}[kind]
@@ -163,15 +166,13 @@ def head_effect(model, prompt, heads: Heads, kind: str = "zero", means: Tensor |
         base_logprobs: the unmodified run's log-softmax [1, pos, vocab], to skip recomputing it
             (the widgets cache it per prompt).
     """
-    import time  # noqa: PLC0415
-
     t0 = time.perf_counter()
     tokens, n = _single(model, prompt, n_tokens)
     if base_logprobs is None:
         base_logprobs = torch.log_softmax(model(tokens, return_type="logits").float(), -1)
     heads = tuple((int(a), int(b)) for a, b in heads)
     if heads:
-        with model.hooks(fwd_hooks=_hooks(model, heads, kind, means, source_means)):
+        with model.hooks(fwd_hooks=head_hooks(model, heads, kind, means, source_means)):
             new_lp = torch.log_softmax(model(tokens, return_type="logits").float(), -1)
     else:
         new_lp = base_logprobs

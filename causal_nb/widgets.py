@@ -240,18 +240,8 @@ class SparsityExplorer:
         """Mean quality over the prompts with ``name``'s least important heads zeroed."""
         key = (name, round(float(sparsity), 6))
         if key not in self._cache:
-            removed = {k: v for k, v in self.removed_heads(name, sparsity).items() if v}
-            hooks = []
-            for layer, hs in removed.items():
-                idx = torch.tensor(hs)
-
-                def fn(z, hook, idx=idx):
-                    z = z.clone()
-                    z[:, :, idx] = 0.0
-                    return z
-
-                hooks.append((f"blocks.{layer}.attn.hook_z", fn))
-            with self.model.hooks(fwd_hooks=hooks):
+            heads = [(layer, h) for layer, hs in self.removed_heads(name, sparsity).items() for h in hs]
+            with self.model.hooks(fwd_hooks=views.head_hooks(self.model, heads, "zero")):
                 logits = self.model(self.batch.tokens, return_type="logits")[:, self.scored.positions]
             self._cache[key] = float(self._metric(logits, self.scored).mean())
         return self._cache[key]
