@@ -155,7 +155,10 @@ def write_report(run: Path) -> tuple[Path, Path]:
         body += [f"<h2>{_html.escape(title)}</h2>", df.round(4).to_html(index=False)]
     figs = sorted((run / "graphs").glob("*.html")) if (run / "graphs").exists() else []
     if figs:
-        md += ["", "## Figures", ""] + [f"- [{f.stem}](graphs/{f.name})" for f in figs]
+        md += ["", "## Figures", ""]
+        for f in figs:  # the static PNG inline where one was written, the interactive HTML linked
+            png = f.with_suffix(".png")
+            md += [f"- [{f.stem}](graphs/{f.name})"] + (["", f"  ![{f.stem}](graphs/{png.name})"] if png.exists() else [])
         body += ["<h2>Figures</h2>"] + [f"<h3>{f.stem}</h3><iframe src='graphs/{f.name}' width='100%' height='520' "
                                         "frameborder='0'></iframe>" for f in figs]
     (run / "report.md").write_text("\n".join(md) + "\n")

@@ -58,3 +58,23 @@ def test_unknown_parameter_and_profile(series_dir, tmp_path):
         run_series("quick", notebooks_dir=series_dir)
     with pytest.raises(RunError, match="--resume needs the run folder"):
         run_series("demo", resume=True, notebooks_dir=series_dir)
+
+
+def test_report_lists_notebooks_tables_and_figures(tmp_path):
+    import json
+
+    from causal_nb.runner import write_report
+
+    (tmp_path / "run.json").write_text(json.dumps({"profile": "demo", "notebooks": [
+        {"notebook": "00_a.ipynb", "seconds": 1.5, "parameters": {"SEED": 0}}]}))
+    (tmp_path / "00_summary.json").write_text(json.dumps([{"domain": "python", "loss": 3.123456}]))
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs" / "curve.html").write_text("<html></html>")
+    (tmp_path / "graphs" / "curve.png").write_bytes(b"\x89PNG")
+    (tmp_path / "graphs" / "only_html.html").write_text("<html></html>")
+    md, html = write_report(tmp_path)
+    text = md.read_text()
+    assert "00_a.ipynb" in text and "3.1235" in text
+    assert "![curve](graphs/curve.png)" in text and "[only_html](graphs/only_html.html)" in text
+    assert "only_html.png" not in text
+    assert "<iframe src='graphs/curve.html'" in html.read_text()
