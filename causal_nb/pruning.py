@@ -265,14 +265,14 @@ def _compensate(arch: str, layer: nn.Module, heads: list[int], neurons: list[int
     flags = {}
     with torch.no_grad():
         if heads:
-            zs = z.reshape(-1)[_span(heads, dh)].to(layer_dtype(layer))
+            zs = z.reshape(-1)[_span(heads, dh)].to(_layer_dtype(layer))
             if arch == "gpt2":
                 _add_bias(layer.attn.c_proj, zs @ layer.attn.c_proj.weight[_span(heads, dh)])
             else:
                 _add_bias(layer.self_attn.o_proj, layer.self_attn.o_proj.weight[:, _span(heads, dh)] @ zs)
                 flags["o_bias"] = True
         if neurons:
-            ps = post[neurons].to(layer_dtype(layer))
+            ps = post[neurons].to(_layer_dtype(layer))
             if arch == "gpt2":
                 _add_bias(layer.mlp.c_proj, ps @ layer.mlp.c_proj.weight[neurons])
             else:
@@ -281,7 +281,7 @@ def _compensate(arch: str, layer: nn.Module, heads: list[int], neurons: list[int
     return flags
 
 
-def layer_dtype(layer: nn.Module) -> torch.dtype:
+def _layer_dtype(layer: nn.Module) -> torch.dtype:
     return next(layer.parameters()).dtype
 
 
