@@ -25,7 +25,7 @@ from .patching import mean_activations, prepare
 from .prompts import TokenBatch
 
 __all__ = ["HEAD_KINDS", "Effect", "attention_patterns", "continuation", "domain_outputs", "head_effect", "head_means",
-           "head_hooks", "head_sets", "parse_heads", "token_html", "token_strings"]
+           "head_hooks", "head_sets", "parse_heads", "prompt_logprobs", "token_html", "token_strings"]
 
 HEAD_KINDS = ("zero", "mean", "patch")
 Heads = Sequence[tuple[int, int]]
@@ -58,8 +58,7 @@ def _z_hooks(model) -> list[str]:
 
 def head_means(model, prompts, n_tokens: int = 64) -> Float[Tensor, "layer head d_head"]:
     """Every head's output (``hook_z``) averaged over the prompts' real positions."""
-    batch = prompts if isinstance(prompts, TokenBatch) else prepare(model, prompts, n_tokens)
-    acts = mean_activations(model, batch.to(next(model.parameters()).device), _z_hooks(model))
+    acts = mean_activations(model, prepare(model, prompts, n_tokens), _z_hooks(model))
     return torch.stack([acts[h][0, 0] for h in _z_hooks(model)])
 
 
@@ -153,6 +152,13 @@ def _single(model, prompt, n_tokens: int) -> tuple[Int[Tensor, "1 pos"], int]:
 
 
 @torch.no_grad()
+def prompt_logprobs(model, prompt, n_tokens: int = 64) -> Float[Tensor, "1 pos vocab"]:
+    """The unmodified run's log-softmax on one prompt (padding dropped), for ``head_effect``."""
+    tokens, _ = _single(model, prompt, n_tokens)
+    return torch.log_softmax(model(tokens, return_type="logits").float(), -1)
+
+
+@torch.no_grad()
 def head_effect(model, prompt, heads: Heads, kind: str = "zero", means: Tensor | None = None,
                 source_means: Tensor | None = None, top_k: int = 10, n_tokens: int = 64,
                 base_logprobs: Tensor | None = None) -> Effect:
@@ -169,7 +175,7 @@ def head_effect(model, prompt, heads: Heads, kind: str = "zero", means: Tensor |
     t0 = time.perf_counter()
     tokens, n = _single(model, prompt, n_tokens)
     if base_logprobs is None:
-        base_logprobs = torch.log_softmax(model(tokens, return_type="logits").float(), -1)
+        base_logprobs = prompt_logprobs(model, tokens[0], n_tokens)
     heads = tuple((int(a), int(b)) for a, b in heads)
     if heads:
         with model.hooks(fwd_hooks=head_hooks(model, heads, kind, means, source_means)):

@@ -148,10 +148,7 @@ class HeadExplorer:
         t0 = time.perf_counter()
         prompt = _row(self.batch, self.index)
         if self.index not in self._base:
-            n = int(prompt.mask[0].sum())
-            with torch.no_grad():
-                logits = self.model(prompt.tokens[:, :n], return_type="logits").float()
-            self._base[self.index] = torch.log_softmax(logits, -1)
+            self._base[self.index] = views.prompt_logprobs(self.model, prompt, self.n_tokens)
         e = views.head_effect(self.model, prompt, sorted(self.selected), self.kind, self.means, self.source_means,
                               self.top_k, self.n_tokens, base_logprobs=self._base[self.index])
         self.effect = e
