@@ -27,15 +27,13 @@ ACDC_UNITS = ("head", "neuron", "mlp", "block")
 DEFAULT_THRESHOLDS = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 
-def _order(units: Sequence[Unit]) -> list[int]:
-    def idx(u):
-        return u.head if u.head is not None else u.neuron if u.neuron is not None else 0
-
-    return sorted(range(len(units)), key=lambda i: (-units[i].layer, -idx(units[i])))
-
-
 def _index(u: Unit) -> int | None:
     return u.head if u.head is not None else u.neuron
+
+
+def _order(units: Sequence[Unit]) -> list[int]:
+    # last layer first, and within a layer the highest index first
+    return sorted(range(len(units)), key=lambda i: (-units[i].layer, -(_index(units[i]) or 0)))
 
 
 @torch.no_grad()
@@ -55,7 +53,6 @@ def acdc_walk(model, base, sources, units: Sequence[Unit], scored, threshold: fl
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     kl = get_metric("kl")
-    batch = base.tokens.shape[0]
     left: dict[int, int] = {}
     for u in units:
         left[u.layer] = left.get(u.layer, 0) + 1
@@ -67,7 +64,7 @@ def acdc_walk(model, base, sources, units: Sequence[Unit], scored, threshold: fl
         if left[u.layer] <= floor:
             continue
         trial = [units[j] for j in removed] + [u]
-        with model.hooks(fwd_hooks=joint_hooks(trial, sources, batch)):
+        with model.hooks(fwd_hooks=joint_hooks(trial, sources)):
             logits = run_from(model, base, u.layer, 1, scored.positions)
         value = float(kl(logits, scored).double().mean())
         delta[i] = value - current

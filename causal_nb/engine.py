@@ -204,21 +204,22 @@ def apply_edits(act: Tensor, edits: Sequence[tuple[int, Edit]], source: Tensor, 
     return act
 
 
-def joint_hooks(units: Sequence[Unit], sources: dict[str, Tensor], batch: int) -> list:
-    """Forward hooks that replace all ``units`` at once (a mask), for ``model.hooks``."""
-    return _hooks_for(units, sources, batch, joint=True)
+def joint_hooks(units: Sequence[Unit], sources: dict[str, Tensor]) -> list:
+    """Forward hooks that replace all ``units`` at once (a mask), for ``model.hooks``; any batch size."""
+    return _hooks_for(units, sources, None)
 
 
-def _hooks_for(group: Sequence[Unit], sources: dict[str, Tensor], batch: int, joint: bool = False):
-    # stacked: unit k edits copy k of the batch; joint: every unit edits the one batch together
+def _hooks_for(group: Sequence[Unit], sources: dict[str, Tensor], batch: int | None):
+    # batch given: unit k edits copy k of a batch stacked len(group) times;
+    # None: every unit edits the one (unstacked) batch together
     by_hook: dict[str, list[tuple[int, Edit]]] = defaultdict(list)
     for k, unit in enumerate(group):
         for e in unit.edits:
-            by_hook[e.hook].append((0 if joint else k, e))
+            by_hook[e.hook].append((0 if batch is None else k, e))
 
     def make(name, edits):
         def fn(act, hook):
-            return apply_edits(act, edits, sources[name], batch)
+            return apply_edits(act, edits, sources[name], act.shape[0] if batch is None else batch)
 
         return fn
 

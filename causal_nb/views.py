@@ -21,8 +21,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .engine import joint_hooks
 from .patching import mean_activations, prepare
 from .prompts import TokenBatch
+from .units import enumerate_units
 
 __all__ = ["HEAD_KINDS", "Effect", "attention_patterns", "continuation", "domain_outputs", "head_effect", "head_means",
            "head_hooks", "head_sets", "parse_heads", "prompt_logprobs", "token_html", "token_strings"]
@@ -83,17 +85,11 @@ def head_hooks(model, heads: Heads, kind: str = "zero", means: Tensor | None = N
     if kind != "zero" and values is None:
         need = "means (head_means of a reference set)" if kind == "mean" else "source_means (head_means of domain B)"
         raise ValueError(f"kind={kind!r} needs {need}")
-    hooks = []
-    for layer, hs in head_sets(model, heads).items():
-        idx = torch.tensor(hs)
-
-        def fn(z, hook, idx=idx, layer=layer):
-            z = z.clone()
-            z[:, :, idx] = 0.0 if values is None else values[layer, idx].to(z.dtype)
-            return z
-
-        hooks.append((f"blocks.{layer}.attn.hook_z", fn))
-    return hooks
+    wanted = {(layer, h) for layer, hs in head_sets(model, heads).items() for h in hs}
+    units = [u for u in enumerate_units(model, "head") if (u.layer, u.head) in wanted]
+    sources = {f"blocks.{layer}.attn.hook_z": torch.zeros(1) if values is None else values[layer][None, None]
+               for layer, _ in wanted}
+    return joint_hooks(units, sources)
 
 
 @dataclass
