@@ -229,13 +229,19 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
     cfg = model.cfg
     remove = {}
     for t in tables:
-        kind = "head" if "head" in t.columns else "neuron" if "neuron" in t.columns else None
-        if kind is None:
-            raise ValueError("scores must be a head or neuron table (columns layer, head|neuron, score)")
+        kind = "head" if "head" in t.columns else "neuron" if "neuron" in t.columns else t.attrs.get("unit")
+        if kind == "block":
+            # whole blocks: the lowest-scoring share of layers, at least one layer kept
+            k = min(round(sparsity * cfg.n_layers), cfg.n_layers - 1)
+            remove["block"] = sorted(t.sort_values(["score", "layer"], kind="mergesort").layer.astype(int)[:k])
+            continue
+        if kind not in ("head", "neuron"):
+            raise ValueError("scores must be a head or neuron table (columns layer, head|neuron, score) or a block "
+                             "table (from score(..., unit='block'))")
         n = cfg.n_heads if kind == "head" else cfg.d_mlp
         remove[kind] = select_units(t, sparsity, n, cfg.n_layers, budget)
-    return prune_units(model, heads=remove.get("head"), neurons=remove.get("neuron"), physical=physical, fill=fill,
-                       reference=reference, n_tokens=n_tokens)
+    return prune_units(model, heads=remove.get("head"), neurons=remove.get("neuron"), blocks=remove.get("block"),
+                       physical=physical, fill=fill, reference=reference, n_tokens=n_tokens)
 
 
 def _unit_means(model, reference, n_tokens: int, heads: dict, neurons: dict) -> dict[str, torch.Tensor]:
@@ -285,17 +291,54 @@ def _layer_dtype(layer: nn.Module) -> torch.dtype:
     return next(layer.parameters()).dtype
 
 
+def _zero_block(arch: str, layer: nn.Module) -> None:
+    """Zero a block's attention and MLP outputs (biases too): the residual stream passes through."""
+    outs = (layer.attn.c_proj, layer.mlp.c_proj) if arch == "gpt2" else (layer.self_attn.o_proj, layer.mlp.down_proj)
+    with torch.no_grad():
+        for lin in outs:
+            lin.weight.zero_()
+            if lin.bias is not None:
+                lin.bias.zero_()
+
+
+def _drop_blocks(arch: str, hf, keep: list[int]) -> None:
+    """Delete the other decoder layers; renumber the kept ones and the config to match."""
+    owner, name = (hf.transformer, "h") if arch == "gpt2" else (hf.model, "layers")
+    layers = getattr(owner, name)
+    setattr(owner, name, nn.ModuleList([layers[i] for i in keep]))
+    for new, layer in enumerate(getattr(owner, name)):
+        att = layer.attn if arch == "gpt2" else layer.self_attn
+        if hasattr(att, "layer_idx"):
+            att.layer_idx = new  # indexes the KV cache when generating
+    if getattr(hf.config, "layer_types", None):
+        hf.config.layer_types = [hf.config.layer_types[i] for i in keep]
+    hf.config.num_hidden_layers = len(keep)
+
+
 def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[int, list[int]] | None = None,
-                physical: bool = True, fill: str = "zero", reference=None, n_tokens: int = 64):
-    """A copy of ``model`` without the given heads and neurons (layer -> indices).
+                blocks: list[int] | None = None, physical: bool = True, fill: str = "zero", reference=None,
+                n_tokens: int = 64):
+    """A copy of ``model`` without the given heads and neurons (layer -> indices) and blocks.
 
     The explicit-set form of ``prune`` (see there for ``fill``), for selections made elsewhere
-    (ACDC, by hand). Every layer must keep at least one head.
+    (ACDC, by hand). Every layer must keep at least one head. A removed block (a whole decoder
+    layer: ShortGPT-style depth pruning) is deleted when ``physical`` and has its attention and
+    MLP outputs zeroed otherwise; both equal zero-ablating the block, and any heads or neurons
+    named for it are moot. Layer indices always refer to the unpruned model.
     """
     from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415
 
     if fill not in ("zero", "mean"):
         raise ValueError(f"fill must be 'zero' or 'mean', got {fill!r}")
+    blocks = sorted({int(b) for b in blocks or []})
+    if blocks and fill == "mean":
+        raise ValueError("whole blocks are removed with fill='zero' only (a block's mean output has no bias to go to)")
+    if blocks and (blocks[0] < 0 or blocks[-1] >= model.cfg.n_layers):
+        raise ValueError(f"blocks {blocks} do not all exist: the model has layers 0..{model.cfg.n_layers - 1}")
+    if len(blocks) >= model.cfg.n_layers:
+        raise ValueError("that removes every block; keep at least one")
+    heads = {la: v for la, v in (heads or {}).items() if int(la) not in blocks}
+    neurons = {la: v for la, v in (neurons or {}).items() if int(la) not in blocks}
     means = _unit_means(model, reference, n_tokens, heads, neurons) if fill == "mean" else {}
 
     hf = plain_hf(model)
@@ -314,8 +357,13 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     full = [layer for layer, idx in remove["head"].items() if len(idx) >= n_heads]
     if full:
         raise ValueError(f"layer(s) {full} would lose every head; keep at least one head per layer")
-    spec = {"arch": arch, "physical": physical, "layers": []}
+    spec = {"arch": arch, "physical": physical, "removed_blocks": blocks, "layers": []}
     for i, layer in enumerate(layers):
+        if i in blocks:
+            if not physical:
+                _zero_block(arch, layer)
+                spec["layers"].append({"removed_heads": [], "removed_neurons": [], "fill": fill, "removed_block": True})
+            continue  # physical: the layer is dropped below, and the spec lists kept layers only
         keep_h = [h for h in range(n_heads) if h not in set(remove["head"][i])]
         keep_n = [j for j in range(_n_neurons(arch, layer)) if j not in set(remove["neuron"][i])]
         entry = {"removed_heads": remove["head"][i], "removed_neurons": remove["neuron"][i], "fill": fill}
@@ -337,6 +385,8 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
         else:
             _zero(arch, layer, remove["head"][i], remove["neuron"][i], dh)
         spec["layers"].append(entry)
+    if physical and blocks:
+        _drop_blocks(arch, hf, [i for i in range(n_layers) if i not in blocks])
     if physical or fill == "mean":  # the spec rebuilds the shapes (and added biases) on loading
         hf.config.causal_nb_pruned = spec
     src = getattr(model, "causal_nb_source", {})

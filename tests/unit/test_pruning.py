@@ -152,3 +152,36 @@ def test_mean_fill_equals_mean_ablation_masked_physical_and_saved(tiny_model, tm
         prune(tiny_model, hs, 0.5, fill="mean")
     with pytest.raises(ValueError, match="fill must be"):
         prune(tiny_model, hs, 0.5, fill="median")
+
+
+def test_block_removal_physical_equals_masked_equals_ablation(tiny_model, tmp_path):
+    from causal_nb.pruning import prune_units
+
+    tokens = cnb.PromptSet.from_texts(P).tokenize(tiny_model, 8).tokens
+    n_l = tiny_model.cfg.n_layers
+
+    def zero(act, hook):
+        return torch.zeros_like(act)
+
+    with torch.no_grad():
+        want = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_attn_out", zero),
+                                                             ("blocks.0.hook_mlp_out", zero)])
+        masked = prune_units(tiny_model, blocks=[0], physical=False)
+        phys = prune_units(tiny_model, blocks=[0], heads={1: [0]}, physical=True)
+        both = zero_ablated(masked, tokens, {1: [0]}, {})  # block 0 masked, and head L1H0 zeroed
+        assert torch.allclose(masked(tokens), want, atol=1e-5)
+        assert phys.cfg.n_layers == n_l - 1 and len(phys.causal_nb_pruned["layers"]) == n_l - 1
+        assert torch.allclose(phys(tokens), both, atol=1e-5)
+        back = cnb.load_model(save_pruned(phys, tmp_path / "shallow"), device="cpu")
+        assert back.cfg.n_layers == n_l - 1 and torch.allclose(back(tokens), both, atol=1e-5)
+        assert sum(p.numel() for p in phys.parameters()) < sum(p.numel() for p in tiny_model.parameters())
+    # a block score table: the lowest-scoring layer goes
+    blocks = pd.DataFrame({"layer": list(range(n_l)), "score": [5.0, 1.0][:n_l]})
+    blocks.attrs["unit"] = "block"
+    assert prune(tiny_model, blocks, 0.5).causal_nb_pruned["removed_blocks"] == [1]
+    with pytest.raises(ValueError, match="every block"):
+        prune_units(tiny_model, blocks=list(range(n_l)))
+    with pytest.raises(ValueError, match="do not all exist"):
+        prune_units(tiny_model, blocks=[n_l])
+    with pytest.raises(ValueError, match="fill='zero' only"):
+        prune_units(tiny_model, blocks=[0], fill="mean", reference=P)
