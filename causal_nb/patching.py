@@ -60,7 +60,8 @@ def _check_pair(clean: TokenBatch, corrupted: TokenBatch) -> None:
     if not torch.equal(clean.mask, corrupted.mask):
         bad = (clean.mask != corrupted.mask).any(-1).nonzero()[:5, 0].tolist()
         raise PromptSetError(f"clean and corrupted prompts {bad} have different token lengths, so positions don't "
-                             "align; use prompts of equal token length or a smaller n_tokens")
+                             "align; use prompts of equal token length (PromptSet.fitting(model, n_tokens) keeps those "
+                             "that fill n_tokens) or a smaller n_tokens")
 
 
 def _finish(units, values: torch.Tensor, kind: str, per_position: bool, prompt_ids, attrs: dict) -> pd.DataFrame:

@@ -108,6 +108,20 @@ class PromptSet:
         """The first ``n`` prompts (the file order is the canonical order)."""
         return self[:n]
 
+    def fitting(self, tokenizer_or_model, n_tokens: int, prepend_bos: bool = True) -> PromptSet:
+        """The prompts at least ``n_tokens`` long (BOS included), in file order.
+
+        Paired patching needs prompts whose tokens fill every position; the prompt sets hold
+        real code chunks of varying length, so take the ones that fit before ``head(n)``.
+        """
+        tok = getattr(tokenizer_or_model, "tokenizer", tokenizer_or_model)
+        keep = [i for i, t in enumerate(self.texts)
+                if len(tok(t, add_special_tokens=False)["input_ids"]) + int(prepend_bos) >= n_tokens]
+        if not keep:
+            raise PromptSetError(f"no {self.domain} prompt has {n_tokens} tokens; lower n_tokens")
+        return PromptSet(self.domain, tuple(self.texts[i] for i in keep), tuple(self.ids[i] for i in keep),
+                         self.split, self.source, self.sha256, tuple(self.meta[i] for i in keep) if self.meta else ())
+
     def tokenize(self, tokenizer_or_model, n_tokens: int, prepend_bos: bool = True, pad: bool = True) -> TokenBatch:
         """Tokenise to exactly ``n_tokens`` positions per prompt (BOS included).
 

@@ -21,10 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 
 # Parameters per profile; each notebook receives the ones its `parameters` cell declares.
+# The code prompts are file chunks of 53 to ~130 tokens (80 test and 160 train per domain): at
+# 64 tokens nearly all fill every position, which paired patching needs, so the profiles grow
+# in prompts, not length.
 PROFILES: dict[str, dict] = {
     "demo": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 16, "N_TOKENS": 64},
-    "standard": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 64, "N_TOKENS": 128},
-    "full": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 160, "N_TOKENS": 256},
+    "standard": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 48, "N_EVAL_PROMPTS": 48, "N_TOKENS": 64},
+    "full": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 80, "N_EVAL_PROMPTS": 80, "N_TOKENS": 64},
 }
 
 

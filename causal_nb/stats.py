@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-__all__ = ["agreement_matrix", "bootstrap_ci", "h1_table", "h2_table", "holm", "paired_tests", "rank_agreement",
+__all__ = ["agreement_matrix", "bootstrap_ci", "cross_domain_table", "h1_table", "h2_table", "holm", "paired_tests", "rank_agreement",
            "topk_overlap"]
 
 _KEYS = ("layer", "head", "neuron", "pos")
@@ -159,3 +159,20 @@ def h2_table(results: pd.DataFrame, reference: str, quality: str = "python_per_p
                             "p": tests.loc[m, "p"], "p_holm": tests.loc[m, "p_holm"]})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def cross_domain_table(results: pd.DataFrame, reference: str, domains, metric: str = "top1", unit: str | None = None,
+                       sparsity: float | None = None) -> pd.DataFrame:
+    """Cross-domain generalisation: scores computed on one domain, pruned models judged on each.
+
+    ``h2_table`` once per evaluation domain (quality column ``<domain>_per_prompt_<metric>``),
+    at one sparsity (default the highest), side by side: does the causal selection's advantage
+    carry over to a domain its scores never saw?
+    """
+    parts = []
+    for d in domains:
+        t = h2_table(results, reference, quality=f"{d}_per_prompt_{metric}", unit=unit)
+        s = t.sparsity.max() if sparsity is None else sparsity
+        parts.append(t[t.sparsity == s].assign(domain=d))
+    cols = ["domain", "sparsity", "method", "retained", "ci_low", "ci_high", "ratio_ref_over_method", "p_holm"]
+    return pd.concat(parts, ignore_index=True)[cols]

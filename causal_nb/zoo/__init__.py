@@ -45,12 +45,15 @@ def build_config(name: str):
     from transformers import GPT2Config, LlamaConfig  # noqa: PLC0415 - heavy import
 
     s = SPECS[name]
-    common = {"vocab_size": s["vocab_size"], "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    common = {"vocab_size": s["vocab_size"], "bos_token_id": 0, "eos_token_id": 0}
     if s["arch"] == "gpt2":
+        common["pad_token_id"] = 0  # GPT-2's embedding has no padding row: this only labels the id
         return GPT2Config(
             n_layer=s["n_layers"], n_embd=s["d_model"], n_head=s["n_heads"], n_inner=s["d_mlp"],
             n_positions=s["n_ctx"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
         )
+    # No pad_token_id: Llama makes it the embedding's padding_idx, whose row is frozen at zero, and
+    # the pad id here is the BOS id every sequence starts with (a zero BOS stream: see the card).
     return LlamaConfig(
         num_hidden_layers=s["n_layers"], hidden_size=s["d_model"], num_attention_heads=s["n_heads"],
         num_key_value_heads=s["n_kv_heads"], intermediate_size=s["d_mlp"], max_position_embeddings=s["n_ctx"],

@@ -44,6 +44,7 @@ def token_streams(tok) -> dict[tuple[str, str], np.ndarray]:
     """uint16 token streams per (domain, split), cached by the tokenizer's fingerprint."""
     fp = hashlib.sha1(tok.to_str().encode()).hexdigest()[:12]
     eos = tok.token_to_id(SPECIAL)
+    corpus.cache_dir().mkdir(parents=True, exist_ok=True)
     out = {}
     for d in DOMAINS:
         for split in ("train", "heldout"):
@@ -119,13 +120,18 @@ def main(argv: list[str] | None = None) -> None:
     steps = tokens // (a.batch * a.seq)
     out = a.out or MODELS_DIR / a.model
 
-    tok = load_tokenizer(spec["vocab_size"])
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    # Continuing a model: its own tokenizer, not one retrained here (another corpus could change it).
+    tok = Tokenizer.from_file(str(a.init_from / "tokenizer.json")) if a.init_from else load_tokenizer(spec["vocab_size"])
     bos = tok.token_to_id(SPECIAL)
     streams = token_streams(tok)
     torch.manual_seed(a.seed)
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     model = AutoModelForCausalLM.from_config(build_config(a.model), attn_implementation="sdpa")
+    if getattr(model.get_input_embeddings(), "padding_idx", None) is not None:
+        raise RuntimeError("the embedding has a padding row, frozen at zero: BOS (the same id) would never train")
     prior = None
     if a.init_from:
         # Weights were saved in fp16; continue in fp32 from them, keeping the earlier card's record.

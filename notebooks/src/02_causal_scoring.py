@@ -43,12 +43,14 @@ info = cnb.setup(seed=SEED)
 print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
 
 # %%
-prompts = cnb.load_prompts(DOMAIN, split="train", n=N_PROMPTS)
-corrupted = cnb.load_prompts(CORRUPT_DOMAIN, split="train", n=N_PROMPTS)
-extra = {"patching": {"corrupted": corrupted}, "eap-ig": {"corrupted": corrupted}, "acdc": {"threshold": ACDC_THRESHOLD}}
 scores = {}
 for name in MODELS:
     model = cnb.load_model(name, device=DEVICE)
+    # patching pairs prompt i of each domain position by position: take prompts that fill N_TOKENS
+    prompts = cnb.load_prompts(DOMAIN, split="train").fitting(model, N_TOKENS).head(N_PROMPTS)
+    corrupted = cnb.load_prompts(CORRUPT_DOMAIN, split="train").fitting(model, N_TOKENS).head(N_PROMPTS)
+    extra = {"patching": {"corrupted": corrupted}, "eap-ig": {"corrupted": corrupted},
+             "acdc": {"threshold": ACDC_THRESHOLD}}
     for unit, methods in (("head", HEAD_METHODS), ("neuron", NEURON_METHODS)):
         for method in methods:
             df = cnb.score(model, prompts, method, unit=unit, n_tokens=N_TOKENS, seed=SEED, progress=False,

@@ -93,6 +93,15 @@ summary = summary[["unit", "reference", "method", "retained", "ratio_ref_over_me
 summary
 
 # %% [markdown]
+# ## Cross-domain: scores from one domain, quality on another
+# Every score above was computed on `DOMAIN` prompts; the pruned models were also evaluated on
+# the other domains' held-out prompts. Does the causal selection's advantage at the highest
+# sparsity carry over to a domain it never saw?
+
+# %%
+cnb.stats.cross_domain_table(results, HEAD_REFERENCE, EVAL_DOMAINS, unit="head").round(3)
+
+# %% [markdown]
 # ## ACDC: let a KL threshold choose the sparsity
 # Walking from the last layer to the first, a head is removed when doing so raises the KL
 # divergence to the full model (on the scoring prompts) by less than tau. Each threshold's

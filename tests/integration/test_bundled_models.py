@@ -95,3 +95,18 @@ def test_unigram_counts_are_the_train_corpus_distribution():
     for d in ("python", "cpp"):
         c = np.asarray(counts[d])
         assert c.sum() == cnb.model_card(BUNDLED[0])["corpus_tokens"][f"{d}_train"]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bos_is_a_trained_token(name):
+    # A Llama config whose pad id is the BOS id freezes BOS's embedding row at zero (padding_idx):
+    # the BOS residual stream is then exactly zero in every layer, and gradients through the
+    # RMSNorm at that point blow up (attribution patching estimates of 1e11 nats).
+    from causal_nb.zoo import build_config
+
+    fresh = AutoModelForCausalLM.from_config(build_config(name))
+    assert getattr(fresh.get_input_embeddings(), "padding_idx", None) is None
+    hf = AutoModelForCausalLM.from_pretrained(str(MODELS_DIR / name))
+    emb = hf.get_input_embeddings().weight
+    bos = cnb.load_model(name).tokenizer.bos_token_id
+    assert float(emb[bos].norm()) > 0.1 * float(emb.norm(dim=-1).median())

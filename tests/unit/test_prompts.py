@@ -111,3 +111,15 @@ def test_tokenize_pads_truncates_and_masks(tiny_dirs):
     no_bos = tok(ps.texts[0], add_special_tokens=False)["input_ids"][:12]
     assert ps.tokenize(tok, 12, prepend_bos=False).tokens[0].tolist() == no_bos
     assert torch.equal(ps.tokenize(tok, 12).tokens, b.tokens)  # deterministic
+
+
+def test_fitting_keeps_prompts_that_fill_n_tokens(tiny_model):
+    ps = cnb.PromptSet.from_texts(["a b", "def add(a, b): return a + b and more words here", "x"], "py")
+    lengths = [len(tiny_model.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in ps.texts]
+    n = lengths[1]
+    fit = ps.fitting(tiny_model, n)
+    assert fit.ids == ("py-1",) and fit.texts == (ps.texts[1],)
+    assert len(ps.fitting(tiny_model, 1)) == 3
+    assert fit.tokenize(tiny_model, n, pad=False).mask.all()
+    with pytest.raises(cnb.PromptSetError, match="no py prompt has"):
+        ps.fitting(tiny_model, n + 1)

@@ -77,3 +77,21 @@ def test_h2_ratio_and_tests_from_per_prompt_results():
     assert at80.p < 1e-5 and at80.ci_low < at80.retained < at80.ci_high
     with pytest.raises(ValueError, match="reference method 'taylor'"):
         stats.h2_table(pd.DataFrame(rows), "taylor", quality="q")
+
+
+def test_cross_domain_table_runs_h2_per_evaluation_domain():
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in (0.5, 0.8):
+        a, b = rng.uniform(0.3, 0.6, 30), rng.uniform(0.3, 0.6, 30)
+        # on "py" the reference wins; on "cpp" the two are equal
+        rows.append({"method": "ablation", "unit": "head", "model": "m", "sparsity": s,
+                     "py_per_prompt_top1": list(a + 0.2), "cpp_per_prompt_top1": list(b)})
+        rows.append({"method": "magnitude", "unit": "head", "model": "m", "sparsity": s,
+                     "py_per_prompt_top1": list(a), "cpp_per_prompt_top1": list(b)})
+    t = stats.cross_domain_table(pd.DataFrame(rows), "ablation", ["py", "cpp"])
+    assert set(t.sparsity) == {0.8} and list(t.domain) == ["py", "py", "cpp", "cpp"]
+    mag = t[t.method == "magnitude"].set_index("domain")
+    assert mag.ratio_ref_over_method["py"] > 1.3 and mag.ratio_ref_over_method["cpp"] == pytest.approx(1.0)
+    want = stats.h2_table(pd.DataFrame(rows), "ablation", quality="cpp_per_prompt_top1")
+    assert mag.retained["cpp"] == pytest.approx(want[(want.sparsity == 0.8) & (want.method == "magnitude")].retained.iloc[0])
