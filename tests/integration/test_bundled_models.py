@@ -107,6 +107,6 @@ def test_bos_is_a_trained_token(name):
     fresh = AutoModelForCausalLM.from_config(build_config(name))
     assert getattr(fresh.get_input_embeddings(), "padding_idx", None) is None
     hf = AutoModelForCausalLM.from_pretrained(str(MODELS_DIR / name))
-    emb = hf.get_input_embeddings().weight
+    emb = hf.get_input_embeddings().weight.detach()
     bos = cnb.load_model(name).tokenizer.bos_token_id
     assert float(emb[bos].norm()) > 0.1 * float(emb.norm(dim=-1).median())
