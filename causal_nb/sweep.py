@@ -43,7 +43,7 @@ class SweepConfig:
     n_eval_prompts: int = 16  # evaluation prompts per domain
     n_tokens: int = 64  # tokens per prompt, BOS included
     methods: list[str] = field(default_factory=lambda: ["ablation", "attribution", "taylor", "magnitude", "random"])
-    units: list[str] = field(default_factory=lambda: ["head", "neuron"])  # "head", "neuron" or "both"
+    units: list[str] = field(default_factory=lambda: ["head", "neuron"])  # "head", "neuron", "both" or "block"
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.8])
     seeds: list[int] = field(default_factory=lambda: [0])
     physical: bool = True  # slice weights (else zero them)
@@ -88,9 +88,9 @@ def load_config(source: str | Path | dict) -> SweepConfig:
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         raise SweepError(f"{where}: unknown method(s) {bad}; valid: {list(METHODS)}")
-    bad = [u for u in cfg.units if u not in ("head", "neuron", "both")]
+    bad = [u for u in cfg.units if u not in ("head", "neuron", "both", "block")]
     if bad:
-        raise SweepError(f"{where}: unknown unit(s) {bad}; valid: 'head', 'neuron', 'both'")
+        raise SweepError(f"{where}: unknown unit(s) {bad}; valid: 'head', 'neuron', 'both', 'block'")
     if cfg.fill not in ("zero", "mean"):
         raise SweepError(f"{where}: fill must be 'zero' or 'mean', got {cfg.fill!r}")
     bad = [s for s in cfg.sparsities if not 0 <= s < 1]
@@ -149,6 +149,7 @@ class _Context:
             if key not in self.scores:
                 if path.exists():
                     self.scores[key] = pd.DataFrame(load_json(path)["scores"])
+                    self.scores[key].attrs["unit"] = kind  # block tables are told apart by it
                 else:
                     prompts = load_prompts(self.cfg.domain, split="train", n=self.cfg.n_prompts)
                     kw = {"corrupted": load_prompts(self.cfg.eval_domains[-1], split="train", n=self.cfg.n_prompts)} \

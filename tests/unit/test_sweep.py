@@ -78,3 +78,16 @@ def test_mean_fill_sweep_differs_from_zero_fill(tiny_dirs, tmp_path):
     mean = sweep(load_config({**base, "out": str(tmp_path / "m"), "fill": "mean"}), progress=False)
     assert load_config(base).fingerprint() != load_config({**base, "fill": "mean"}).fingerprint()
     assert zero.python_kl[0] != pytest.approx(mean.python_kl[0], abs=1e-6)
+
+
+def test_block_sweep_removes_whole_layers(tiny_dirs, tmp_path):
+    base = {**config(tiny_dirs, tmp_path / "b"), "methods": ["magnitude"], "units": ["block"],
+            "sparsities": [0.0, 0.5], "eval_domains": ["python"]}
+    res = sweep(load_config(base), progress=False).sort_values("sparsity")
+    assert res.params.iloc[1] < res.params.iloc[0]  # one of the two layers is gone
+    assert res.python_kl.iloc[0] == pytest.approx(0.0, abs=1e-6) and res.python_kl.iloc[1] > 0
+    # as after a kill between a cell's scores and its result: the rerun reads the cached scores
+    (cell,) = [f for f in (tmp_path / "b" / "cells").glob("*.json") if "s0.500" in f.name]
+    cell.unlink()
+    again = sweep(load_config(base), resume=True, progress=False).sort_values("sparsity")
+    assert again.python_kl.tolist() == pytest.approx(res.python_kl.tolist())
