@@ -10,7 +10,7 @@ and ``loss`` grow with damage.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -37,6 +37,14 @@ class ScoredBatch:
     valid: Bool[Tensor, "batch scored"]
     ref_logprobs: Float[Tensor, "batch scored vocab"] | None = None
     alt_targets: Int[Tensor, "batch scored"] | None = None
+    _ref_probs: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def ref_probs(self) -> Tensor:
+        """exp(ref_logprobs), computed once per reference (the KL metric's weights)."""
+        hit = self._ref_probs.get("p")
+        if hit is None or hit[0] is not self.ref_logprobs:
+            self._ref_probs["p"] = (self.ref_logprobs, self.ref_logprobs.exp())
+        return self._ref_probs["p"][1]
 
     def repeat(self, k: int) -> ScoredBatch:
         """The batch stacked k times along batch (for k interventions in one pass)."""
@@ -75,9 +83,7 @@ def kl(logits, batch: ScoredBatch):
     """Mean KL(unmodified clean model || this run) over the scored positions, in nats."""
     if batch.ref_logprobs is None:
         raise ValueError("the kl metric needs the unmodified model's log-probs (ScoredBatch.ref_logprobs)")
-    lp = torch.log_softmax(_up(logits), -1)
-    ref = batch.ref_logprobs
-    per_pos = (ref.exp() * (ref - lp)).sum(-1)
+    per_pos = (batch.ref_probs() * (batch.ref_logprobs - torch.log_softmax(_up(logits), -1))).sum(-1)
     return masked_mean(per_pos, batch.valid)
 
 

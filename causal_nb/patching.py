@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .engine import capture, evaluate_units, scored_run
+from .engine import capture, evaluate_units, scored_run, stack_size
 from .metrics import ScoredBatch, get_metric
 from .prompts import PromptSetError, TokenBatch, as_prompt_set
 from .units import enumerate_units, unit_columns
@@ -64,6 +64,12 @@ def _check_pair(clean: TokenBatch, corrupted: TokenBatch) -> None:
                              "that fill n_tokens) or a smaller n_tokens")
 
 
+def _stack(model, tb: TokenBatch, scored: ScoredBatch, units, batch_size, memory_budget_mb) -> int:
+    per_layer = max(sum(u.layer == layer for u in units) for layer in {u.layer for u in units})
+    return stack_size(model, len(tb), tb.tokens.shape[1], len(scored.positions), per_layer, batch_size,
+                      memory_budget_mb)
+
+
 def _finish(units, values: torch.Tensor, kind: str, per_position: bool, prompt_ids, attrs: dict) -> pd.DataFrame:
     vals = values.numpy().astype(np.float64)
     finite = np.isfinite(vals)
@@ -85,7 +91,7 @@ def _finish(units, values: torch.Tensor, kind: str, per_position: bool, prompt_i
 def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method: str = "exact",
           direction: str = "denoise", positions=None, per_position: bool = False, layers=None,
           scored_positions=None, n_tokens: int | None = None, batch_size: int | None = None,
-          progress: bool | None = None, **method_kwargs) -> pd.DataFrame:
+          memory_budget_mb: float | None = None, progress: bool | None = None, **method_kwargs) -> pd.DataFrame:
     """Patch each unit between clean and corrupted runs and measure the metric.
 
     Args:
@@ -101,7 +107,9 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         per_position: one unit per position in ``positions``.
         scored_positions: positions whose next-token predictions the metric reads (default all).
         n_tokens: tokens per prompt, BOS included (default 64).
-        batch_size: interventions stacked per forward (default 1 on CPU, n_heads on GPU).
+        batch_size: interventions stacked per forward (default: 1 on CPU; on a GPU the units of
+            one layer, chunked to ``memory_budget_mb``; see ``engine.stack_size``).
+        memory_budget_mb: memory the stacked copies may use (default half the free GPU memory).
 
     Returns:
         DataFrame with ``layer``, ``head``/``neuron``/``pos`` where applicable, ``value`` (mean
@@ -126,7 +134,7 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric_fn, reference=True)
     corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric_fn)
     base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)
-    k = batch_size or (model.cfg.n_heads if _device(model).type == "cuda" else 1)
+    k = _stack(model, cb, scored, units, batch_size, memory_budget_mb)
     values = evaluate_units(model, base, src.acts, units, metric_fn, scored, k, progress, desc=f"patch {unit}")
     attrs = {"method": "exact", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
              "direction": direction, "clean": float(clean_val.nanmean()), "corrupted": float(corr_val.nanmean())}
@@ -178,7 +186,8 @@ def _ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_toke
 
 def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", reference=None, positions=None,
            per_position: bool = False, layers=None, scored_positions=None, n_tokens: int | None = None,
-           batch_size: int | None = None, seed: int = 0, progress: bool | None = None) -> pd.DataFrame:
+           batch_size: int | None = None, memory_budget_mb: float | None = None, seed: int = 0,
+           progress: bool | None = None) -> pd.DataFrame:
     """Ablate each unit (zero, mean over ``reference``, or resample) and measure the metric.
 
     Args:
@@ -187,6 +196,7 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
             reference: ``prompts``) or ``"resample"`` (another prompt's activations: a seeded
             derangement of ``prompts``, or ``reference`` prompts in turn).
         metric: as in ``patch``; ``"kl"`` (default) is the KL divergence to the unablated model.
+        batch_size, memory_budget_mb: interventions stacked per forward, as in ``patch``.
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
@@ -200,7 +210,7 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
     base, baseline = scored_run(model, pb.tokens, hooks, scored, metric_fn, reference=True)
     with torch.no_grad():
         sources = _ablation_sources(model, kind, pb, hooks, reference, n_tokens, seed)
-    k = batch_size or (model.cfg.n_heads if _device(model).type == "cuda" else 1)
+    k = _stack(model, pb, scored, units, batch_size, memory_budget_mb)
     values = evaluate_units(model, base, sources, units, metric_fn, scored, k, progress, desc=f"{kind}-ablate {unit}")
     attrs = {"method": f"{kind}-ablation", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
              "baseline": float(baseline.nanmean())}

@@ -158,3 +158,36 @@ def test_nonfinite_metric_is_reported(tiny_model):
         df = patch(tiny_model, CLEAN, CORR, unit="mlp", metric=bad, n_tokens=N, progress=False)
     assert any("non-finite" in str(x.message) for x in w)
     assert (df.n_nonfinite == 1).all() and df.value.notna().all()
+
+
+def test_neuron_and_mlp_edits_skip_their_block(tiny_model):
+    """The MLP fast path (edit added after the block's MLP) is taken on both architectures,
+    and stacking neurons equals one at a time (the plain-loop equality is tested above)."""
+    from causal_nb.engine import _mlp_fast_path, capture
+
+    pb = prepare(tiny_model, CLEAN, N)
+    cap = capture(tiny_model, pb.tokens, ["blocks.0.mlp.hook_post"])
+    assert _mlp_fast_path(tiny_model, cap, 0, neurons=True)
+    one = ablate(tiny_model, CLEAN, unit="neuron", kind="mean", layers=[1], n_tokens=N, progress=False)
+    many = ablate(tiny_model, CLEAN, unit="neuron", kind="mean", layers=[1], n_tokens=N, batch_size=5, progress=False)
+    assert torch.allclose(torch.tensor(one.value.values), torch.tensor(many.value.values), atol=ATOL)
+    assert one.value.max() > 0
+
+
+def test_stack_size_follows_the_memory_budget(tiny_model):
+    from types import SimpleNamespace
+
+    from causal_nb.engine import copy_bytes, stack_size
+
+    assert stack_size(tiny_model, 16, 64, 63, 8) == 1  # CPU: no stacking unless asked
+    assert stack_size(tiny_model, 16, 64, 63, 8, requested=3) == 3
+    per = copy_bytes(tiny_model, 16, 64, 63)
+    assert stack_size(tiny_model, 16, 64, 63, 8, memory_budget_mb=per * 2.5 / 2**20) == 2
+    assert stack_size(tiny_model, 16, 64, 63, 8, memory_budget_mb=1e6) == 8  # at most one layer's units
+    assert stack_size(tiny_model, 16, 64, 63, 8, memory_budget_mb=1e-3) == 1
+    # a Llama-3.2-1B shape in bf16 on a 24 GB card (half of it budgeted): several passes per layer
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.bfloat16))
+    big = SimpleNamespace(cfg=SimpleNamespace(d_model=2048, d_head=64, n_heads=32, n_key_value_heads=8, d_mlp=8192,
+                                              d_vocab=128256), parameters=lambda: iter([p]))
+    k = stack_size(big, 16, 64, 63, 32, memory_budget_mb=12 * 1024)
+    assert 1 < k < 32 and k * copy_bytes(big, 16, 64, 63) <= 12 * 2**30
