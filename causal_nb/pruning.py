@@ -3,9 +3,10 @@
 ``prune`` picks the lowest-scoring units (globally or per layer, at least one head per
 layer) and returns a new model: *masked* (same shapes, the pruned units' output weights
 zeroed, which equals zero-ablating them) or *physical* (weights sliced, so the model is
-smaller and faster). Under grouped-query attention a layer keeps its key/value grouping when
-every surviving group keeps the same number of query heads; otherwise its key/value heads
-are copied out per query head ("ungrouped"), which is exact. The per-layer structure is
+smaller and faster). Under grouped-query attention a layer keeps its key/value grouping: where
+the surviving groups keep different numbers of query heads, the smaller ones are padded with
+removed heads whose output weights are zeroed (exact, and never larger than the dense layer).
+The per-layer structure is
 stored in the config (``causal_nb_pruned``) so ``save_pruned`` folders load with ``load_model``.
 Assumes Hugging Face GPT-2 or Llama-style (q/k/v/o, gate/up/down) decoder layers. GPT-2 heads
 are zeroed rather than sliced even when ``physical=True`` (TransformerLens's GPT-2 bridge

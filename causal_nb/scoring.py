@@ -24,8 +24,8 @@ from .units import enumerate_units, unit_columns
 
 __all__ = ["METHODS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path"]
 
-METHODS = ("ablation", "patching", "attribution", "eap-ig", "acdc", "taylor", "fisher", "magnitude", "activation",
-           "duplication", "random")
+METHODS = ("ablation", "patching", "attribution", "attribution-abs", "eap-ig", "acdc", "taylor", "fisher", "magnitude",
+           "activation", "duplication", "random")
 SCORE_UNITS = ("head", "neuron", "mlp", "block")
 _HIGHER_IS_WORSE = {"kl", "loss"}
 
@@ -106,6 +106,8 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             ``"patching"`` (damage when the unit takes ``corrupted``'s activations),
             ``"attribution"``/``"eap-ig"`` (first-order/integrated-gradient estimate of the
             ablation's loss increase; EAP-IG needs ``kind="resample"`` or ``corrupted``),
+            ``"attribution-abs"`` (the mean over prompts of |that estimate|: a unit whose
+            removal is estimated to help a prompt as much as another's it hurts still counts),
             ``"acdc"`` (KL increase when an ACDC walk, late to early, tested the unit with the
             units it had removed so far; ``threshold=`` in kwargs, default 0.01),
             ``"taylor"`` (mean |a.dL/da| over prompts), ``"fisher"`` (mean (a.dL/da)^2, the
@@ -205,6 +207,8 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
     est, _ = attribution_scores(model, pb.tokens, sources, cap.acts, units, loss, scored,
                                 steps if method == "eap-ig" else 0, source_tokens=src_tokens)
     per = est.numpy()  # estimated loss increase per prompt
+    if method == "attribution-abs":
+        per = np.abs(per)
     return _table(units, unit, per.mean(1), per, pb.ids, {**attrs, "kind": kind, "metric": "loss"})
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-__all__ = ["agreement_matrix", "bootstrap_ci", "cross_domain_table", "h1_table", "h2_table", "holm", "paired_tests", "rank_agreement",
-           "topk_overlap"]
+__all__ = ["agreement_matrix", "bootstrap_ci", "cross_domain_table", "h1_table", "h2_summary", "h2_table", "holm",
+           "paired_tests", "rank_agreement", "topk_overlap"]
 
 _KEYS = ("layer", "head", "neuron", "pos")
 
@@ -125,10 +125,15 @@ def h1_table(scores: dict[str, pd.DataFrame], removal_effect: pd.DataFrame, k: i
 
     Returns:
         One row per method: Spearman and Kendall correlation with the measured drop and the
-        top-k overlap, sorted by Spearman.
+        top-k overlap (``topk_overlap``, with ``k``), sorted by Spearman.
     """
-    rows = [{"method": m, **{key: v for key, v in rank_agreement(df, removal_effect, k).items()}}
-            for m, df in scores.items()]
+    rows = []
+    for m, df in scores.items():
+        r = rank_agreement(df, removal_effect, k)
+        key = next(c for c in r if c.startswith("top"))
+        # one column name whatever k is, so tables for heads and neurons stack
+        rows.append({"method": m, **{c: v for c, v in r.items() if c != key}, "topk_overlap": r[key],
+                     "k": int(key[3:-8])})
     return pd.DataFrame(rows).sort_values("spearman", ascending=False).reset_index(drop=True)
 
 
@@ -175,4 +180,33 @@ def cross_domain_table(results: pd.DataFrame, reference: str, domains, metric: s
         s = t.sparsity.max() if sparsity is None else sparsity
         parts.append(t[t.sparsity == s].assign(domain=d))
     cols = ["domain", "sparsity", "method", "retained", "ci_low", "ci_high", "ratio_ref_over_method", "p_holm"]
+    return pd.concat(parts, ignore_index=True)[cols]
+
+
+def h2_summary(results: pd.DataFrame, references: dict[str, str], quality: str = "python_per_prompt_top1",
+               sparsity: float | None = None) -> pd.DataFrame:
+    """H2 for every model and unit kind of a sweep, at one sparsity (default each one's highest).
+
+    Args:
+        results: a sweep table (``sweep`` output) with ``model`` and ``unit`` columns.
+        references: unit kind -> the causal method the others are compared with
+            (``{"head": "ablation", "neuron": "attribution"}``); unit kinds not in the results
+            are skipped.
+
+    Returns:
+        One row per model, unit kind and compared method: retained quality with its bootstrap
+        CI, the ratio reference / method and the Holm-corrected p-value (as in ``h2_table``).
+    """
+    parts = []
+    for (model, unit), block in results.groupby(["model", "unit"], sort=False):
+        if unit not in references:
+            continue
+        t = h2_table(block, references[unit], quality=quality)
+        s = t.sparsity.max() if sparsity is None else sparsity
+        t = t[(t.sparsity == s) & (t.method != references[unit])]
+        parts.append(t.assign(model=model, unit=unit, reference=references[unit]))
+    if not parts:
+        raise ValueError(f"no results for the unit kinds {sorted(references)} (have {sorted(set(results.unit))})")
+    cols = ["model", "unit", "reference", "method", "sparsity", "retained", "ci_low", "ci_high", "ratio_ref_over_method",
+            "p_holm"]
     return pd.concat(parts, ignore_index=True)[cols]

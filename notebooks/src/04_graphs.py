@@ -53,6 +53,7 @@ keep(fig, "head_importance")
 
 # %%
 results = pd.concat([load_results(f"{SWEEP_DIR}/{unit}") for unit in ("head", "neuron")], ignore_index=True)
+results = results[results.model == MODEL]  # a sweep may hold several models
 fig, curves = cnb.plotting.degradation_curves(results, f"{DOMAIN_A}_per_prompt_top1", unit="head",
                                               title=f"{MODEL}: top-1 agreement after pruning heads")
 keep(fig, "degradation_heads")

@@ -114,3 +114,12 @@ def test_random_is_seeded_and_names_are_checked(tiny_model):
         cnb.score(tiny_model, P, "patching")
     with pytest.raises(ValueError, match="needs a source input"):
         cnb.score(tiny_model, P, "eap-ig", n_tokens=N)
+
+
+def test_absolute_attribution_is_the_mean_of_per_prompt_magnitudes(tiny_model):
+    signed = cnb.score(tiny_model, P, "attribution", unit="head", kind="zero", n_tokens=N)
+    absolute = cnb.score(tiny_model, P, "attribution-abs", unit="head", kind="zero", n_tokens=N)
+    per = signed.attrs["per_prompt"].to_numpy()
+    assert np.allclose(absolute.score, np.abs(per).mean(1))
+    assert np.allclose(absolute.attrs["per_prompt"].to_numpy(), np.abs(per))
+    assert (absolute.score >= signed.score.abs() - 1e-12).all()

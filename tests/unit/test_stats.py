@@ -61,6 +61,8 @@ def test_h1_ranks_methods_by_agreement_with_the_removal_effect():
     h1 = stats.h1_table({"good": table([1.1, 2, 3.5, 4, 5, 7]), "bad": table([6.0, 5, 4, 3, 2, 1])}, truth)
     assert list(h1.method) == ["good", "bad"]
     assert h1.spearman.tolist() == pytest.approx([1.0, -1.0])
+    top = stats.h1_table({"good": table([1.1, 2, 3.5, 4, 5, 7])}, truth, k=2)
+    assert top.k.item() == 2 and top.topk_overlap.item() == 1.0  # {5, 6} both times
 
 
 def test_h2_ratio_and_tests_from_per_prompt_results():
@@ -95,3 +97,23 @@ def test_cross_domain_table_runs_h2_per_evaluation_domain():
     assert mag.ratio_ref_over_method["py"] > 1.3 and mag.ratio_ref_over_method["cpp"] == pytest.approx(1.0)
     want = stats.h2_table(pd.DataFrame(rows), "ablation", quality="cpp_per_prompt_top1")
     assert mag.retained["cpp"] == pytest.approx(want[(want.sparsity == 0.8) & (want.method == "magnitude")].retained.iloc[0])
+
+
+def test_h2_summary_compares_within_each_model_and_unit():
+    rng = np.random.default_rng(2)
+    rows = []
+    for model, gain in (("a", 0.2), ("b", 0.0)):
+        for s in (0.5, 0.8):
+            base = rng.uniform(0.3, 0.6, 30)
+            rows.append({"method": "ablation", "unit": "head", "model": model, "sparsity": s, "q": list(base + gain)})
+            rows.append({"method": "magnitude", "unit": "head", "model": model, "sparsity": s, "q": list(base)})
+            rows.append({"method": "attribution", "unit": "neuron", "model": model, "sparsity": s, "q": list(base)})
+            rows.append({"method": "random", "unit": "neuron", "model": model, "sparsity": s, "q": list(base - 0.1)})
+    t = stats.h2_summary(pd.DataFrame(rows), {"head": "ablation", "neuron": "attribution"}, quality="q")
+    assert len(t) == 4 and set(t.sparsity) == {0.8}
+    r = t.set_index(["model", "unit"]).ratio_ref_over_method
+    assert r["a", "head"] > 1.3 and r["b", "head"] == pytest.approx(1.0) and r["a", "neuron"] > 1.1
+    one = stats.h2_table(pd.DataFrame(rows), "ablation", quality="q", unit="head", model="a")
+    assert r["a", "head"] == pytest.approx(one[(one.sparsity == 0.8) & (one.method == "magnitude")].ratio_ref_over_method.iloc[0])
+    with pytest.raises(ValueError, match="no results for the unit kinds"):
+        stats.h2_summary(pd.DataFrame(rows), {"block": "ablation"}, quality="q")
