@@ -34,6 +34,9 @@ N_EVAL_PROMPTS = 16  # evaluation prompts per domain
 N_TOKENS = 64  # tokens per prompt, BOS included
 PHYSICAL = True  # slice weights (smaller model) instead of zeroing them
 ACDC_THRESHOLDS = [0.01, 0.03, 0.1, 0.3, 1.0]  # KL increases (nats) below which ACDC removes a head
+BLOCK_METHODS = ["ablation", "taylor", "magnitude", "random"]  # whole-block selection methods (scores computed here)
+BLOCK_SPARSITIES = [0.25, 0.5, 0.75]  # shares of blocks removed (rounded per model, at least one block kept)
+N_PROMPTS = 16  # scoring prompts for the block scores
 SCORES_DIR = "../scores"  # scores written by notebook 02
 OUT_DIR = "runs/manual"  # sweep results go to OUT_DIR/sweep/<unit>
 
@@ -105,6 +108,19 @@ summary
 
 # %%
 cnb.stats.cross_domain_table(results[results.model == MODELS[0]], REFERENCE, EVAL_DOMAINS, unit="head").round(3)
+
+# %% [markdown]
+# ## Whole blocks: which layers can go?
+# ShortGPT-style depth pruning: score each decoder block (mean-ablation KL of its attention
+# and MLP outputs, Taylor, weight magnitude, random), delete the lowest-scoring blocks and
+# evaluate the shallower model. Block scores are cheap, so the sweep computes them itself.
+
+# %%
+config = cnb.SweepConfig(out=f"{OUT_DIR}/sweep/block", models=MODELS, domain=DOMAIN, eval_domains=EVAL_DOMAINS,
+                         n_prompts=N_PROMPTS, n_eval_prompts=N_EVAL_PROMPTS, n_tokens=N_TOKENS, methods=BLOCK_METHODS,
+                         units=["block"], sparsities=BLOCK_SPARSITIES, seeds=[SEED], physical=PHYSICAL)
+blocks = cnb.sweep(config, resume=True, progress=False)
+blocks.pivot_table(index=["model", "sparsity", "params"], columns="method", values=f"{DOMAIN}_top1_agreement").round(3)
 
 # %% [markdown]
 # ## ACDC: let a KL threshold choose the sparsity
