@@ -84,6 +84,10 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
     }
     exact_heads = None
     for unit in units:
+        if unit == "neuron":
+            rows.append(bench_neurons(model, label, cb, xb, scored, peer_metric))
+            print(rows[-1], flush=True)
+            continue
         peer_fn, kw = peers[unit]
 
         def run_peer(peer_fn=peer_fn):
@@ -118,6 +122,37 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
     return rows
 
 
+def bench_neurons(model, label, cb, xb, scored, peer_metric, n_sample: int = 16) -> dict:
+    """Exact per-neuron patching of layer 0 (the costliest layer for the kit: every later block
+    is replayed). TransformerLens has no neuron patching function, so the peer is the plain
+    loop, one hooked forward per neuron, timed on an evenly spread sample and compared per
+    neuron; its total is extrapolated to the layer."""
+    n = model.cfg.d_mlp
+    sample = list(range(0, n, max(1, n // n_sample)))[:n_sample]
+    hook = "blocks.0.mlp.hook_post"
+    _, cache = model.run_with_cache(cb.tokens, names_filter=hook)
+
+    def run_peer():
+        out = []
+        for i in sample:
+            def fn(act, hook, i=i):
+                act = act.clone()
+                act[:, :, i] = cache[hook.name][:, :, i]
+                return act
+
+            out.append(peer_metric(model.run_with_hooks(xb.tokens, fwd_hooks=[(hook, fn)])).item())
+        return torch.tensor(out)
+
+    t_peer, ref = timed(run_peer, 1)
+    t_ours, df = timed(lambda: cnb.patch(model, cb, xb, unit="neuron", layers=[0], scored_positions=scored,
+                                         progress=False), 1)
+    err = (torch.tensor(df.value.values[sample]) - ref.double()).abs().max().item()
+    per_peer, per_ours = t_peer / len(sample), t_ours / n
+    return {"model": label, "method": f"exact neuron (layer 0, {n})", "peer_s": per_peer * n, "ours_s": t_ours,
+            "ratio": per_peer / per_ours, "check": f"peer = plain hook loop, {per_peer * 1e3:.0f} vs "
+            f"{per_ours * 1e3:.0f} ms per neuron (peer total extrapolated from {len(sample)}); max abs diff {err:.1e}"}
+
+
 def gpu_model(dtype):
     from causal_nb.zoo.tiny import make_tiny_model
 
@@ -139,7 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-prompts", type=int, default=32)
     p.add_argument("--n-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--units", nargs="*", default=["head", "resid", "mlp"])
+    p.add_argument("--units", nargs="*", default=["head", "resid", "mlp"],
+                   help="head, resid, mlp, neuron (neuron: layer 0 only, one timed run; slow)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--gpu", action="store_true", help="also run the GPT-2-small shape on CUDA (fp32, bf16)")
     p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
