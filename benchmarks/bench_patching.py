@@ -200,7 +200,8 @@ def main(argv=None) -> int:
         with (HERE / "RESULTS.md").open("a") as fh:
             fh.write(f"\n## {dt.date.today()} — {machine}, torch {torch.__version__}\n"
                      f"`python benchmarks/bench_patching.py {' '.join(argv or sys.argv[1:])}` "
-                     f"({a.n_prompts} prompts x {a.n_tokens} tokens, median of {a.repeats})\n\n{out}\n")
+                     f"({a.n_prompts} prompts x {a.n_tokens} tokens, median of {a.repeats}"
+                     f"{'; neuron row: one timed run after a warm-up' if 'neuron' in a.units else ''})\n\n{out}\n")
     return 0
 
 
