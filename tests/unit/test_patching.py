@@ -4,7 +4,6 @@ one-unit-at-a-time hook loop (full forward per unit), to 1e-5 in fp32."""
 import warnings
 
 import numpy as np
-
 import pytest
 import torch
 from transformer_lens import patching as tlp
