@@ -146,6 +146,24 @@ def _mlp_half(model, layer: int, x):
     return x + blk.mlp(blk.ln2(x))
 
 
+def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal up to the rounding of the dtype (a fast path's identity check on the base run)."""
+    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2  # half types: ~3 bits of rounding
+    return bool(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol * float(b.abs().max().clamp_min(1))))
+
+
+def _deltas(group: Sequence[Unit], like: Tensor, change: Callable) -> list[Tensor]:
+    """Per unit, the sum of its edits' changes; ``change(edit, positions)`` gives one edit's."""
+    out = []
+    for unit in group:
+        delta = torch.zeros_like(like)
+        for e in unit.edits:
+            pos = slice(None) if e.positions is None else list(e.positions)
+            delta[:, pos] += change(e, pos).to(delta.dtype)
+        out.append(delta)
+    return out
+
+
 def _head_fast_path(model, base: Capture, layer: int) -> bool:
     """Whether head edits at ``layer`` can skip its attention computation.
 
@@ -162,7 +180,7 @@ def _head_fast_path(model, base: Capture, layer: int) -> bool:
             post = base.acts.get(f"blocks.{layer}.hook_resid_post")
             if mid is not None and post is not None and model.W_O[layer] is not None:
                 with torch.no_grad():
-                    ok = bool(torch.allclose(_mlp_half(model, layer, mid), post, atol=1e-4, rtol=1e-4))
+                    ok = _close(_mlp_half(model, layer, mid), post)
         except Exception:  # noqa: BLE001 - any model where the check can't run takes the full replay
             ok = False
         base.acts[key] = ok
@@ -175,15 +193,13 @@ def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sou
     z_base = base.acts[hook]
     z_src = sources[hook].to(z_base.dtype).expand_as(z_base)
     w_o = model.W_O[layer]  # [head d_head d_model]
-    mids = []
-    for unit in group:
-        delta = torch.zeros_like(base.acts[f"blocks.{layer}.hook_resid_mid"])
-        for e in unit.edits:
-            (h,) = e.index
-            pos = slice(None) if e.positions is None else list(e.positions)
-            d = (z_src[:, pos, h] - z_base[:, pos, h]) @ w_o[h]
-            delta[:, pos] += d.to(delta.dtype)
-        mids.append(base.acts[f"blocks.{layer}.hook_resid_mid"] + delta)
+    mid = base.acts[f"blocks.{layer}.hook_resid_mid"]
+
+    def change(e, pos):
+        (h,) = e.index
+        return (z_src[:, pos, h] - z_base[:, pos, h]) @ w_o[h]
+
+    mids = [mid + d for d in _deltas(group, mid, change)]
     return run_from(model, base, layer + 1, len(group), positions, x=_mlp_half(model, layer, torch.cat(mids)))
 
 
@@ -192,9 +208,9 @@ def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
 
     The MLP output enters the residual stream last in a sequential block (resid_post =
     resid_mid + mlp_out), and a neuron enters the MLP output only through ``post_i * W_out[i]``,
-    so an edit adds its change straight to the cached ``resid_post`` and the next block runs
-    from there. Both identities are checked numerically on the base run; models where they
-    fail take the full replay.
+    so an edit's change is added to the cached MLP output and the next block runs from
+    ``resid_mid + mlp_out``. Both identities are checked numerically on the base run (to the
+    dtype's rounding); models where they fail take the full replay.
     """
     key = ("mlp_fast", layer, neurons)
     if key not in base.acts:
@@ -203,14 +219,13 @@ def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
             mid = base.acts.get(f"blocks.{layer}.hook_resid_mid")
             post = base.acts.get(f"blocks.{layer}.hook_resid_post")
             out = base.acts.get(f"blocks.{layer}.hook_mlp_out")
-            ok = mid is not None and post is not None and out is not None \
-                and bool(torch.allclose(mid + out, post, atol=1e-4, rtol=1e-4))
+            ok = mid is not None and post is not None and out is not None and _close(mid + out, post)
             if ok and neurons:
                 act = base.acts[f"blocks.{layer}.mlp.hook_post"]
                 with torch.no_grad():
                     # whatever bias the projection has (or not) is the same at every position
                     rest = out - (act @ model.W_out[layer]).to(out.dtype)
-                ok = bool(torch.allclose(rest, rest[:1, :1].expand_as(rest), atol=1e-4, rtol=1e-4))
+                ok = _close(rest, rest[:1, :1].expand_as(rest))
         except Exception:  # noqa: BLE001 - any model where the check can't run takes the full replay
             ok = False
         base.acts[key] = ok
@@ -220,21 +235,17 @@ def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
 def _run_mlp_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
                   positions: Tensor) -> Tensor:
     mid, out = base.acts[f"blocks.{layer}.hook_resid_mid"], base.acts[f"blocks.{layer}.hook_mlp_out"]
-    xs = []
-    for unit in group:
-        delta = torch.zeros_like(out)
-        for e in unit.edits:
-            pos = slice(None) if e.positions is None else list(e.positions)
-            a = base.acts[e.hook]
-            src = sources[e.hook].to(a.dtype).expand_as(a)
-            if e.index:  # a neuron: its change times its output weights
-                (i,) = e.index
-                d = (src[:, pos, i] - a[:, pos, i])[..., None] * model.W_out[layer][i]
-            else:
-                d = src[:, pos] - a[:, pos]
-            delta[:, pos] += d.to(delta.dtype)
-        # the edited MLP output first, then the residual add: the same rounding as a real forward
-        xs.append(mid + (out + delta))
+
+    def change(e, pos):
+        a = base.acts[e.hook]
+        src = sources[e.hook].to(a.dtype).expand_as(a)
+        if e.index:  # a neuron: its change times its output weights
+            (i,) = e.index
+            return (src[:, pos, i] - a[:, pos, i])[..., None] * model.W_out[layer][i]
+        return src[:, pos] - a[:, pos]
+
+    # the edited MLP output first, then the residual add: the same rounding as a real forward
+    xs = [mid + (out + d) for d in _deltas(group, out, change)]
     return run_from(model, base, layer + 1, len(group), positions, x=torch.cat(xs))
 
 

@@ -200,8 +200,12 @@ def test_bf16_engine_tracks_fp32(tiny_dirs, arch):
     several interventions in one pass changes nothing beyond bf16 rounding."""
     from scipy import stats
 
+    from causal_nb.engine import _head_fast_path, _mlp_fast_path, capture
+
     fp32 = cnb.load_model(tiny_dirs[arch], device="cpu")
     bf16 = cnb.load_model(tiny_dirs[arch], device="cpu", dtype="bf16")
+    cap = capture(bf16, prepare(bf16, CLEAN, N).tokens, ["blocks.0.attn.hook_z", "blocks.0.mlp.hook_post"])
+    assert _head_fast_path(bf16, cap, 0) and _mlp_fast_path(bf16, cap, 0, neurons=True)  # checks allow bf16 rounding
     for unit in ("head", "neuron"):
         a = patch(fp32, CLEAN, CORR, unit=unit, n_tokens=N, progress=False).value.to_numpy()
         b = patch(bf16, CLEAN, CORR, unit=unit, n_tokens=N, progress=False).value.to_numpy()
