@@ -21,7 +21,7 @@ from .metrics import ScoredBatch, get_metric
 from .prompts import PromptSetError, TokenBatch, as_prompt_set
 from .units import enumerate_units, unit_columns
 
-__all__ = ["ablate", "mean_activations", "patch", "prepare", "scored_batch"]
+__all__ = ["ablate", "masked_means", "mean_activations", "patch", "prepare", "scored_batch"]
 
 DEFAULT_N_TOKENS = 64
 
@@ -151,11 +151,15 @@ def mean_activations(model, batch: TokenBatch, hooks) -> dict[str, Tensor]:
         hook name -> tensor of shape [1, 1, ...] (the activation's trailing dims), float32,
         broadcastable against [batch, pos, ...].
     """
-    cap = capture(model, batch.tokens, hooks)
-    m = batch.mask.to(torch.float32)
+    return masked_means(capture(model, batch.tokens, hooks).acts, batch.mask, hooks)
+
+
+def masked_means(acts: dict[str, Tensor], mask: Tensor, hooks) -> dict[str, Tensor]:
+    """``mean_activations`` from activations already at hand ([batch, pos, ...] each)."""
+    m = mask.to(torch.float32)
     out = {}
     for h in hooks:
-        a = cap.acts[h].float()
+        a = acts[h].float()
         w = m.view(*m.shape, *([1] * (a.dim() - 2)))
         out[h] = (a * w).sum((0, 1), keepdim=True) / w.sum((0, 1), keepdim=True)
     return out

@@ -189,26 +189,30 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         return _table(units, unit, per.mean(1), per, pb.ids, attrs)
     # attribution / eap-ig: first-order estimate of the ablation's loss increase
     from .attribution import attribution_scores  # noqa: PLC0415
-    from .patching import _ablation_sources  # noqa: PLC0415
+    from .patching import _ablation_sources, masked_means  # noqa: PLC0415
 
+    if method != "eap-ig":
+        # one forward + backward gives the activations, their mean and the gradients
+        grads, acts, _ = _gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True)
+        with torch.no_grad():
+            sources = masked_means(acts, pb.mask, hooks) if kind == "mean" else \
+                _ablation_sources(model, kind, pb, hooks, None, n_tokens, seed)
+        est, _ = attribution_scores(model, pb.tokens, sources, acts, units, loss, scored, 0, grads=grads)
+        per = est.numpy()  # estimated loss increase per prompt
+        if method == "attribution-abs":
+            per = np.abs(per)
+        return _table(units, unit, per.mean(1), per, pb.ids, {**attrs, "kind": kind, "metric": "loss"})
+    # eap-ig: integrated gradients on the way from the prompts to a source input
+    if corrupted is None:
+        if kind == "resample":
+            raise ValueError("method='eap-ig' with resample ablation: pass the resampled prompts as corrupted=...")
+        raise ValueError("method='eap-ig' needs a source input: pass corrupted=... (zero/mean ablations have none)")
+    src_tokens = prepare(model, corrupted, n_tokens).tokens
     with torch.no_grad():
         cap = capture(model, pb.tokens, hooks)
-        sources = _ablation_sources(model, kind, pb, hooks, None, n_tokens, seed)
-    src_tokens = None
-    if method == "eap-ig":
-        if corrupted is not None:
-            src_tokens = prepare(model, corrupted, n_tokens).tokens
-            with torch.no_grad():
-                sources = capture(model, src_tokens, hooks).acts
-        elif kind == "resample":
-            raise ValueError("method='eap-ig' with resample ablation: pass the resampled prompts as corrupted=...")
-        else:
-            raise ValueError("method='eap-ig' needs a source input: pass corrupted=... (zero/mean ablations have none)")
-    est, _ = attribution_scores(model, pb.tokens, sources, cap.acts, units, loss, scored,
-                                steps if method == "eap-ig" else 0, source_tokens=src_tokens)
+        sources = capture(model, src_tokens, hooks).acts
+    est, _ = attribution_scores(model, pb.tokens, sources, cap.acts, units, loss, scored, steps, source_tokens=src_tokens)
     per = est.numpy()  # estimated loss increase per prompt
-    if method == "attribution-abs":
-        per = np.abs(per)
     return _table(units, unit, per.mean(1), per, pb.ids, {**attrs, "kind": kind, "metric": "loss"})
 
 
