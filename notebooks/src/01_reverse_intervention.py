@@ -28,6 +28,7 @@ N_TOKENS = 64  # tokens per prompt, BOS included
 TOP_K = 30  # tokens kept in each token set
 SITE = "resid"  # "resid" (residual stream), "attn" or "mlp" output
 MODE = "mean"  # "mean" (mean-difference shift) or "paired" (prompt i into prompt i; attn/mlp only)
+OTHER_PAIRS = [["science", "maths"], ["finance", "medical"]]  # more (A, B) domain pairs, both directions
 DEVICE = "auto"  # "auto", "cpu" or "cuda"
 TOKEN_SETS_DIR = "../token_sets"  # where token sets are written: <dir>/<model>/<A>__<B>.json
 OUT_DIR = "runs/manual"  # where this notebook writes its other outputs
@@ -93,6 +94,25 @@ for (a, b), ts in token_sets.items():
     rows.append({"token_set": f"{a}__{b} ({b} tokens)", f"on {DOMAIN_A}": mass[DOMAIN_A], f"on {DOMAIN_B}": mass[DOMAIN_B]})
 separation = pd.DataFrame(rows).round(3)
 separation
+
+# %% [markdown]
+# ## Other domain pairs
+# The prompt sets also hold prose: science vs maths and finance vs medical text. The bundled
+# models were trained on source code only, so this is out of their domain: expect operator
+# and code tokens where the prose domain resembles code (maths) and no recognisable finance or
+# medical vocabulary. With a general model (`-p MODEL gpt2`, where the hub is reachable) the
+# same cell gives the prose pairs' characteristic tokens.
+
+# %%
+others = {}
+for a0, b0 in OTHER_PAIRS:
+    ps = {d: cnb.load_prompts(d, split="train", n=N_PROMPTS) for d in (a0, b0)}
+    for a, b in ((a0, b0), (b0, a0)):
+        ts = cnb.reverse_intervention(model, ps[a], ps[b], top_k=TOP_K, site=SITE, mode=MODE, n_tokens=N_TOKENS,
+                                      model_name=MODEL, progress=False)
+        ts.save(cnb.token_set_path(TOKEN_SETS_DIR, MODEL, a, b))
+        others[f"{a}__{b}"] = [repr(t) for t in ts.tokens[:10]]
+pd.DataFrame(others)
 
 # %%
 cnb.save_json(separation.to_dict(orient="records"), f"{OUT_DIR}/01_token_set_separation.json")
