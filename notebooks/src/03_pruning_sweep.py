@@ -107,7 +107,11 @@ summary
 # sparsity carry over to a domain it never saw?
 
 # %%
-cnb.stats.cross_domain_table(results[results.model == MODELS[0]], REFERENCE, EVAL_DOMAINS, unit="head").round(3)
+cross = pd.concat([cnb.stats.cross_domain_table(results[results.model == name], REFERENCE, EVAL_DOMAINS, unit=unit)
+                   .assign(model=name, unit=unit) for name in MODELS for unit in plan], ignore_index=True)
+cross = cross[cross.method != REFERENCE]
+cross.pivot_table(index=["model", "unit", "method"], columns="domain", values=["ratio_ref_over_method", "p_holm"],
+                  sort=False).round(3)
 
 # %% [markdown]
 # ## Whole blocks: which layers can go?
