@@ -153,12 +153,16 @@ def bench_neurons(model, label, cb, xb, scored, peer_metric, n_sample: int = 16)
             f"{per_ours * 1e3:.0f} ms per neuron (peer total extrapolated from {len(sample)}); max abs diff {err:.1e}"}
 
 
-def gpu_model(dtype):
+GPT2_SMALL = {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_mlp": 3072}
+
+
+def shape_model(dtype, device: str = "cuda", shape: dict | None = None):
+    """A random-init GPT-2 of the given shape (default GPT-2 small) on ``device``."""
     from causal_nb.zoo.tiny import make_tiny_model
 
-    folder = Path(tempfile.mkdtemp()) / "gpt2-small-shape"
-    make_tiny_model(folder, "gpt2", n_layers=12, d_model=768, n_heads=12, d_mlp=3072, n_ctx=256, seed=0)
-    return cnb.load_model(folder, device="cuda", dtype=dtype)
+    folder = Path(tempfile.mkdtemp()) / "gpt2-shape"
+    make_tiny_model(folder, "gpt2", n_ctx=256, seed=0, **(shape or GPT2_SMALL))
+    return cnb.load_model(folder, device=device, dtype=dtype)
 
 
 def table(rows: list[dict]) -> str:
@@ -189,7 +193,7 @@ def main(argv=None) -> int:
             print("no CUDA device: GPU part skipped")
         else:
             for dtype in (torch.float32, torch.bfloat16):
-                rows += bench(gpu_model(dtype), f"GPT-2-small shape, {str(dtype)[6:]} (GPU)", 64, 64, a.repeats,
+                rows += bench(shape_model(dtype), f"GPT-2-small shape, {str(dtype)[6:]} (GPU)", 64, 64, a.repeats,
                               ["head"])
     out = table(rows)
     print(out)

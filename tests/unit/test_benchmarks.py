@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end on tiny models (their numbers are not checked here,
+only that the code paths work and the correctness columns hold), so the GPU path, which only
+shares code with the CPU one, does not rot unseen."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_patching_rows_are_exact_on_a_gpt2_shape():
+    bp = _load("bench_patching")
+    model = bp.shape_model(torch.float32, device="cpu", shape={"n_layers": 2, "d_model": 32, "n_heads": 4, "d_mlp": 64})
+    rows = bp.bench(model, "tiny", 4, 16, 1, ["head", "mlp", "neuron"])
+    assert [r["method"] for r in rows] == ["exact head", "exact mlp", "exact neuron (layer 0, 64)", "attribution head"]
+    for r in rows[:3]:
+        diff = float(re.search(r"max abs diff ([0-9.e+-]+)", r["check"]).group(1))
+        assert diff < 1e-5 and r["ours_s"] > 0 and r["ratio"] > 0, r
+    assert "Pearson" in rows[3]["check"]
+    assert "| tiny | exact head |" in bp.table(rows)
+
+
+def test_bench_pruning_prints_its_table(tiny_dirs):
+    table = _load("bench_pruning").main(["--model", str(tiny_dirs["llama"]), "--tokens", "16", "--batches", "1,2",
+                                          "--repeats", "3"])
+    assert table.count("| physical |") == 2 and table.count("| dense |") == 2
+    diff = float(re.search(r"max \|physical - masked\| logits = ([0-9.e+-]+)", table).group(1))
+    assert diff < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_patching_gpu_shape_runs_in_bf16():
+    bp = _load("bench_patching")
+    model = bp.shape_model(torch.bfloat16, shape={"n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": 128})
+    rows = bp.bench(model, "tiny bf16", 8, 32, 1, ["head"])
+    assert next(model.parameters()).device.type == "cuda" and all(r["ratio"] > 0 for r in rows)
+    from causal_nb.engine import stack_size
+
+    assert stack_size(model, 8, 32, 15, 4) >= 1
