@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -35,12 +35,14 @@ class Capture:
         acts: hook name -> activation [batch, pos, ...] (detached).
         block_args: layer -> (args, kwargs) the block was called with (caches stripped).
         logits: the run's logits at the scored positions [batch, scored, vocab], if asked.
+        checks: results of the fast paths' identity checks on this run, by (path, layer).
     """
 
     tokens: Int[Tensor, "batch pos"]
     acts: dict[str, Tensor]
     block_args: dict[int, tuple[tuple, dict]]
     logits: Float[Tensor, "batch scored vocab"] | None = None
+    checks: dict = field(default_factory=dict)
 
     def resid_pre(self, layer: int) -> Float[Tensor, "batch pos d_model"]:
         return self.acts[f"blocks.{layer}.hook_resid_pre"]
@@ -154,6 +156,17 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return bool(torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-2 * float(b.abs().max().clamp_min(1))))
 
 
+def _checked(base: Capture, key: tuple, check: Callable[[], bool]) -> bool:
+    """Run a fast path's identity check once per capture; a check that cannot run fails."""
+    if key not in base.checks:
+        try:
+            with torch.no_grad():
+                base.checks[key] = bool(check())
+        except Exception:  # noqa: BLE001 - any model where the check can't run takes the full replay
+            base.checks[key] = False
+    return base.checks[key]
+
+
 def _deltas(group: Sequence[Unit], like: Tensor, change: Callable) -> list[Tensor]:
     """Per unit, the sum of its edits' changes; ``change(edit, positions)`` gives one edit's."""
     out = []
@@ -174,19 +187,13 @@ def _head_fast_path(model, base: Capture, layer: int) -> bool:
     runs from there. Valid for sequential pre-norm blocks (checked numerically on the base run:
     parallel-attention blocks fail the check and use the full replay).
     """
-    key = ("fast", layer)
-    if key not in base.acts:
-        ok = False
-        try:
-            mid = base.acts.get(f"blocks.{layer}.hook_resid_mid")
-            post = base.acts.get(f"blocks.{layer}.hook_resid_post")
-            if mid is not None and post is not None and model.W_O[layer] is not None:
-                with torch.no_grad():
-                    ok = _close(_mlp_half(model, layer, mid), post)
-        except Exception:  # noqa: BLE001 - any model where the check can't run takes the full replay
-            ok = False
-        base.acts[key] = ok
-    return base.acts[key]
+    def check():
+        mid = base.acts.get(f"blocks.{layer}.hook_resid_mid")
+        post = base.acts.get(f"blocks.{layer}.hook_resid_post")
+        return mid is not None and post is not None and model.W_O[layer] is not None \
+            and _close(_mlp_half(model, layer, mid), post)
+
+    return _checked(base, ("head", layer), check)
 
 
 def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
@@ -214,24 +221,19 @@ def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
     ``resid_mid + mlp_out``. Both identities are checked numerically on the base run (to the
     dtype's rounding); models where they fail take the full replay.
     """
-    key = ("mlp_fast", layer, neurons)
-    if key not in base.acts:
-        ok = False
-        try:
-            mid = base.acts.get(f"blocks.{layer}.hook_resid_mid")
-            post = base.acts.get(f"blocks.{layer}.hook_resid_post")
-            out = base.acts.get(f"blocks.{layer}.hook_mlp_out")
-            ok = mid is not None and post is not None and out is not None and _close(mid + out, post)
-            if ok and neurons:
-                act = base.acts[f"blocks.{layer}.mlp.hook_post"]
-                with torch.no_grad():
-                    # whatever bias the projection has (or not) is the same at every position
-                    rest = out - (act @ model.W_out[layer]).to(out.dtype)
-                ok = _close(rest, rest[:1, :1].expand_as(rest))
-        except Exception:  # noqa: BLE001 - any model where the check can't run takes the full replay
-            ok = False
-        base.acts[key] = ok
-    return base.acts[key]
+    def check():
+        mid = base.acts.get(f"blocks.{layer}.hook_resid_mid")
+        post = base.acts.get(f"blocks.{layer}.hook_resid_post")
+        out = base.acts.get(f"blocks.{layer}.hook_mlp_out")
+        if mid is None or post is None or out is None or not _close(mid + out, post):
+            return False
+        if not neurons:
+            return True
+        # whatever bias the projection has (or not) is the same at every position
+        rest = out - (base.acts[f"blocks.{layer}.mlp.hook_post"] @ model.W_out[layer]).to(out.dtype)
+        return _close(rest, rest[:1, :1].expand_as(rest))
+
+    return _checked(base, ("mlp", layer, neurons), check)
 
 
 def _run_mlp_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
