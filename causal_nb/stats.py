@@ -46,7 +46,7 @@ def rank_agreement(a: pd.DataFrame, b: pd.DataFrame, k: int | None = None, col: 
     rho, p_rho = st.spearmanr(x, y)
     tau, p_tau = st.kendalltau(x, y)
     return {"spearman": float(rho), "spearman_p": float(p_rho), "kendall": float(tau), "kendall_p": float(p_tau),
-            f"top{k}_overlap": topk_overlap(x, y, k), "n_units": len(x)}
+            f"top{k}_overlap": topk_overlap(x, y, k), "k": k, "n_units": len(x)}
 
 
 def agreement_matrix(tables: dict[str, pd.DataFrame], method: str = "spearman") -> pd.DataFrame:
@@ -130,10 +130,9 @@ def h1_table(scores: dict[str, pd.DataFrame], removal_effect: pd.DataFrame, k: i
     rows = []
     for m, df in scores.items():
         r = rank_agreement(df, removal_effect, k)
-        key = next(c for c in r if c.startswith("top"))
         # one column name whatever k is, so tables for heads and neurons stack
-        rows.append({"method": m, **{c: v for c, v in r.items() if c != key}, "topk_overlap": r[key],
-                     "k": int(key[3:-8])})
+        r["topk_overlap"] = r.pop(f"top{r['k']}_overlap")
+        rows.append({"method": m, **r})
     return pd.DataFrame(rows).sort_values("spearman", ascending=False).reset_index(drop=True)
 
 
