@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checks import reject_unused, strict
 from .engine import joint_hooks, run_from, scored_run
 from .env import progress_enabled
 from .metrics import get_metric
@@ -80,6 +81,8 @@ def _setup(model, prompts, unit, kind, reference, n_tokens):
         raise ValueError(f"unknown unit {unit!r} for ACDC; valid: {list(ACDC_UNITS)}")
     if kind not in ("zero", "mean"):
         raise ValueError(f"ACDC ablates with 'zero' or 'mean', got {kind!r}")
+    reject_unused(kind, {"reference": reference}, {"reference": ("mean",)},
+                  {("reference", "zero"): "zero ablation reads no prompts"}, what="kind")
     pb = prepare(model, prompts, n_tokens)
     units = enumerate_units(model, unit)
     hooks = sorted({e.hook for u in units for e in u.edits})
@@ -89,6 +92,7 @@ def _setup(model, prompts, unit, kind, reference, n_tokens):
     return pb, units, scored, base, sources
 
 
+@strict
 def acdc(model, prompts, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, unit: str = "head", kind: str = "zero",
          reference=None, n_tokens: int | None = None, floor: int | None = None,
          progress: bool | None = None) -> pd.DataFrame:
@@ -131,6 +135,7 @@ def acdc(model, prompts, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, unit:
     return df
 
 
+@strict
 def acdc_scores(model, prompts, unit: str = "head", kind: str = "zero", threshold: float = 0.01, reference=None,
                 n_tokens: int | None = None, progress: bool | None = None) -> pd.DataFrame:
     """Importance from one ACDC pass: each unit's KL increase when the walk tested it.
@@ -148,6 +153,7 @@ def acdc_scores(model, prompts, unit: str = "head", kind: str = "zero", threshol
     return df
 
 
+@strict
 def acdc_sweep(model, prompts, eval_prompts, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, unit: str = "head",
                kind: str = "zero", n_tokens: int | None = None, physical: bool = True,
                progress: bool | None = None) -> pd.DataFrame:
@@ -168,7 +174,7 @@ def acdc_sweep(model, prompts, eval_prompts, thresholds: Sequence[float] = DEFAU
     extra = []
     for sel in df.attrs["selections"]:
         pruned = prune_units(model, **{f"{unit}s": sel}, physical=physical)
-        ev = evaluate(pruned, eval_prompts, reference=model, n_tokens=n_tokens or 64, latency_batches=())
+        ev = evaluate(pruned, eval_prompts, full_model=model, n_tokens=n_tokens or 64, latency_batches=())
         extra.append({"eval_kl": ev["kl"], "eval_top1": ev["top1_agreement"], "params": ev["params"]})
     out = pd.concat([df, pd.DataFrame(extra)], axis=1)
     out.attrs.update(df.attrs)

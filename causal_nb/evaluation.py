@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import check_n_tokens, strict
 from .prompts import PromptSet, TokenBatch, as_prompt_set
 
 __all__ = ["domain_losses", "evaluate", "flops_per_token", "latency_ms", "peak_memory_mb", "prompt_losses", "token_losses",
@@ -34,8 +35,13 @@ def token_losses(model, batch: TokenBatch, batch_size: int = 16) -> Float[Tensor
     return torch.cat(out)
 
 
+@strict
 def prompt_losses(model, prompts, n_tokens: int = 64, batch_size: int = 16) -> pd.DataFrame:
-    """Mean loss per prompt: columns ``id``, ``domain``, ``tokens``, ``loss``."""
+    """Mean loss per prompt: columns ``id``, ``domain``, ``tokens``, ``loss``.
+
+    ``batch_size``: prompts per forward (memory only; the losses do not depend on it).
+    """
+    check_n_tokens(n_tokens)
     ps: PromptSet = as_prompt_set(prompts)
     batch = ps.tokenize(model, n_tokens)
     losses = token_losses(model, batch, batch_size)
@@ -43,6 +49,7 @@ def prompt_losses(model, prompts, n_tokens: int = 64, batch_size: int = 16) -> p
                          "loss": np.nanmean(losses.numpy(), axis=1)})
 
 
+@strict
 def domain_losses(model, prompt_sets: dict[str, PromptSet], n_tokens: int = 64) -> pd.DataFrame:
     """Mean loss per domain (token-weighted), one row per domain, rounded for display.
 
@@ -50,6 +57,7 @@ def domain_losses(model, prompt_sets: dict[str, PromptSet], n_tokens: int = 64) 
     models), the ``unigram`` column is the same prompts' loss under that unigram model and
     ``margin`` = unigram - loss; otherwise both are NaN.
     """
+    check_n_tokens(n_tokens)
     counts = unigram_counts(model)
     rows = []
     for name, ps in prompt_sets.items():
@@ -64,6 +72,7 @@ def domain_losses(model, prompt_sets: dict[str, PromptSet], n_tokens: int = 64) 
     return pd.DataFrame(rows).round(4)
 
 
+@strict
 def token_set_mass(model, prompt_sets: dict[str, PromptSet], token_set, n_tokens: int = 64) -> pd.DataFrame:
     """Mean log of the probability mass the model puts on a token set, per domain.
 
@@ -207,15 +216,19 @@ def peak_memory_mb(model, batch_size: int, n_tokens: int = 128, repeats: int = 3
     return float(np.median(out))
 
 
+@strict
 @torch.no_grad()
-def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches=(1, 32), latency_tokens: int = 128,
-             repeats: int = 5, memory: bool = True) -> dict:
+def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batches=(1, 32), latency_tokens: int = 128,
+             repeats: int = 5, memory: bool = True, progress: bool | None = None, reference=None) -> dict:
     """Quality and cost of a (pruned) model on held-out prompts.
 
     Args:
         prompts: PromptSet or list of strings.
-        reference: the full model, for ``kl`` and ``top1_agreement`` (KL(reference || model)
-            and the share of positions with the same top-1 token); NaN without one.
+        full_model: the unpruned model, for ``kl`` and ``top1_agreement`` (KL(full_model ||
+            model) and the share of positions with the same top-1 token); NaN without one.
+        reference: refused. It was this function's name for ``full_model``; everywhere else in
+            the kit ``reference=`` is the prompts a mean ablation averages over.
+        progress: a bar over the timed batch sizes (default: ``causal_nb.progress_enabled()``).
         latency_batches: batch sizes timed (median of ``repeats`` forwards of ``latency_tokens``);
             ``()`` skips timing.
 
@@ -224,19 +237,27 @@ def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches
         ``latency_tokens`` context), ``latency_ms`` (at the first batch size) and
         ``latency_ms_b<N>`` for each, ``peak_memory_mb`` (a forward at the last batch size,
         see ``peak_memory_mb``; with ``memory`` and timing on), plus ``per_prompt_loss`` (and, with a
-        reference, ``per_prompt_kl`` and ``per_prompt_top1``) as lists.
+        full_model, ``per_prompt_kl`` and ``per_prompt_top1``) as lists.
     """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    from .env import progress_enabled  # noqa: PLC0415
     from .metrics import get_metric  # noqa: PLC0415
     from .patching import prepare, scored_batch  # noqa: PLC0415
 
+    if reference is not None:
+        raise TypeError("evaluate(reference=...) is now evaluate(full_model=...): the unpruned model the KL and "
+                        "top-1 agreement compare with (reference= means prompts for mean ablation in causal_nb)")
     pb = prepare(model, prompts, n_tokens)
     scored = scored_batch(pb)
     logits = model(pb.tokens, return_type="logits")[:, scored.positions]
     out = {"loss": float("nan"), "kl": float("nan"), "top1_agreement": float("nan")}
     per = get_metric("loss")(logits, scored)
     out["loss"] = float(per.mean())
-    if reference is not None:
-        ref = reference(pb.tokens.to(next(reference.parameters()).device), return_type="logits")[:, scored.positions]
+    if full_model is not None:
+        if not callable(full_model) or not hasattr(full_model, "parameters"):
+            raise TypeError(f"full_model= is the unpruned model, got {type(full_model).__name__}")
+        ref = full_model(pb.tokens.to(next(full_model.parameters()).device), return_type="logits")[:, scored.positions]
         scored.ref_logprobs = torch.log_softmax(ref.float(), -1).to(logits.device)
         kl = get_metric("kl")(logits, scored)
         top1 = get_metric("top1")(logits, scored)
@@ -246,7 +267,7 @@ def evaluate(model, prompts, reference=None, n_tokens: int = 64, latency_batches
     hf = _as_hf(model)  # one copy for the parameter count and every timing
     out["params"] = _params(hf)
     out["flops_per_token"] = flops_per_token(hf, latency_tokens)
-    for i, b in enumerate(latency_batches):
+    for i, b in enumerate(tqdm(latency_batches, desc="latency", disable=not progress_enabled(progress), leave=False)):
         ms = latency_ms(hf, b, latency_tokens, repeats)
         out[f"latency_ms_b{b}"] = ms
         if i == 0:

@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from .checks import checked_metric
+
 __all__ = ["METRICS", "ScoredBatch", "get_metric", "logit_diff", "logprob_mass", "masked_mean"]
 
 
@@ -135,7 +137,8 @@ METRICS: dict[str, Callable] = {"logprob": logprob, "loss": loss, "kl": kl, "top
 def get_metric(metric) -> Callable:
     """A metric name from ``METRICS`` or a callable ``(logits, batch) -> Tensor[batch]``."""
     if callable(metric):
-        return metric
+        # the kit's own metrics are right by construction; a user's is checked on every call
+        return metric if metric in METRICS.values() else checked_metric(metric)
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid: {sorted(METRICS)} or a callable (logits, batch) -> [batch]")
     return METRICS[metric]

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .checks import check_n_tokens, check_positions, reject_unused, strict
 from .engine import capture, evaluate_units, scored_run, stack_size
 from .metrics import ScoredBatch, get_metric
 from .prompts import PromptSetError, TokenBatch, as_prompt_set
@@ -30,11 +31,13 @@ def _device(model):
     return next(model.parameters()).device
 
 
+@strict
 def prepare(model, prompts, n_tokens: int | None = None, pad: bool = True) -> TokenBatch:
     """Tokenise a PromptSet or list of strings for this model, on its device.
 
     A ``TokenBatch`` (already tokenised, e.g. synthetic corruptions) passes through unchanged.
     """
+    check_n_tokens(n_tokens)
     if isinstance(prompts, TokenBatch):
         if len(prompts) == 0:
             raise PromptSetError("the token batch is empty")
@@ -46,9 +49,11 @@ def prepare(model, prompts, n_tokens: int | None = None, pad: bool = True) -> To
 def scored_batch(batch: TokenBatch, positions=None) -> ScoredBatch:
     """Scored positions (default: every position with a real next token) and their targets."""
     n = batch.tokens.shape[1]
-    pos = torch.arange(n - 1) if positions is None else torch.as_tensor(list(positions))
+    pos = torch.arange(n - 1) if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
     if pos.numel() == 0 or pos.min() < 0 or pos.max() >= n - 1:
-        raise ValueError(f"scored positions must lie in 0..{n - 2} (a position predicts the next token)")
+        bad = [] if pos.numel() == 0 else [int(p) for p in pos if not 0 <= p < n - 1]
+        raise ValueError(f"scored_positions= {bad or 'empty'}: scored positions must lie in 0..{n - 2} (position i "
+                         f"predicts token i + 1 of the {n}-token prompts); use smaller positions or a larger n_tokens")
     pos = pos.to(batch.tokens.device)
     return ScoredBatch(pos, batch.tokens[:, pos + 1], batch.mask[:, pos + 1])
 
@@ -88,10 +93,11 @@ def _finish(units, values: torch.Tensor, kind: str, per_position: bool, prompt_i
     return df
 
 
+@strict
 def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method: str = "exact",
           direction: str = "denoise", positions=None, per_position: bool = False, layers=None,
           scored_positions=None, n_tokens: int | None = None, batch_size: int | None = None,
-          memory_budget_mb: float | None = None, progress: bool | None = None, **method_kwargs) -> pd.DataFrame:
+          memory_budget_mb: float | None = None, progress: bool | None = None, steps: int | None = None) -> pd.DataFrame:
     """Patch each unit between clean and corrupted runs and measure the metric.
 
     Args:
@@ -110,6 +116,12 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         batch_size: interventions stacked per forward (default: 1 on CPU; on a GPU the units of
             one layer, chunked to ``memory_budget_mb``; see ``engine.stack_size``).
         memory_budget_mb: memory the stacked copies may use (default half the free GPU memory).
+        progress: a progress bar (default: ``causal_nb.progress_enabled()``).
+        steps: EAP-IG's interpolation points (``method="eap-ig"`` only; default 5).
+
+    Raises:
+        ValueError: an option the method doesn't use (``steps`` without EAP-IG, ``batch_size``
+            or ``memory_budget_mb`` without exact patching), positions outside the prompts.
 
     Returns:
         DataFrame with ``layer``, ``head``/``neuron``/``pos`` where applicable, ``value`` (mean
@@ -119,9 +131,20 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     """
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    if method not in ("exact", "attribution", "eap-ig"):
+        raise ValueError(f"unknown method {method!r}; valid: 'exact', 'attribution', 'eap-ig'")
+    reject_unused(method, {"steps": steps, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb},
+                  {"steps": ("eap-ig",), "batch_size": ("exact",), "memory_budget_mb": ("exact",)},
+                  {("batch_size", "attribution"): "it runs one forward and backward for all units",
+                   ("batch_size", "eap-ig"): "it runs one forward and backward per step for all units",
+                   ("memory_budget_mb", "attribution"): "it stacks no interventions",
+                   ("memory_budget_mb", "eap-ig"): "it stacks no interventions",
+                   ("steps", "attribution"): "it takes the gradient at the base run only",
+                   ("steps", "exact"): "it patches exactly"})
     metric_fn = get_metric(metric)
     cb, xb = prepare(model, clean, n_tokens), prepare(model, corrupted, n_tokens)
     _check_pair(cb, xb)
+    positions = check_positions(positions, cb.tokens.shape[1])
     units = enumerate_units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = scored_batch(cb, scored_positions)
@@ -130,7 +153,7 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         from .attribution import attribute  # noqa: PLC0415
 
         return attribute(model, cb, xb, units, unit, metric_fn, scored, method, direction, per_position,
-                         metric_name=str(getattr(metric, "__name__", metric)), **method_kwargs)
+                         metric_name=str(getattr(metric, "__name__", metric)), steps=5 if steps is None else steps)
     clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric_fn, reference=True)
     corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric_fn)
     base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)
@@ -188,9 +211,13 @@ def _ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_toke
     raise ValueError(f"unknown ablation kind {kind!r}; valid: 'zero', 'mean', 'resample'")
 
 
+ABLATION_KINDS = ("zero", "mean", "resample")
+
+
+@strict
 def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", reference=None, positions=None,
            per_position: bool = False, layers=None, scored_positions=None, n_tokens: int | None = None,
-           batch_size: int | None = None, memory_budget_mb: float | None = None, seed: int = 0,
+           batch_size: int | None = None, memory_budget_mb: float | None = None, seed: int | None = None,
            progress: bool | None = None) -> pd.DataFrame:
     """Ablate each unit (zero, mean over ``reference``, or resample) and measure the metric.
 
@@ -200,20 +227,33 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
             reference: ``prompts``) or ``"resample"`` (another prompt's activations: a seeded
             derangement of ``prompts``, or ``reference`` prompts in turn).
         metric: as in ``patch``; ``"kl"`` (default) is the KL divergence to the unablated model.
+        reference: prompts for ``kind="mean"`` or ``"resample"`` (not used by ``"zero"``).
+        seed: the derangement's seed for ``kind="resample"`` without ``reference`` (default 0).
         batch_size, memory_budget_mb: interventions stacked per forward, as in ``patch``.
+        progress: a progress bar (default: ``causal_nb.progress_enabled()``).
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
         metric of the unablated model.
     """
+    if kind not in ABLATION_KINDS:
+        raise ValueError(f"unknown ablation kind {kind!r}; valid: {', '.join(map(repr, ABLATION_KINDS))}")
+    reject_unused(kind, {"reference": reference, "seed": seed}, {"reference": ("mean", "resample"), "seed": ("resample",)},
+                  {("reference", "zero"): "zero ablation reads no prompts",
+                   ("seed", "zero"): "zero ablation is not random", ("seed", "mean"): "mean ablation is not random"},
+                  what="kind")
+    if seed is not None and reference is not None:
+        raise ValueError("seed= is not used with reference=: resample ablation then takes the reference prompts in "
+                         "turn (the seed draws the derangement of prompts without a reference)")
     metric_fn = get_metric(metric)
     pb = prepare(model, prompts, n_tokens)
+    positions = check_positions(positions, pb.tokens.shape[1])
     units = enumerate_units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = scored_batch(pb, scored_positions)
     base, baseline = scored_run(model, pb.tokens, hooks, scored, metric_fn, reference=True)
     with torch.no_grad():
-        sources = _ablation_sources(model, kind, pb, hooks, reference, n_tokens, seed)
+        sources = _ablation_sources(model, kind, pb, hooks, reference, n_tokens, 0 if seed is None else seed)
     k = _stack(model, pb, scored, units, batch_size, memory_budget_mb)
     values = evaluate_units(model, base, sources, units, metric_fn, scored, k, progress, desc=f"{kind}-ablate {unit}")
     attrs = {"method": f"{kind}-ablation", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),

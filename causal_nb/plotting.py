@@ -7,12 +7,15 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from .checks import strict
+
 __all__ = ["agreement_heatmap", "attention_heatmap", "degradation_curves", "loss_bars", "pareto_front", "token_effects",
            "token_set_bars", "token_set_layers", "unit_heatmap"]
 
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
 
 
+@strict
 def token_set_bars(ts, n: int = 20) -> tuple[go.Figure, pd.DataFrame]:
     """Top-``n`` tokens of a token set by score (mean log-prob change)."""
     df = ts.to_frame().head(n)[["rank", "id", "token", "score"]].round(6)
@@ -23,6 +26,7 @@ def token_set_bars(ts, n: int = 20) -> tuple[go.Figure, pd.DataFrame]:
     return fig, df.round(4).reset_index(drop=True)
 
 
+@strict
 def token_set_layers(ts, n: int = 20) -> tuple[go.Figure, pd.DataFrame]:
     """Rank of each top token at each layer (0 = most promoted): where the promotion happens."""
     df = ts.to_frame().head(n)
@@ -36,8 +40,18 @@ def token_set_layers(ts, n: int = 20) -> tuple[go.Figure, pd.DataFrame]:
     return fig, mat.reset_index()
 
 
-def unit_heatmap(df: pd.DataFrame, value: str = "value", title: str = "") -> tuple[go.Figure, pd.DataFrame]:
-    """Layer x head (or neuron) heatmap of a unit table from ``patch``/``ablate``/``score``."""
+@strict
+def unit_heatmap(df: pd.DataFrame, value: str | None = None, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
+    """Layer x head (or neuron) heatmap of a unit table from ``patch``/``ablate``/``score``.
+
+    ``value``: the column shown (default ``score`` for a ``score`` table, ``value`` for a
+    ``patch``/``ablate`` table).
+    """
+    if value is None:
+        value = "score" if "score" in df.columns else "value"
+    if value not in df.columns:
+        raise ValueError(f"unit_heatmap: column {value!r} is not in the table (columns {list(df.columns)}); "
+                         "score() tables have 'score', patch()/ablate() tables 'value'")
     col = "head" if "head" in df.columns else "neuron" if "neuron" in df.columns else None
     if col is None:
         mat = df.set_index("layer")[[value]]
@@ -52,6 +66,7 @@ def unit_heatmap(df: pd.DataFrame, value: str = "value", title: str = "") -> tup
     return fig, mat.round(4)
 
 
+@strict
 def loss_bars(df: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Per-domain loss next to the unigram baseline (a ``domain_losses`` table)."""
     long = df.melt(id_vars="domain", value_vars=[c for c in ("loss", "unigram") if c in df.columns],
@@ -61,6 +76,7 @@ def loss_bars(df: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd.DataFram
     return fig, long.round(4)
 
 
+@strict
 def agreement_heatmap(mat: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Method x method rank-agreement matrix (``stats.agreement_matrix``)."""
     mat = mat.round(6)
@@ -70,6 +86,7 @@ def agreement_heatmap(mat: pd.DataFrame, title: str = "") -> tuple[go.Figure, pd
     return fig, mat.round(3)
 
 
+@strict
 def degradation_curves(results: pd.DataFrame, quality: str = "python_per_prompt_top1", unit: str | None = None,
                        title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Quality vs sparsity per method, with 95% bootstrap bands over prompts (sweep results)."""
@@ -93,6 +110,7 @@ def degradation_curves(results: pd.DataFrame, quality: str = "python_per_prompt_
     return fig, table.round(4)
 
 
+@strict
 def pareto_front(results: pd.DataFrame, quality: str = "python_top1_agreement", cost: str = "params",
                  title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Quality vs cost of every pruned model; the Pareto-optimal ones (no other is both
@@ -122,6 +140,7 @@ def _browser_for_kaleido() -> None:
             os.environ["BROWSER_PATH"] = found
 
 
+@strict
 def save_figure(fig: go.Figure, folder, name: str, png: bool = True):
     """Write ``<folder>/<name>.html`` (plotly.js from the bundle, works offline) and, with
     ``png`` and where kaleido and a Chromium-family browser are installed, ``<name>.png``.
@@ -141,6 +160,7 @@ def save_figure(fig: go.Figure, folder, name: str, png: bool = True):
     return html
 
 
+@strict
 def token_effects(effect, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Change in each next token's log-prob along a prompt (a ``views.Effect``)."""
     df = effect.frame(6)
@@ -152,6 +172,7 @@ def token_effects(effect, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     return fig, df.round(4)
 
 
+@strict
 def attention_heatmap(patterns, tokens, heads, max_tokens: int = 40) -> tuple[go.Figure, pd.DataFrame]:
     """Attention patterns of chosen heads on one prompt, side by side.
 

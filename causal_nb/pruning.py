@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .checks import check_sparsity, check_table_fits, require_scores, strict
+
 __all__ = ["apply_structure", "prune", "prune_units", "save_pruned", "select_units"]
 
 
@@ -61,6 +63,7 @@ def _arch(hf) -> tuple[str, nn.ModuleList]:
     raise NotImplementedError(f"pruning supports GPT-2 and Llama-style models, not {type(hf).__name__}")
 
 
+@strict
 def select_units(scores: pd.DataFrame, sparsity: float, n_per_layer: int, n_layers: int, budget: str = "global",
                  floor: int = 1) -> dict[int, list[int]]:
     """Indices to remove per layer: the lowest scores, keeping at least ``floor`` per layer.
@@ -70,8 +73,8 @@ def select_units(scores: pd.DataFrame, sparsity: float, n_per_layer: int, n_laye
         sparsity: share of units to remove, in [0, 1).
         budget: ``"global"`` (lowest scores anywhere) or ``"per_layer"`` (the same share in each).
     """
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    sparsity = check_sparsity(sparsity)
+    check_table_fits(scores, require_scores(scores, "select_units"), n_layers, n_per_layer, "select_units")
     if budget not in ("global", "per_layer"):
         raise ValueError(f"budget must be 'global' or 'per_layer', got {budget!r}")
     col = "head" if "head" in scores.columns else "neuron"
@@ -204,6 +207,7 @@ def apply_structure(hf, spec: dict) -> None:
             _slice_neurons(arch, layer, s["neurons"])
 
 
+@strict
 def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "global", fill: str = "zero",
           reference=None, n_tokens: int = 64):
     """A pruned copy of ``model``: the lowest-scoring heads and/or neurons removed.
@@ -224,10 +228,12 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
     """
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    sparsity = check_sparsity(sparsity)
     tables = scores if isinstance(scores, (list, tuple)) else [scores]
     cfg = model.cfg
+    for t in tables:
+        u = require_scores(t, "prune", units=("head", "neuron", "block"))
+        check_table_fits(t, u, cfg.n_layers, {"head": cfg.n_heads, "neuron": cfg.d_mlp}.get(u, 1), "prune")
     remove = {}
     for t in tables:
         kind = "head" if "head" in t.columns else "neuron" if "neuron" in t.columns else t.attrs.get("unit")
@@ -316,6 +322,7 @@ def _drop_blocks(arch: str, hf, keep: list[int]) -> None:
     hf.config.num_hidden_layers = len(keep)
 
 
+@strict
 def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[int, list[int]] | None = None,
                 blocks: list[int] | None = None, physical: bool = True, fill: str = "zero", reference=None,
                 n_tokens: int = 64):

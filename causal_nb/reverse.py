@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import strict
 from .engine import capture, run_from
 from .env import progress_enabled
 from .io import save_json
@@ -90,8 +91,19 @@ class TokenSet:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no token set there; build one with reverse_intervention(...).save(path)")
-        d = json.loads(path.read_text())
-        ts = cls(**{**d, "domains": tuple(d["domains"])})
+        try:
+            d = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TokenSetError(f"{path} is not a token set: not a JSON file ({e}); token sets are written by "
+                                "reverse_intervention(...).save(path)") from None
+        need = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [k for k in need if not isinstance(d, dict) or k not in d]
+        if missing:
+            raise TokenSetError(f"{path} is not a token set: it lacks {missing} (a token set has "
+                                f"{[f.name for f in fields(cls)]}); token sets are written by "
+                                "reverse_intervention(...).save(path)")
+        ts = cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+        ts.domains = tuple(ts.domains)
         if model is not None:
             fp = tokenizer_fingerprint(model)
             if fp != ts.tokenizer:
@@ -111,6 +123,7 @@ def model_key(name: str) -> str:
     return name
 
 
+@strict
 def token_set_path(root: str | Path, model_name: str, a: str, b: str) -> Path:
     """``<root>/<model>/<A>__<B>.json`` (hub names ``org/name`` become two folders)."""
     return Path(root) / model_key(model_name) / f"{a}__{b}.json"
@@ -121,6 +134,7 @@ def _masked_mean(act: Tensor, mask: Tensor) -> Tensor:
     return (act * w).sum((0, 1), keepdim=True) / w.sum((0, 1), keepdim=True)
 
 
+@strict
 @torch.no_grad()
 def layer_effects(model, a, b, site: str = "resid", mode: str = "mean", measure: str = "logprob",
                   layers=None, n_tokens: int | None = None, progress: bool | None = None) -> Float[Tensor, "layer vocab"]:
@@ -139,7 +153,10 @@ def layer_effects(model, a, b, site: str = "resid", mode: str = "mean", measure:
     ab, bb = prepare(model, a, n_tokens), prepare(model, b, n_tokens)
     if mode == "paired" and (len(ab) != len(bb) or not torch.equal(ab.mask, bb.mask)):
         raise ValueError("paired mode needs A and B prompt sets of equal size and token lengths")
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < model.cfg.n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers= {bad or 'empty'}: the model has layers 0..{model.cfg.n_layers - 1}")
     hooks = [SITES[site].format(l=layer) for layer in layers]
     scored = scored_batch(ab)
     cap_a = capture(model, ab.tokens, hooks, scored.positions)
@@ -172,6 +189,7 @@ def layer_effects(model, a, b, site: str = "resid", mode: str = "mean", measure:
     return torch.stack(out)
 
 
+@strict
 def reverse_intervention(model, a, b, top_k: int = 50, site: str = "resid", mode: str = "mean",
                          measure: str = "logprob", layers=None, n_tokens: int | None = None,
                          model_name: str | None = None, progress: bool | None = None) -> TokenSet:
@@ -189,6 +207,12 @@ def reverse_intervention(model, a, b, top_k: int = 50, site: str = "resid", mode
         A ``TokenSet`` (special tokens excluded), with per-layer ranks and provenance.
     """
     pa, pb = as_prompt_set(a), as_prompt_set(b)
+    # ad-hoc lists of strings are all domain "custom": only named domains can clash by name
+    if tuple(pa.texts) == tuple(pb.texts) or (pa.domain == pb.domain and pa.domain != "custom"):
+        same = "the same prompts" if tuple(pa.texts) == tuple(pb.texts) else f"the same domain {pa.domain!r}"
+        raise ValueError(f"a and b are {same}: reverse intervention compares two domains (B's activity put into "
+                         "A's runs); pass prompt sets of two different domains, e.g. load_prompts('python'), "
+                         "load_prompts('cpp')")
     eff = layer_effects(model, pa, pb, site, mode, measure, layers, n_tokens, progress)  # [layer, vocab]
     score = eff.mean(0)
     tok = model.tokenizer

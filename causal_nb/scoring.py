@@ -17,16 +17,35 @@ import pandas as pd
 import torch
 
 from .attribution import _gradients, unit_sums
+from .checks import reject_unused, strict
 from .engine import capture
 from .metrics import get_metric
 from .patching import ablate, patch, prepare, scored_batch
 from .units import enumerate_units, unit_columns
 
-__all__ = ["METHODS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path"]
+__all__ = ["METHODS", "OPTION_USERS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path", "uses"]
 
 METHODS = ("ablation", "patching", "attribution", "attribution-abs", "eap-ig", "acdc", "taylor", "fisher", "magnitude",
            "activation", "duplication", "random")
 SCORE_UNITS = ("head", "neuron", "mlp", "block")
+# Method-specific options of ``score`` and the methods that read them; any other method refuses
+# them (n_tokens, seed and progress are run settings every method takes: a loop over METHODS
+# passes them to all, and a method without prompts or randomness is unchanged by them).
+OPTION_USERS = {
+    "metric": ("ablation", "patching"),
+    "kind": ("ablation", "attribution", "attribution-abs", "acdc"),
+    "corrupted": ("patching", "eap-ig"),
+    "steps": ("eap-ig",),
+    "p": ("magnitude",),
+    "threshold": ("acdc",),
+    "batch_size": ("ablation", "patching"),
+    "memory_budget_mb": ("ablation", "patching"),
+}
+_GRADIENT = ("attribution", "attribution-abs", "eap-ig", "taylor", "fisher")
+_WHY = {**{("metric", m): "it scores the loss" for m in _GRADIENT},
+        ("metric", "acdc"): "it scores the KL divergence", ("kind", "eap-ig"): "it interpolates towards corrupted=",
+        ("kind", "patching"): "it patches in corrupted= activations",
+        **{("corrupted", m): "it needs no second prompt set" for m in METHODS if m not in ("patching", "eap-ig")}}
 _HIGHER_IS_WORSE = {"kl", "loss"}
 
 
@@ -94,9 +113,16 @@ def _unit_outputs(model, cap, unit: str):
     return torch.cat(rows)  # [unit batch pos]
 
 
-def score(model, prompts, method: str, unit: str = "head", metric=None, kind: str = "mean", corrupted=None,
-          n_tokens: int | None = None, steps: int = 5, p: int = 2, seed: int = 0, progress: bool | None = None,
-          **kwargs) -> pd.DataFrame:
+def uses(method: str, option: str) -> bool:
+    """Whether ``score(..., method)`` reads a method-specific option (see ``OPTION_USERS``)."""
+    return option not in OPTION_USERS or method in OPTION_USERS[option]
+
+
+@strict
+def score(model, prompts, method: str, unit: str = "head", metric=None, kind: str | None = None, corrupted=None,
+          n_tokens: int | None = None, steps: int | None = None, p: int | None = None, seed: int = 0,
+          progress: bool | None = None, threshold: float | None = None, batch_size: int | None = None,
+          memory_budget_mb: float | None = None) -> pd.DataFrame:
     """Importance of every unit of a kind by one method; higher = more important.
 
     Args:
@@ -109,27 +135,42 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             ``"attribution-abs"`` (the mean over prompts of |that estimate|: a unit whose
             removal is estimated to help a prompt as much as another's it hurts still counts),
             ``"acdc"`` (KL increase when an ACDC walk, late to early, tested the unit with the
-            units it had removed so far; ``threshold=`` in kwargs, default 0.01),
+            units it had removed so far; ``threshold=``, default 0.01),
             ``"taylor"`` (mean |a.dL/da| over prompts), ``"fisher"`` (mean (a.dL/da)^2, the
             head-mask gradient of Michel et al.), ``"magnitude"`` (L``p`` norm of the unit's
             weights; GQA key/value weights shared out over their query heads),
             ``"activation"`` (mean norm of the unit's output), ``"duplication"`` (heads only:
             1 - the largest cosine similarity of its output to another head's), ``"random"``.
         unit: ``"head"``, ``"neuron"``, ``"mlp"`` or ``"block"``.
-        metric: for causal methods (default ``"kl"`` for ablation, ``"logprob"`` for patching).
-        kind: ablation kind for ``ablation``/``attribution``: ``"zero"``, ``"mean"``, ``"resample"``.
+        metric: ablation and patching only (default ``"kl"`` for ablation, ``"logprob"`` for
+            patching); the gradient methods score the loss, ACDC the KL.
+        kind: ablation kind for ``ablation``/``attribution``/``attribution-abs``/``acdc``:
+            ``"zero"``, ``"mean"`` (default), ``"resample"`` (not ACDC).
+        corrupted: the paired prompts of ``patching`` and ``eap-ig``.
+        steps: EAP-IG's interpolation points (default 5). p: ``magnitude``'s norm (default 2).
+        threshold: ``acdc``'s tau (default 0.01).
+        n_tokens, seed, progress: run settings every method takes (``seed`` draws ``random``
+            and resample ablations).
+        batch_size, memory_budget_mb: ablation and patching, as in ``patch``.
 
     Returns:
         DataFrame ``layer``, ``head``/``neuron``, ``score``; ``attrs["per_prompt"]`` (unit x
         prompt) where the method is per-prompt, and the settings in ``attrs``.
 
     Raises:
-        ValueError: unknown method or unit (the message lists the valid ones).
+        ValueError: unknown method or unit (the message lists the valid ones); an option the
+            method doesn't use (the message lists the methods that do).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {list(METHODS)}")
     if unit not in SCORE_UNITS:
         raise ValueError(f"unknown unit {unit!r}; valid units: {list(SCORE_UNITS)}")
+    reject_unused(method, {"metric": metric, "kind": kind, "corrupted": corrupted, "steps": steps, "p": p,
+                           "threshold": threshold, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb},
+                  OPTION_USERS, _WHY)
+    kind = kind or "mean"
+    steps = 5 if steps is None else steps
+    p = 2 if p is None else p
     attrs = {"method": method, "unit": unit}
     units = enumerate_units(model, unit)
     if method == "random":
@@ -147,8 +188,8 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         return _table(units, unit, uniqueness(sim), None, (), {**attrs, "similarity": "cosine"})
     if method == "ablation":
         metric = metric or "kl"
-        df = ablate(model, pb, unit=unit, kind=kind, metric=metric, seed=seed, n_tokens=n_tokens, progress=progress,
-                    **kwargs)
+        df = ablate(model, pb, unit=unit, kind=kind, metric=metric, seed=seed if kind == "resample" else None,
+                    n_tokens=n_tokens, progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
         per = df.attrs["per_prompt"].to_numpy()
         base = np.full(per.shape[1], df.attrs["baseline"])
         dmg = _damage(per, base, metric)
@@ -156,8 +197,8 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
     if method == "acdc":
         from .acdc import acdc_scores  # noqa: PLC0415
 
-        df = acdc_scores(model, pb, unit, kind=kind, threshold=kwargs.get("threshold", 0.01), n_tokens=n_tokens,
-                         progress=progress)
+        df = acdc_scores(model, pb, unit, kind=kind, threshold=0.01 if threshold is None else threshold,
+                         n_tokens=n_tokens, progress=progress)
         df.attrs["kind"] = kind
         return df
     if method == "patching":
@@ -165,7 +206,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             raise ValueError("method='patching' needs corrupted prompts (corrupted=...), paired with prompts")
         metric = metric or "logprob"
         df = patch(model, pb, corrupted, unit=unit, metric=metric, direction="noise", n_tokens=n_tokens,
-                   progress=progress, **kwargs)
+                   progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
         per = df.attrs["per_prompt"].to_numpy()
         clean = df.attrs["clean"]
         dmg = _damage(per, np.full(per.shape[1], clean), metric)
@@ -223,6 +264,7 @@ def scores_path(root, model_name: str, domain: str, method: str, unit: str) -> P
     return Path(root) / model_key(model_name) / domain / f"{method}_{unit}.json"
 
 
+@strict
 def save_scores(df: pd.DataFrame, root, model, domain: str, prompts=None) -> Path:
     """Write a score table with provenance (model, tokenizer fingerprint, prompt hash, settings)."""
     from .io import save_json  # noqa: PLC0415
@@ -240,6 +282,7 @@ def save_scores(df: pd.DataFrame, root, model, domain: str, prompts=None) -> Pat
     return save_json(payload, scores_path(root, name, domain, attrs.get("method", "unknown"), attrs.get("unit", "unit")))
 
 
+@strict
 def load_scores(path, model=None) -> pd.DataFrame:
     """Read a saved score table; with ``model``, refuse scores computed for another tokenizer."""
     from .io import load_json  # noqa: PLC0415
@@ -249,7 +292,15 @@ def load_scores(path, model=None) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no saved scores; run notebooks/02_causal_scoring first "
                                 "(or causal_nb.scoring.save_scores)")
-    d = load_json(path)
+    try:
+        d = load_json(path)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not a score file: not JSON ({e}); score files are written by "
+                         "causal_nb.scoring.save_scores") from None
+    missing = [k for k in ("model", "tokenizer", "settings", "scores") if not isinstance(d, dict) or k not in d]
+    if missing:
+        raise ValueError(f"{path} is not a score file: it lacks {missing} (save_scores writes model, tokenizer, "
+                         "domain, settings, scores, per_prompt)")
     if model is not None and d["tokenizer"] != tokenizer_fingerprint(model):
         raise ValueError(f"{path} holds scores for {d['model']!r} (tokenizer {d['tokenizer']}), not for this model")
     df = pd.DataFrame(d["scores"])

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from .checks import require_scores, strict
+
 __all__ = ["agreement_matrix", "bootstrap_ci", "cross_domain_table", "h1_table", "h2_summary", "h2_table", "holm",
            "paired_tests", "rank_agreement", "topk_overlap"]
 
@@ -21,6 +23,15 @@ _KEYS = ("layer", "head", "neuron", "pos")
 
 
 def _aligned(a: pd.DataFrame, b: pd.DataFrame, col: str = "score") -> tuple[np.ndarray, np.ndarray]:
+    for t in (a, b):
+        if col == "score":
+            require_scores(t, "rank agreement", units=("head", "neuron", "mlp", "block"))
+        elif col not in t.columns:
+            raise ValueError(f"column {col!r} is not in the table (columns {list(t.columns)})")
+    ua, ub = ([k for k in ("head", "neuron") if k in t.columns] for t in (a, b))
+    if ua != ub:
+        raise ValueError(f"the tables score different units ({ua or ['layer']} vs {ub or ['layer']}): compare "
+                         "tables of the same unit kind")
     keys = [k for k in _KEYS if k in a.columns and k in b.columns]
     if not keys or len(a) != len(b):
         raise ValueError("score tables must cover the same units (same layer/head/neuron rows)")
@@ -36,6 +47,7 @@ def topk_overlap(x: np.ndarray, y: np.ndarray, k: int) -> float:
     return len(set(np.argsort(-x)[:k]) & set(np.argsort(-y)[:k])) / k
 
 
+@strict
 def rank_agreement(a: pd.DataFrame, b: pd.DataFrame, k: int | None = None, col: str = "score") -> dict:
     """Spearman and Kendall correlation and top-k overlap of two score tables on the same units.
 
@@ -49,6 +61,7 @@ def rank_agreement(a: pd.DataFrame, b: pd.DataFrame, k: int | None = None, col: 
             f"top{k}_overlap": topk_overlap(x, y, k), "k": k, "n_units": len(x)}
 
 
+@strict
 def agreement_matrix(tables: dict[str, pd.DataFrame], method: str = "spearman") -> pd.DataFrame:
     """Pairwise rank agreement of several methods' score tables (symmetric, 1 on the diagonal)."""
     names = list(tables)
@@ -60,6 +73,7 @@ def agreement_matrix(tables: dict[str, pd.DataFrame], method: str = "spearman") 
     return out
 
 
+@strict
 def bootstrap_ci(values, stat: Callable = np.mean, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float, float]:
     """Point estimate and percentile bootstrap interval over the first axis (prompts)."""
@@ -84,6 +98,7 @@ def holm(pvalues) -> np.ndarray:
     return adj
 
 
+@strict
 def paired_tests(per_prompt: dict[str, np.ndarray], reference: str, alternative: str = "greater") -> pd.DataFrame:
     """Wilcoxon signed-rank tests of ``reference`` vs every other method on paired prompts.
 
@@ -115,6 +130,7 @@ def paired_tests(per_prompt: dict[str, np.ndarray], reference: str, alternative:
     return df
 
 
+@strict
 def h1_table(scores: dict[str, pd.DataFrame], removal_effect: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
     """H1: does a method's importance predict the quality drop when the unit is removed?
 
@@ -136,6 +152,7 @@ def h1_table(scores: dict[str, pd.DataFrame], removal_effect: pd.DataFrame, k: i
     return pd.DataFrame(rows).sort_values("spearman", ascending=False).reset_index(drop=True)
 
 
+@strict
 def h2_table(results: pd.DataFrame, reference: str, quality: str = "python_per_prompt_top1",
              unit: str | None = None, model: str | None = None) -> pd.DataFrame:
     """H2: does the reference (causal) selection retain more quality than each other method?
@@ -165,6 +182,7 @@ def h2_table(results: pd.DataFrame, reference: str, quality: str = "python_per_p
     return pd.DataFrame(rows)
 
 
+@strict
 def cross_domain_table(results: pd.DataFrame, reference: str, domains, metric: str = "top1", unit: str | None = None,
                        sparsity: float | None = None) -> pd.DataFrame:
     """Cross-domain generalisation: scores computed on one domain, pruned models judged on each.
@@ -182,6 +200,7 @@ def cross_domain_table(results: pd.DataFrame, reference: str, domains, metric: s
     return pd.concat(parts, ignore_index=True)[cols]
 
 
+@strict
 def h2_summary(results: pd.DataFrame, references: dict[str, str], quality: str = "python_per_prompt_top1",
                sparsity: float | None = None) -> pd.DataFrame:
     """H2 for every model and unit kind of a sweep, at one sparsity (default each one's highest).

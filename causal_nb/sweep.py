@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checks import strict
 from .env import progress_enabled
 from .io import atomic_write_text, load_json, save_json
 
@@ -178,7 +179,7 @@ def run_cell(ctx: _Context, cell: dict) -> dict:
                    fill=cfg.fill, reference=reference, n_tokens=cfg.n_tokens)
     row = dict(cell)
     for d in cfg.eval_domains:
-        ev = evaluate(pruned, load_prompts(d, split="test", n=cfg.n_eval_prompts), reference=model,
+        ev = evaluate(pruned, load_prompts(d, split="test", n=cfg.n_eval_prompts), full_model=model,
                       n_tokens=cfg.n_tokens, latency_batches=(1, 32) if cfg.latency else ())
         for k, v in ev.items():
             row[f"{d}_{k}" if k not in ("params",) and not k.startswith("latency") else k] = v
@@ -186,6 +187,7 @@ def run_cell(ctx: _Context, cell: dict) -> dict:
     return row
 
 
+@strict
 def sweep(config: SweepConfig | dict | str | Path, resume: bool = False, executor=None,
           progress: bool | None = None, on_cell: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Run every cell not yet finished and return the results table (one row per cell).
@@ -242,6 +244,7 @@ def collect(cfg: SweepConfig) -> pd.DataFrame:
     return df
 
 
+@strict
 def load_results(folder: str | Path) -> pd.DataFrame:
     """The results of a sweep folder (finished cells, per-prompt lists included)."""
     meta = Path(folder) / "sweep.json"

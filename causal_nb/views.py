@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .checks import strict
 from .engine import joint_hooks
 from .patching import mean_activations, prepare
 from .prompts import TokenBatch
@@ -58,6 +59,7 @@ def _z_hooks(model) -> list[str]:
     return [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
 
 
+@strict
 def head_means(model, prompts, n_tokens: int = 64) -> Float[Tensor, "layer head d_head"]:
     """Every head's output (``hook_z``) averaged over the prompts' real positions."""
     acts = mean_activations(model, prepare(model, prompts, n_tokens), _z_hooks(model))
@@ -76,6 +78,7 @@ def head_sets(model, heads: Heads) -> dict[int, list[int]]:
     return out
 
 
+@strict
 def head_hooks(model, heads: Heads, kind: str = "zero", means: Tensor | None = None,
                source_means: Tensor | None = None) -> list:
     """Forward hooks (for ``model.hooks``) replacing ``heads``' outputs: zero, ``means`` or ``source_means``."""
@@ -147,6 +150,7 @@ def _single(model, prompt, n_tokens: int) -> tuple[Int[Tensor, "1 pos"], int]:
     return b.tokens[:, :n], n
 
 
+@strict
 @torch.no_grad()
 def prompt_logprobs(model, prompt, n_tokens: int = 64) -> Float[Tensor, "1 pos vocab"]:
     """The unmodified run's log-softmax on one prompt (padding dropped), for ``head_effect``."""
@@ -154,6 +158,7 @@ def prompt_logprobs(model, prompt, n_tokens: int = 64) -> Float[Tensor, "1 pos v
     return torch.log_softmax(model(tokens, return_type="logits").float(), -1)
 
 
+@strict
 @torch.no_grad()
 def head_effect(model, prompt, heads: Heads, kind: str = "zero", means: Tensor | None = None,
                 source_means: Tensor | None = None, top_k: int = 10, n_tokens: int = 64,
@@ -196,6 +201,7 @@ def head_effect(model, prompt, heads: Heads, kind: str = "zero", means: Tensor |
     return Effect(strs, base, new, table(order_up), table(order_dn), heads, kind, time.perf_counter() - t0)
 
 
+@strict
 @torch.no_grad()
 def attention_patterns(model, prompt, heads: Heads, n_tokens: int = 64) -> Float[Tensor, "head query key"]:
     """Attention patterns of the chosen heads on one prompt, in the order given."""
@@ -213,6 +219,7 @@ def attention_patterns(model, prompt, heads: Heads, n_tokens: int = 64) -> Float
     return torch.stack([got[int(layer)][0, int(head)].float().cpu() for layer, head in heads])
 
 
+@strict
 @torch.no_grad()
 def continuation(model, prompt, n_new: int = 16, n_tokens: int = 64) -> tuple[str, list[str]]:
     """Greedy continuation of one prompt: the text written, and its tokens one by one."""
@@ -227,6 +234,7 @@ def continuation(model, prompt, n_new: int = 16, n_tokens: int = 64) -> tuple[st
     return model.tokenizer.decode(new), token_strings(model, new)
 
 
+@strict
 def token_html(tokens: Sequence[str], values: Sequence[float], scale: float | None = None, title: str = "") -> str:
     """Tokens as inline HTML coloured by value: red where negative, blue where positive.
 
@@ -248,6 +256,7 @@ def token_html(tokens: Sequence[str], values: Sequence[float], scale: float | No
     return f'<div style="line-height:1.6">{head}{"".join(spans)}</div>'
 
 
+@strict
 @torch.no_grad()
 def domain_outputs(model, prompt_sets: dict, n_prompts: int = 2, n_new: int = 16, n_tokens: int = 48,
                    tail_chars: int = 60) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import torch
 
 from . import views
+from .checks import check_table_fits, require_scores, strict
 from .metrics import get_metric
 from .patching import prepare, scored_batch
 from .pruning import select_units
@@ -48,6 +49,7 @@ class HeadExplorer:
         top_k: promoted/demoted tokens shown.
     """
 
+    @strict
     def __init__(self, model, prompts, reference=None, source=None, n_tokens: int = 64, top_k: int = 8):
         self.model, self.top_k, self.n_tokens = model, top_k, n_tokens
         self.batch = prepare(model, prompts, n_tokens)
@@ -195,6 +197,7 @@ class SparsityExplorer:
         quality: ``"kl"`` (KL to the full model, lower is better) or ``"top1"`` (agreement).
     """
 
+    @strict
     def __init__(self, model, scores: Mapping[str, pd.DataFrame], prompts, n_tokens: int = 64,
                  quality: str = "kl", step: float = 0.05, max_sparsity: float = 0.9):
         if quality not in ("kl", "top1"):
@@ -202,8 +205,8 @@ class SparsityExplorer:
         if not scores:
             raise ValueError("scores is empty: give at least one metric's head scores")
         for name, t in scores.items():
-            if "head" not in t.columns:
-                raise ValueError(f"scores[{name!r}] is not a head table (columns layer, head, score)")
+            check_table_fits(t, require_scores(t, f"SparsityExplorer scores[{name!r}]", units=("head",)),
+                             model.cfg.n_layers, model.cfg.n_heads, f"SparsityExplorer scores[{name!r}]")
         self.model, self.scores, self.quality = model, dict(scores), quality
         self.batch = prepare(model, prompts, n_tokens)
         self.scored = scored_batch(self.batch)

@@ -74,7 +74,7 @@ def test_acdc_selection_prunes_to_the_reported_kl(tiny_model):
     sel = df.attrs["selections"][0]
     assert df.removed[0] > 0
     pruned = prune_units(tiny_model, heads=sel, physical=False)
-    ev = cnb.evaluate(pruned, TEXTS, reference=tiny_model, n_tokens=N_TOK, latency_batches=())
+    ev = cnb.evaluate(pruned, TEXTS, full_model=tiny_model, n_tokens=N_TOK, latency_batches=())
     assert ev["kl"] == pytest.approx(df.kl[0], abs=1e-5)
 
 

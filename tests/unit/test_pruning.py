@@ -95,7 +95,7 @@ def test_bad_scores(tiny_model):
 
 
 def test_evaluate_full_and_pruned(tiny_model):
-    full = cnb.evaluate(tiny_model, P, reference=tiny_model, n_tokens=8, latency_batches=(1, 2), repeats=2)
+    full = cnb.evaluate(tiny_model, P, full_model=tiny_model, n_tokens=8, latency_batches=(1, 2), repeats=2)
     assert full["kl"] == pytest.approx(0, abs=1e-6) and full["top1_agreement"] == 1.0
     hf = AutoModelForCausalLM.from_pretrained(tiny_model.causal_nb_source["source"])
     assert full["params"] == sum(p.numel() for p in hf.parameters())  # tied embeddings counted once
@@ -103,7 +103,7 @@ def test_evaluate_full_and_pruned(tiny_model):
     hs = cnb.score(tiny_model, P, "random", unit="head", seed=1)
     ns = cnb.score(tiny_model, P, "random", unit="neuron", seed=2)
     pruned = prune(tiny_model, [hs, ns], 0.5)
-    ev = cnb.evaluate(pruned, P, reference=tiny_model, n_tokens=8, latency_batches=())
+    ev = cnb.evaluate(pruned, P, full_model=tiny_model, n_tokens=8, latency_batches=())
     assert ev["kl"] > 0 and ev["params"] < full["params"] and "latency_ms" not in ev
     assert len(ev["per_prompt_loss"]) == len(P)
     assert ev["loss"] == pytest.approx(float(torch.tensor(ev["per_prompt_loss"]).mean()), rel=1e-6)

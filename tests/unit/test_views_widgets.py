@@ -160,7 +160,7 @@ def test_sparsity_explorer_matches_masked_pruning(tiny_model):
     assert sx.sliders["a"].value == 0.5 and sx.fig.data[0].y[0] == pytest.approx(q, abs=1e-6)
     assert sx.fig.data[0].y[1] == pytest.approx(0.0, abs=1e-6)  # b untouched
     pruned = cnb.prune(tiny_model, scores["a"], 0.5, physical=False)
-    ref = cnb.evaluate(pruned, TEXTS, reference=tiny_model, n_tokens=N_TOK, latency_batches=())
+    ref = cnb.evaluate(pruned, TEXTS, full_model=tiny_model, n_tokens=N_TOK, latency_batches=())
     assert q == pytest.approx(ref["kl"], abs=1e-5) and q > 0
     t = sx.table()
     assert list(t.metric) == ["a", "b"] and t.sparsity.tolist() == [0.5, 0.0]
