@@ -76,10 +76,11 @@ def check_sparsity(sparsity) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
         raise TypeError(f"sparsity is a share in [0, 1) (a number), got {type(sparsity).__name__} {sparsity!r}")
     s = float(sparsity)
-    if 1 <= s < 100:
-        raise ValueError(f"sparsity is a share in [0, 1), got {sparsity!r}: did you mean {s / 100:g}?")
+    if 1 < s < 100:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}: it is a share, not a percent; did you mean "
+                         f"{s / 100:g}?")
     if not 0 <= s < 1:
-        raise ValueError(f"sparsity is a share in [0, 1), got {sparsity!r}")
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r} (the share of units removed)")
     return s
 
 

@@ -90,7 +90,7 @@ def test_gqa_groups_kept_when_even_and_padded_when_not(tiny_dirs):
 def test_bad_scores(tiny_model):
     with pytest.raises(ValueError, match="sparsity must be in"):
         prune(tiny_model, cnb.score(tiny_model, P, "random"), -0.1)
-    with pytest.raises(ValueError, match="head or neuron table"):
+    with pytest.raises(ValueError, match=r"scores mlps \(unit='mlp'\)"):
         prune(tiny_model, cnb.score(tiny_model, P, "random", unit="mlp"), 0.5)
 
 
