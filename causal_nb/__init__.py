@@ -4,6 +4,30 @@ The package does the work; the notebooks in ``notebooks/`` tell the story and ca
 Layers, imports pointing one way: data (zoo, loading, prompts, io) <- engine (units,
 metrics, engine) <- analysis (patching, attribution, reverse, scoring, pruning, evaluation,
 sweep, stats) <- face (plotting, runner, CLI).
+
+API vocabulary (one meaning per name, everywhere):
+
+- Tables: ``patch``/``ablate`` give ``value``, the mean raw metric over prompts (``patch``
+  adds ``normalized``: 0 = corrupted run, 1 = clean run); ``score`` gives ``score``, the
+  importance (higher = more important). ``attrs["method"]`` and ``attrs["unit"]`` say what
+  made a table. Consumers of importance (``prune``, ``select_units``, ``stats`` rank
+  agreement, ``widgets.SparsityExplorer``) take ``score`` tables of their unit kinds only and
+  name the call that makes one when handed a patch/ablate/ACDC table or another model's scores.
+- ``reference=``: the prompts a mean (or resample) ablation averages over (``ablate``,
+  ``acdc``, ``prune``/``prune_units`` with ``fill="mean"``, ``widgets.HeadExplorer``). The
+  unpruned model ``evaluate`` compares with is ``full_model=``. (In ``stats``, ``reference``
+  is the name of the method the others are tested against: a string, never prompts.)
+- ``progress=``: ``None`` follows ``progress_enabled()`` (``TQDM_DISABLE``); True/False force it.
+- ``batch_size=``: a memory/speed knob that never changes results: interventions stacked per
+  forward in ``patch``/``ablate``/``score``, prompts per forward in ``prompt_losses``.
+- ``n_tokens``: tokens per prompt, BOS included (at least 2). ``positions``: token positions
+  0..n_tokens-1 whose activations are edited; ``scored_positions``: 0..n_tokens-2, whose
+  next-token predictions the metric reads; ``layers``: 0..n_layers-1.
+- ``sparsity``: the share of units removed, in [0, 1) (not a percent).
+- ``metric``: a name in ``METRICS`` or a callable ``(logits, ScoredBatch) -> Tensor[batch]``.
+- Keywords: a misspelled one is a ``TypeError`` naming the nearest valid one; an option the
+  chosen method (or ablation kind) would ignore is a ``ValueError`` naming the methods that
+  use it. ``n_tokens``, ``seed`` and ``progress`` are run settings every ``score`` method takes.
 """
 
 from . import plotting, stats, views, widgets

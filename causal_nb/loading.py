@@ -149,8 +149,19 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
         The bridge, with ``model.cfg`` carrying ``n_layers``, ``n_heads``, ``d_model``... and
         ``model.causal_nb_source`` recording where it came from.
     """
+    import inspect  # noqa: PLC0415
+
     from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415 - heavy import
 
+    from .checks import unexpected_keyword  # noqa: PLC0415
+
+    # the forwarded options are checked here, so a typo names load_model and its nearest option
+    ours = ["name_or_path", "device", "dtype", "verbose"]
+    passable = [n for n in inspect.signature(TransformerBridge.boot_transformers).parameters
+                if n not in ("model_name", "device", "dtype")]
+    for k in bridge_kwargs:
+        if k not in passable:
+            raise unexpected_keyword("load_model", k, ours + passable)
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")

@@ -51,6 +51,10 @@ def test_misspelled_keywords_name_the_nearest_valid_one(model, head_scores):
         cnb.reverse_intervention(model, TEXTS, OTHER, topk=3, n_tokens=N)
     with pytest.raises(TypeError, match="did you mean 'n_tokens'"):
         cnb.evaluate(model, TEXTS, ntokens=N)
+    with pytest.raises(TypeError, match=r"load_model\(\) got an unexpected keyword argument 'dtpye'; did you mean 'dtype'"):
+        cnb.load_model("code-gpt2-2l", dtpye="float32")
+    with pytest.raises(TypeError, match=r"load_model\(\) got an unexpected keyword argument 'revison'; did you mean 'revision'"):
+        cnb.load_model("code-gpt2-2l", revison="main")
     with pytest.raises(TypeError, match=r"HeadExplorer\(\) got an unexpected keyword argument 'refrence'; did you mean 'reference'"):
         cnb.widgets.HeadExplorer(model, TEXTS, refrence=TEXTS)
 

@@ -166,5 +166,5 @@ def test_sparsity_explorer_matches_masked_pruning(tiny_model):
     assert list(t.metric) == ["a", "b"] and t.sparsity.tolist() == [0.5, 0.0]
     with pytest.raises(ValueError, match="unknown metric"):
         sx.set_sparsity("c", 0.1)
-    with pytest.raises(ValueError, match="not a head table"):
+    with pytest.raises(ValueError, match="needs scores of 'head' units, but this table scores neurons"):
         widgets.SparsityExplorer(tiny_model, {"n": pd.DataFrame({"layer": [0], "neuron": [0], "score": [1.0]})}, TEXTS)
