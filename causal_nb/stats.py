@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from .checks import require_scores, strict
+from .checks import require_scores, strict, table_kind
 
 __all__ = ["agreement_matrix", "bootstrap_ci", "cross_domain_table", "h1_table", "h2_summary", "h2_table", "holm",
            "paired_tests", "rank_agreement", "topk_overlap"]
@@ -24,8 +24,8 @@ _KEYS = ("layer", "head", "neuron", "pos")
 
 def _aligned(a: pd.DataFrame, b: pd.DataFrame, col: str = "score") -> tuple[np.ndarray, np.ndarray]:
     for t in (a, b):
-        if col == "score":
-            require_scores(t, "rank agreement", units=("head", "neuron", "mlp", "block"))
+        if col == "score" and table_kind(t) != "score":
+            require_scores(t, "rank agreement")  # raises, naming the call that makes a score table
         elif col not in t.columns:
             raise ValueError(f"column {col!r} is not in the table (columns {list(t.columns)})")
     ua, ub = ([k for k in ("head", "neuron") if k in t.columns] for t in (a, b))
