@@ -1,10 +1,11 @@
 """Run the notebook series headlessly with papermill: ``python -m causal_nb run --profile demo``.
 
-Each notebook in ``notebooks/NN_name.ipynb`` is executed in order into
+Each notebook ``NN_name.ipynb`` of the series (a source checkout's ``notebooks/``, else the
+copy installed with the package, or ``--notebooks DIR``) is executed in order into
 ``runs/<timestamp>/``, with the profile's parameters (and ``-p key value`` overrides) injected
 into those notebooks that declare them. Notebooks hand results to each other only through
 paths under the run folder (``OUT_DIR``). A failed notebook stops the run with the failing cell
-shown; finished notebooks are marked, so ``--resume`` skips them.
+shown; finished notebooks are marked, so ``--resume`` (with the same parameters) skips them.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def finished_notebooks(run: Path) -> dict[str, dict]:
 
 
 def _nearest(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`` (did you mean 'A' or 'B'?)`` for the closest valid names (up to 3), else ``""``."""
+    close = [repr(c) for c in difflib.get_close_matches(name, sorted(valid), n=3)]
+    if not close:
+        return ""
+    return f" (did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?)"
 
 
 def _check_resume(run: Path, profile: str, params: dict) -> None:

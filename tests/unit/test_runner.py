@@ -116,3 +116,10 @@ def test_resume_reports_every_notebook_checks_parameters_and_writes_atomically(s
     meta = json.loads((out / "run.json").read_text())
     assert [n["parameters"].get("SEED") for n in meta["notebooks"]] == [7, None]  # 02 declares no SEED
     assert meta["parameters"]["SEED"] == 8
+
+
+def test_command_line_takes_the_notebooks_folder(series_dir, tmp_path, capsys):
+    from causal_nb.__main__ import main
+
+    assert main(["run", "--notebooks", str(series_dir), "--out", str(tmp_path / "r"), "-p", "SEDE", "1"]) == 1
+    assert "did you mean 'SEED'" in capsys.readouterr().err
