@@ -1,4 +1,4 @@
-"""Command line: ``python -m causal_nb run|models``."""
+"""Command line: ``python -m causal_nb run|models|notebooks|sweep``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")
     r.add_argument("--only", nargs="*", default=None, help="notebook number prefixes to run, e.g. 01 02")
     r.add_argument("--resume", action="store_true", help="skip notebooks finished earlier in --out")
+    r.add_argument("--force", action="store_true", help="with --resume: resume even with other parameters")
+    r.add_argument("--notebooks", default=None, metavar="DIR",
+                   help="folder of the NN_name.ipynb series (default: the repository's notebooks/, else the "
+                        "copy installed with the package)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the bundled models with their cards")
+    nbp = sub.add_parser("notebooks", help="list the notebook series, or copy it out to open in Jupyter")
+    nbp.add_argument("--copy", default=None, metavar="DEST", help="copy the notebooks into DEST (created)")
     sw = sub.add_parser("sweep", help="run a pruning sweep from a YAML config")
     sw.add_argument("config", help="YAML file (keys: see causal_nb.sweep.SweepConfig)")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its 'out' folder")
@@ -27,6 +33,20 @@ def main(argv: list[str] | None = None) -> int:
         from .loading import list_models  # noqa: PLC0415
 
         print(list_models(cards=True).to_string(index=False))
+        return 0
+    if a.cmd == "notebooks":
+        from .runner import RunError, copy_notebooks, default_notebooks_dir, series  # noqa: PLC0415
+
+        if a.copy is None:
+            print(f"{default_notebooks_dir()}:")
+            print("\n".join(f"  {p.name}" for p in series()))
+            return 0
+        try:
+            copied = copy_notebooks(a.copy)
+        except RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"{len(copied)} notebooks -> {a.copy}")
         return 0
     if a.cmd == "sweep":
         from .sweep import SweepError, load_config, sweep  # noqa: PLC0415
@@ -43,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = run_series(a.profile, {k: parse_value(v) for k, v in a.param}, a.out, a.only, a.resume,
-                         progress=not a.no_progress)
+                         progress=not a.no_progress, notebooks_dir=a.notebooks, force=a.force)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

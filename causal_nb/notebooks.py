@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("names", nargs="*", help="notebook number prefixes (default: all)")
     p.add_argument("--no-execute", action="store_true", help="convert only")
     a = p.parse_intermixed_args(argv)
+    if not SRC.is_dir():  # an installed package ships the executed notebooks, not their sources
+        raise SystemExit(f"{SRC} does not exist: the builder runs in a source checkout of causal_nb. "
+                         "For the notebooks themselves: python -m causal_nb notebooks --copy DEST")
     # Outputs of an earlier build (a resumable sweep, say) must not leak into this one.
     shutil.rmtree(NOTEBOOKS / "runs" / "manual", ignore_errors=True)
     for src in sorted(SRC.glob("[0-9][0-9]_*.py")):

@@ -1,4 +1,4 @@
-"""Prompt sets: one JSONL file per domain in ``prompt_set/``, loaded, validated and tokenised.
+"""Prompt sets: one JSONL file per domain in ``causal_nb/data/prompts/``, loaded, validated and tokenised.
 
 Each line is ``{"id": str, "text": str, "split": "train"|"test"}`` (extra keys are kept in
 ``PromptSet.meta``). Validation errors name the file and line. Tokenisation prepends BOS (as
@@ -32,9 +32,9 @@ class PromptSetError(ValueError):
 
 
 def prompt_dir() -> Path:
-    """``$CAUSAL_NB_PROMPTS`` or the repository's ``prompt_set/`` folder."""
+    """``$CAUSAL_NB_PROMPTS`` or the prompt sets shipped in the package (``causal_nb/data/prompts/``)."""
     env = os.environ.get("CAUSAL_NB_PROMPTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "prompt_set"
+    return Path(env) if env else Path(__file__).resolve().parent / "data" / "prompts"
 
 
 def available_domains() -> list[str]:

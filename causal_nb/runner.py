@@ -1,21 +1,26 @@
 """Run the notebook series headlessly with papermill: ``python -m causal_nb run --profile demo``.
 
-Each notebook in ``notebooks/NN_name.ipynb`` is executed in order into
+Each notebook ``NN_name.ipynb`` of the series (a source checkout's ``notebooks/``, else the
+copy installed with the package, or ``--notebooks DIR``) is executed in order into
 ``runs/<timestamp>/``, with the profile's parameters (and ``-p key value`` overrides) injected
 into those notebooks that declare them. Notebooks hand results to each other only through
 paths under the run folder (``OUT_DIR``). A failed notebook stops the run with the failing cell
-shown; finished notebooks are marked, so ``--resume`` skips them.
+shown; finished notebooks are marked, so ``--resume`` (with the same parameters) skips them.
 """
 
 from __future__ import annotations
 
 import ast
 import datetime as _dt
+import difflib
 import json
 import time
 from pathlib import Path
 
-__all__ = ["PROFILES", "notebook_parameters", "run_series", "series"]
+from .io import atomic_write_text, save_json
+
+__all__ = ["PROFILES", "copy_notebooks", "default_notebooks_dir", "finished_notebooks", "notebook_parameters", "packaged_notebooks_dir",
+           "run_series", "series"]
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -35,9 +40,85 @@ class RunError(RuntimeError):
     """A notebook of the series failed, or the run was asked for something it cannot do."""
 
 
-def series(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
-    """The series in order: ``NN_name.ipynb`` files, sorted by their number."""
+def packaged_notebooks_dir() -> Path:
+    """The copy of the notebooks installed with the package (``causal_nb/series/``)."""
+    return Path(__file__).resolve().parent / "series"
+
+
+def default_notebooks_dir() -> Path:
+    """The repository's ``notebooks/`` in a source checkout, else the packaged copy."""
+    return NOTEBOOKS if series(NOTEBOOKS) else packaged_notebooks_dir()
+
+
+def series(notebooks_dir: Path | None = None) -> list[Path]:
+    """The series in order: ``NN_name.ipynb`` files, sorted by their number (default folder:
+    ``default_notebooks_dir()``)."""
+    notebooks_dir = default_notebooks_dir() if notebooks_dir is None else Path(notebooks_dir)
     return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def copy_notebooks(dest: str | Path, notebooks_dir: Path | None = None) -> list[Path]:
+    """Copy the series (``default_notebooks_dir()``) into ``dest`` to open it in Jupyter; an
+    existing notebook there is an error (nothing is overwritten).
+
+    The copies' folder defaults (``SCORES_DIR = "../scores"``...) are relative to ``dest``;
+    ``python -m causal_nb run`` sets them to folders of its run instead.
+    """
+    import shutil  # noqa: PLC0415
+
+    nbs = series(notebooks_dir)
+    if not nbs:
+        raise RunError(f"no notebooks found in {notebooks_dir or default_notebooks_dir()}")
+    dest = Path(dest)
+    clash = [p.name for p in nbs if (dest / p.name).exists()]
+    if clash:
+        raise RunError(f"{dest} already holds {clash}; choose an empty folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(p, dest / p.name)) for p in nbs]
+
+
+def finished_notebooks(run: Path) -> dict[str, dict]:
+    """The notebooks marked finished in a run folder (``.done/<stem>``, from any invocation):
+    name -> ``{"notebook", "seconds", "parameters"}``, in series order. An unreadable marker
+    counts as not finished (``--resume`` reruns that notebook)."""
+    out = {}
+    for marker in sorted((Path(run) / ".done").glob("[0-9][0-9]_*")):
+        if marker.name.startswith(".") or marker.suffix == ".tmp":
+            continue
+        try:
+            entry = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(entry, dict) and "notebook" in entry:
+            out[entry["notebook"]] = entry
+    return out
+
+
+def _nearest(name: str, valid) -> str:
+    """`` (did you mean 'A' or 'B'?)`` for the closest valid names (up to 3), else ``""``."""
+    close = [repr(c) for c in difflib.get_close_matches(name, sorted(valid), n=3)]
+    if not close:
+        return ""
+    return f" (did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?)"
+
+
+def _check_resume(run: Path, profile: str, params: dict) -> None:
+    """Refuse to resume a run with other parameters than its earlier invocations used."""
+    old: dict = {}
+    if (run / "run.json").exists():
+        meta = json.loads((run / "run.json").read_text())
+        old = {"profile": meta.get("profile"), **meta.get("parameters", {})}
+    else:  # a run from before run.json was written up front: what its finished notebooks got
+        for entry in finished_notebooks(run).values():
+            old.update({k: v for k, v in entry["parameters"].items() if not k.endswith("_DIR")})
+    new = json.loads(json.dumps({"profile": profile, **params}))  # as run.json holds it (tuples -> lists)
+    # run.json holds the whole earlier setting; markers only what their notebooks declared
+    keys = set(old) | set(new) if "profile" in old else set(old)
+    differ = sorted(k for k in keys if old.get(k) != new.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ)
+        raise RunError(f"{run} was run with other parameters ({shown}); resuming would mix results of two settings. "
+                       "Resume with the same --profile and -p values, use another --out, or pass --force")
 
 
 def notebook_parameters(path: Path) -> dict:
@@ -61,7 +142,7 @@ def parse_value(text: str):
 
 def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: str | Path | None = None,
                only: list[str] | None = None, resume: bool = False, progress: bool = True,
-               notebooks_dir: Path = NOTEBOOKS) -> Path:
+               notebooks_dir: Path | None = None, force: bool = False) -> Path:
     """Execute the notebook series with papermill and return the run folder.
 
     Args:
@@ -69,16 +150,21 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
         overrides: parameter values that replace the profile's (``{"MODEL": "gpt2"}``).
         out_dir: run folder; default ``runs/<timestamp>``. With ``resume`` pass the old one.
         only: notebook name prefixes to run (``["01", "02"]``); default all.
-        resume: skip notebooks already marked finished in ``out_dir``.
+        resume: skip notebooks already marked finished in ``out_dir``; refused when the profile
+            or a parameter differs from the run's first invocation (unless ``force``).
         progress: papermill's cell progress bar.
+        notebooks_dir: the series' folder (default ``default_notebooks_dir()``).
+        force: resume even with other parameters (each notebook's own are in the report).
 
     Raises:
-        RunError: unknown profile or parameter, or a notebook that failed (cell and error named).
+        RunError: unknown profile or parameter (the nearest valid name suggested), resuming
+            with other parameters, or a notebook that failed (cell and error named).
     """
     import papermill as pm  # noqa: PLC0415 - heavy import, only for runs
 
     if profile not in PROFILES:
-        raise RunError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+        raise RunError(f"unknown profile {profile!r}{_nearest(profile, PROFILES)}; choose one of {sorted(PROFILES)}")
+    notebooks_dir = default_notebooks_dir() if notebooks_dir is None else Path(notebooks_dir)
     # Folder parameters given on the command line are relative to the caller's directory.
     overrides = {k: (str(Path(v).resolve()) if k.endswith("_DIR") or (k == "MODEL" and Path(str(v)).exists()) else v)
                  for k, v in (overrides or {}).items()}
@@ -89,18 +175,28 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
     if not nbs:
         raise RunError(f"no notebooks to run in {notebooks_dir} (only={only})")
     declared = {p.name: notebook_parameters(p) for p in nbs}
-    unknown = set(overrides) - set().union(*[set(d) for d in declared.values()])
+    known = set().union(*[set(d) for d in declared.values()])
+    unknown = sorted(set(overrides) - known)
     if unknown:
-        raise RunError(f"parameter(s) {sorted(unknown)} not declared by any notebook; known: "
-                       f"{sorted(set().union(*[set(d) for d in declared.values()]))}")
+        hints = "".join(f"; {u}{_nearest(u, known)}" for u in unknown if _nearest(u, known))
+        raise RunError(f"parameter(s) {unknown} not declared by any notebook run ({', '.join(declared)}){hints}; "
+                       f"known: {sorted(known)}")
     if resume and out_dir is None:
         raise RunError("--resume needs the run folder to resume (--out runs/<timestamp>)")
-    run = Path(out_dir).resolve() if out_dir else REPO / "runs" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # a source checkout keeps its runs beside the notebooks; an installed package, where you are
+    root = REPO if notebooks_dir.resolve() == NOTEBOOKS.resolve() else Path.cwd()
+    run = Path(out_dir).resolve() if out_dir else root / "runs" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if resume and not force:
+        _check_resume(run, profile, params)
     (run / ".done").mkdir(parents=True, exist_ok=True)
+    # written up front, so a later --resume can check its parameters against this invocation's
+    if not resume or not (run / "run.json").exists() or force:
+        done = finished_notebooks(run)
+        save_json({"profile": profile, "parameters": params, "notebooks": list(done.values())}, run / "run.json")
     log = []
     for nb in nbs:
         marker = run / ".done" / nb.stem
-        if resume and marker.exists():
+        if resume and nb.name in finished_notebooks(run):
             print(f"skip {nb.name} (finished earlier)")
             continue
         nb_params = {k: v for k, v in params.items() if k in declared[nb.name]}
@@ -118,10 +214,18 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
             raise RunError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                            f"partial outputs are in {run}; the executed notebook is {run / nb.name}") from None
         log.append({"notebook": nb.name, "seconds": round(time.time() - t0, 1), "parameters": nb_params})
-        marker.write_text(json.dumps(log[-1]))
-    (run / "run.json").write_text(json.dumps({"profile": profile, "parameters": params, "notebooks": log}, indent=2))
+        atomic_write_text(marker, json.dumps(log[-1]))
+        _record(run, profile, params)
     write_report(run)
     return run
+
+
+def _record(run: Path, profile: str, params: dict) -> None:
+    """Rewrite ``run.json`` (atomically) with every notebook finished in the run folder so far,
+    this invocation's and earlier ones' (their markers), in series order."""
+    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    save_json({"profile": meta.get("profile", profile), "parameters": meta.get("parameters", params),
+               "notebooks": list(finished_notebooks(run).values())}, run / "run.json")
 
 
 def _tables(run: Path) -> list:

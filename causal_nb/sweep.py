@@ -55,11 +55,30 @@ class SweepConfig:
     scores_dir: str | None = None  # read scores saved by notebook 02 here instead of computing them
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not ``out`` or where saved scores live)."""
+        """Hash of everything that changes results: the settings (not ``out``) and, with
+        ``scores_dir``, the content of the saved score files the sweep reads from it (so
+        resuming after notebook 02 wrote other scores is refused; moving the folder is not)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("out", "scores_dir")}
         if d.get("fill") == "zero":
             del d["fill"]  # added later: a zero-fill sweep keeps the fingerprint it had before
+        if self.scores_dir:
+            d["saved_scores"] = self.saved_scores_digest()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def saved_scores_digest(self) -> dict[str, str | None]:
+        """SHA-256 of each score file the sweep would read from ``scores_dir`` (None: missing),
+        keyed by its path relative to ``scores_dir``."""
+        from .scoring import scores_path  # noqa: PLC0415
+
+        kinds = sorted({k for u in self.units for k in (["head", "neuron"] if u == "both" else [u])})
+        out: dict[str, str | None] = {}
+        for m in self.models:
+            for meth in self.methods:
+                for kind in kinds:
+                    f = scores_path(self.scores_dir, m, self.domain, meth, kind)
+                    rel = f.relative_to(self.scores_dir).as_posix()
+                    out[rel] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+        return out
 
     def cells(self) -> list[dict]:
         """All cells, in a fixed order."""
@@ -128,8 +147,25 @@ class _Context:
             self.models[name] = load_model(name, device=self.cfg.device)
         return self.models[name]
 
-    def unit_scores(self, cell) -> list[pd.DataFrame]:
+    def scoring_prompts(self, cell) -> tuple:
+        """The scoring prompts of a cell and the extra ``score`` arguments (``corrupted``).
+
+        Patching and EAP-IG pair prompt i of the clean and corrupted sets position by
+        position, so they take the prompts that fill ``n_tokens`` (as notebook 02 does);
+        the other methods take the first ``n_prompts``, padded where short.
+        """
         from .prompts import load_prompts  # noqa: PLC0415
+
+        cfg = self.cfg
+        if cell["method"] not in ("patching", "eap-ig"):
+            return load_prompts(cfg.domain, split="train", n=cfg.n_prompts), {}
+        model = self.model(cell["model"])
+        fit = [load_prompts(d, split="train").fitting(model, cfg.n_tokens).head(cfg.n_prompts)
+               for d in (cfg.domain, cfg.eval_domains[-1])]
+        n = min(len(f) for f in fit)  # equal counts: prompt i is paired with prompt i
+        return fit[0].head(n), {"corrupted": fit[1].head(n)}
+
+    def unit_scores(self, cell) -> list[pd.DataFrame]:
         from .reverse import model_key  # noqa: PLC0415
         from .scoring import score  # noqa: PLC0415
 
@@ -152,9 +188,7 @@ class _Context:
                     self.scores[key] = pd.DataFrame(load_json(path)["scores"])
                     self.scores[key].attrs["unit"] = kind  # block tables are told apart by it
                 else:
-                    prompts = load_prompts(self.cfg.domain, split="train", n=self.cfg.n_prompts)
-                    kw = {"corrupted": load_prompts(self.cfg.eval_domains[-1], split="train", n=self.cfg.n_prompts)} \
-                        if cell["method"] in ("patching", "eap-ig") else {}
+                    prompts, kw = self.scoring_prompts(cell)
                     df = score(self.model(cell["model"]), prompts, cell["method"], unit=kind, n_tokens=self.cfg.n_tokens,
                                seed=cell["seed"], progress=False, **kw)
                     save_json({"model": cell["model"], "domain": self.cfg.domain, "method": cell["method"], "unit": kind,

@@ -1,6 +1,8 @@
 """The engine on the bundled models: exact against transformer_lens.patching, attribution
 agreement reported, and the shipped token sets recognisably Python vs C++."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from scipy import stats
@@ -11,6 +13,7 @@ from causal_nb.prompts import TokenBatch
 from causal_nb.zoo.tiny import make_tiny_model
 
 N_TOKENS = 24
+TOKEN_SETS = Path(__file__).resolve().parents[2] / "token_sets"  # the repository's shipped token sets
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_shipped_token_sets_are_python_vs_cpp(bundled):
     """python__cpp holds C++ tokens (promoted in Python runs by C++ activity), cpp__python Python ones."""
     name, model = bundled
     for (a, b), like in {("python", "cpp"): CPP_LIKE, ("cpp", "python"): PY_LIKE}.items():
-        ts = cnb.TokenSet.load(cnb.token_set_path(cnb.prompts.prompt_dir().parent / "token_sets", name, a, b), model)
+        ts = cnb.TokenSet.load(cnb.token_set_path(TOKEN_SETS, name, a, b), model)
         top = {t.strip() for t in ts.tokens[:30]}
         other = PY_LIKE if like is CPP_LIKE else CPP_LIKE
         assert len(top & like) >= 3, (a, b, ts.tokens[:30])
@@ -82,6 +85,6 @@ def test_shipped_token_sets_are_python_vs_cpp(bundled):
 def test_token_set_from_another_tokenizer_is_refused(bundled, tmp_path):
     name, _ = bundled
     tiny = cnb.load_model(make_tiny_model(tmp_path / "tiny", "gpt2"), device="cpu")
-    path = cnb.token_set_path(cnb.prompts.prompt_dir().parent / "token_sets", name, "python", "cpp")
+    path = cnb.token_set_path(TOKEN_SETS, name, "python", "cpp")
     with pytest.raises(cnb.TokenSetError, match="token ids would mean other tokens"):
         cnb.TokenSet.load(path, tiny)

@@ -119,3 +119,41 @@ def test_acdc_sweep_evaluates_each_threshold_held_out(tiny_model):
     assert df.eval_kl[1] == pytest.approx(df.kl[1], abs=1e-5)
     if tiny_model.cfg.n_key_value_heads is not None:  # GPT-2 heads are zeroed in place, not sliced
         assert df.params[1] < df.params[0]
+
+
+def held_out_kl(model, train_texts, eval_texts, removed, kind):
+    """KL(full || model with ``removed`` heads ablated) on ``eval_texts`` by a plain hook loop:
+    zero, or the head's mean output over ``train_texts`` (real positions), as the walk did."""
+    n_l = model.cfg.n_layers
+    tb, eb = prepare(model, train_texts, N_TOK), prepare(model, eval_texts, N_TOK)
+    sb = scored_batch(eb)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tb.tokens)
+        m = tb.mask.float()[..., None, None]
+        mean = {la: (cache[f"blocks.{la}.attn.hook_z"] * m).sum((0, 1)) / m.sum((0, 1)) for la in range(n_l)}
+        ref = torch.log_softmax(model(eb.tokens, return_type="logits")[:, sb.positions].float(), -1)
+        hooks = []
+        for la, hs in removed.items():
+            def fn(z, hook, la=la, hs=hs):
+                z = z.clone()
+                z[:, :, hs] = 0.0 if kind == "zero" else mean[la][hs]
+                return z
+
+            hooks.append((f"blocks.{la}.attn.hook_z", fn))
+        with model.hooks(fwd_hooks=hooks):
+            lp = torch.log_softmax(model(eb.tokens, return_type="logits")[:, sb.positions].float(), -1)
+    kl = (ref.exp() * (ref - lp)).sum(-1)
+    valid = sb.valid.float()
+    return float(((kl * valid).sum(1) / valid.sum(1)).double().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["zero", "mean"])
+def test_acdc_sweep_held_out_kl_is_that_of_the_walks_intervention(tiny_model, kind):
+    held_out = ["for k, v in d.items(): print(k, v)", "while n > 0: n -= 1; total += n",
+                "with open(p) as f: data = f.read()"]
+    df = cnb.acdc_sweep(tiny_model, TEXTS, held_out, [0.0, 1e9], kind=kind, n_tokens=N_TOK, progress=False)
+    assert df.removed.iloc[-1] > 0
+    for sel, got in zip(df.attrs["selections"], df.eval_kl):
+        want = held_out_kl(tiny_model, TEXTS, held_out, sel, kind)
+        assert got == pytest.approx(want, rel=1e-3, abs=1e-5), (sel, got, want)

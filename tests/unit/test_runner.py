@@ -78,3 +78,48 @@ def test_report_lists_notebooks_tables_and_figures(tmp_path):
     assert "![curve](graphs/curve.png)" in text and "[only_html](graphs/only_html.html)" in text
     assert "only_html.png" not in text
     assert "<iframe src='graphs/curve.html'" in html.read_text()
+
+
+def test_typos_are_refused_with_the_nearest_name(series_dir, tmp_path):
+    with pytest.raises(RunError, match=r"\['SEDE'\] not declared.*did you mean 'SEED'"):
+        run_series("demo", {"SEDE": 1}, tmp_path / "r", notebooks_dir=series_dir)
+    # FAIL is declared by 02 only: fine for the series, refused when only 01 runs
+    with pytest.raises(RunError, match=r"\['FAIL'\] not declared by any notebook run \(01_first.ipynb\)"):
+        run_series("demo", {"FAIL": True}, tmp_path / "r", only=["01"], notebooks_dir=series_dir)
+    with pytest.raises(RunError, match="unknown profile 'dmeo' .did you mean 'demo'"):
+        run_series("dmeo", notebooks_dir=series_dir)
+
+
+@pytest.mark.slow
+def test_resume_reports_every_notebook_checks_parameters_and_writes_atomically(series_dir, tmp_path, monkeypatch):
+    import causal_nb.io
+
+    replaced = []
+    real = causal_nb.io.os.replace
+    monkeypatch.setattr(causal_nb.io.os, "replace", lambda a, b: (replaced.append(b), real(a, b)))
+    out = tmp_path / "run"
+    run_series("demo", {"SEED": 7}, out, only=["01"], notebooks_dir=series_dir, progress=False)
+    assert str(out / ".done" / "01_first") in map(str, replaced) and str(out / "run.json") in map(str, replaced)
+    with pytest.raises(RunError, match=r"other parameters \(SEED: 7 -> 8\).*--force"):
+        run_series("demo", {"SEED": 8}, out, resume=True, notebooks_dir=series_dir, progress=False)
+    with pytest.raises(RunError, match=r"profile: 'demo' -> 'full'"):
+        run_series("full", {"SEED": 7}, out, resume=True, notebooks_dir=series_dir, progress=False)
+    assert not (out / "second.txt").exists()  # refused before anything ran
+    run_series("demo", {"SEED": 7}, out, resume=True, notebooks_dir=series_dir, progress=False)
+    meta = json.loads((out / "run.json").read_text())
+    assert [n["notebook"] for n in meta["notebooks"]] == ["01_first.ipynb", "02_second.ipynb"]
+    assert meta["notebooks"][0]["parameters"]["SEED"] == 7
+    report = (out / "report.md").read_text()
+    assert "01_first.ipynb" in report and "02_second.ipynb" in report
+    (out / ".done" / "02_second").unlink()
+    run_series("demo", {"SEED": 8}, out, resume=True, force=True, notebooks_dir=series_dir, progress=False)
+    meta = json.loads((out / "run.json").read_text())
+    assert [n["parameters"].get("SEED") for n in meta["notebooks"]] == [7, None]  # 02 declares no SEED
+    assert meta["parameters"]["SEED"] == 8
+
+
+def test_command_line_takes_the_notebooks_folder(series_dir, tmp_path, capsys):
+    from causal_nb.__main__ import main
+
+    assert main(["run", "--notebooks", str(series_dir), "--out", str(tmp_path / "r"), "-p", "SEDE", "1"]) == 1
+    assert "did you mean 'SEED'" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,3 +92,53 @@ def test_block_sweep_removes_whole_layers(tiny_dirs, tmp_path):
     cell.unlink()
     again = sweep(load_config(base), resume=True, progress=False).sort_values("sparsity")
     assert again.python_kl.tolist() == pytest.approx(res.python_kl.tolist())
+
+
+def write_prompts(folder, domain, texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"id": f"{domain}-{i}", "text": t, "split": s}) for i, (t, s) in enumerate(texts)]
+    (folder / f"{domain}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_patching_cells_take_prompts_that_fill_n_tokens(tiny_dirs, tmp_path, monkeypatch, method="patching"):
+    # python's prompt 1 is far shorter than n_tokens: paired patching cannot align it with cpp's
+    # prompt 1, so the sweep must skip it as notebook 02 does (PromptSet.fitting), not fail
+    long = {"python": "def function_{i}(alpha, beta):\n    return alpha * beta + {i} - alpha // (beta + 1)\n",
+            "cpp": "int function_{i}(int a, int b) {{ return a * b + {i} - a / (b + 1); }} // end of {i}\n"}
+    for domain in ("python", "cpp"):
+        texts = [(long[domain].format(i=i), "train") for i in range(4)]
+        if domain == "python":
+            texts.insert(1, ("x", "train"))
+        write_prompts(tmp_path / "prompts", domain, texts + [(long[domain].format(i=9), "test")])
+    monkeypatch.setenv("CAUSAL_NB_PROMPTS", str(tmp_path / "prompts"))
+    cfg = {**config(tiny_dirs, tmp_path / "p"), "methods": [method], "units": ["head"], "sparsities": [0.5],
+           "n_prompts": 3, "n_eval_prompts": 1, "n_tokens": 16}
+    res = sweep(cfg, progress=False)
+    assert len(res) == 1 and res.python_kl.iloc[0] > 0
+    (saved,) = (tmp_path / "p" / "scores").rglob(f"{method}_head_seed0.json")
+    scores = pd.DataFrame(json.loads(saved.read_text())["scores"])
+    assert len(scores) == 8 and scores.score.abs().max() > 0  # 2 layers x 4 heads, clean != corrupted
+
+
+def test_fingerprint_covers_the_saved_scores_read(tiny_dirs, tmp_path):
+    import causal_nb
+    from causal_nb.scoring import save_scores, score
+
+    model = causal_nb.load_model(tiny_dirs["llama"], device="cpu")
+    prompts = causal_nb.load_prompts("python", n=3)
+    save_scores(score(model, prompts, "magnitude", unit="head", n_tokens=8, progress=False), tmp_path / "s1", model,
+                "python", prompts)
+    other_scores = score(model, prompts, "random", unit="head", n_tokens=8, seed=3, progress=False)
+    other_scores.attrs["method"] = "magnitude"  # other numbers under the same file name
+    save_scores(other_scores, tmp_path / "s2", model, "python", prompts)
+    base = {**config(tiny_dirs, tmp_path / "f"), "methods": ["magnitude"], "units": ["head"], "sparsities": [0.5],
+            "eval_domains": ["python"]}
+    one = load_config({**base, "scores_dir": str(tmp_path / "s1")})
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "s1", copy)
+    assert one.fingerprint() == load_config({**base, "scores_dir": str(copy)}).fingerprint()  # location: no matter
+    other = load_config({**base, "scores_dir": str(tmp_path / "s2")})
+    assert one.fingerprint() != other.fingerprint()
+    sweep(one, progress=False)
+    with pytest.raises(SweepError, match="incompatible sweep"):
+        sweep({**base, "scores_dir": str(tmp_path / "s2")}, resume=True, progress=False)
