@@ -127,7 +127,8 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         DataFrame with ``layer``, ``head``/``neuron``/``pos`` where applicable, ``value`` (mean
         metric over prompts) and ``normalized`` (0 = corrupted run, 1 = clean run).
         ``df.attrs`` holds ``per_prompt`` (unit x prompt values), ``clean``/``corrupted``
-        baselines and the settings.
+        baselines (means; ``clean_per_prompt``/``corrupted_per_prompt`` per prompt) and the
+        settings.
     """
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
@@ -160,7 +161,10 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     k = _stack(model, cb, scored, units, batch_size, memory_budget_mb)
     values = evaluate_units(model, base, src.acts, units, metric_fn, scored, k, progress, desc=f"patch {unit}")
     attrs = {"method": "exact", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
-             "direction": direction, "clean": float(clean_val.nanmean()), "corrupted": float(corr_val.nanmean())}
+             "direction": direction, "clean": float(clean_val.nanmean()), "corrupted": float(corr_val.nanmean()),
+             # each prompt's own baselines: a per-prompt effect is measured against its own prompt
+             "clean_per_prompt": tuple(clean_val.double().tolist()),
+             "corrupted_per_prompt": tuple(corr_val.double().tolist())}
     df = _finish(units, values, unit, per_position, cb.ids, attrs)
     df["normalized"] = (df["value"] - attrs["corrupted"]) / (attrs["clean"] - attrs["corrupted"])
     return df
@@ -234,7 +238,7 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
-        metric of the unablated model.
+        metric of the unablated model (``baseline_per_prompt``: per prompt).
     """
     if kind not in ABLATION_KINDS:
         raise ValueError(f"unknown ablation kind {kind!r}; valid: {', '.join(map(repr, ABLATION_KINDS))}")
@@ -257,5 +261,5 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
     k = _stack(model, pb, scored, units, batch_size, memory_budget_mb)
     values = evaluate_units(model, base, sources, units, metric_fn, scored, k, progress, desc=f"{kind}-ablate {unit}")
     attrs = {"method": f"{kind}-ablation", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
-             "baseline": float(baseline.nanmean())}
+             "baseline": float(baseline.nanmean()), "baseline_per_prompt": tuple(baseline.double().tolist())}
     return _finish(units, values, unit, per_position, pb.ids, attrs)

@@ -191,8 +191,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         df = ablate(model, pb, unit=unit, kind=kind, metric=metric, seed=seed if kind == "resample" else None,
                     n_tokens=n_tokens, progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
         per = df.attrs["per_prompt"].to_numpy()
-        base = np.full(per.shape[1], df.attrs["baseline"])
-        dmg = _damage(per, base, metric)
+        dmg = _damage(per, np.asarray(df.attrs["baseline_per_prompt"]), metric)
         return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "kind": kind, "metric": str(metric)})
     if method == "acdc":
         from .acdc import acdc_scores  # noqa: PLC0415
@@ -208,8 +207,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         df = patch(model, pb, corrupted, unit=unit, metric=metric, direction="noise", n_tokens=n_tokens,
                    progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
         per = df.attrs["per_prompt"].to_numpy()
-        clean = df.attrs["clean"]
-        dmg = _damage(per, np.full(per.shape[1], clean), metric)
+        dmg = _damage(per, np.asarray(df.attrs["clean_per_prompt"]), metric)
         return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "metric": str(metric)})
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = scored_batch(pb)
