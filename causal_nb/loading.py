@@ -163,7 +163,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
 
     Args:
         name_or_path: a bundled name (``list_models()``), a local Hugging Face folder, or any
-            hub name TransformerLens supports (``"gpt2"``, ``"EleutherAI/pythia-70m"``...).
+            hub name of a supported family (``causal_nb.families.ANALYSIS_FAMILIES``: ``"gpt2"``,
+            Llama, Mistral, Qwen2/3, Gemma 1/2); other families raise ``UnsupportedModelError``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
         dtype: parameter dtype; bundled weights are stored in fp16 and upcast to this.
         verbose: show transformers' and TransformerLens's loading bars and notices.
