@@ -121,8 +121,12 @@ def _expand(v, batch: int, k: int):
 
 
 def final_logits(model, resid: Float[Tensor, "batch pos d_model"], positions: Tensor) -> Float[Tensor, "batch scored vocab"]:
-    """Final norm and unembedding at the scored positions only."""
-    return model.unembed(model.ln_final(resid[:, positions]))
+    """Final norm and unembedding at the scored positions only, then the output soft-cap
+    (``cap * tanh(logits / cap)``) where the model has one (Gemma 2 and 3): the bridge's own
+    forward applies it after the unembedding, so the engine must too."""
+    logits = model.unembed(model.ln_final(resid[:, positions]))
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits
 
 
 def run_from(model, cap: Capture, start: int, k: int, positions: Tensor,
@@ -190,7 +194,7 @@ def _head_fast_path(model, base: Capture, layer: int) -> bool:
     def check():
         mid = base.acts.get(f"blocks.{layer}.hook_resid_mid")
         post = base.acts.get(f"blocks.{layer}.hook_resid_post")
-        return mid is not None and post is not None and model.W_O[layer] is not None \
+        return mid is not None and post is not None and model.blocks[layer].attn.W_O is not None \
             and _close(_mlp_half(model, layer, mid), post)
 
     return _checked(base, ("head", layer), check)
@@ -201,7 +205,7 @@ def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sou
     hook = f"blocks.{layer}.attn.hook_z"
     z_base = base.acts[hook]
     z_src = sources[hook].to(z_base.dtype).expand_as(z_base)
-    w_o = model.W_O[layer]  # [head d_head d_model]
+    w_o = model.blocks[layer].attn.W_O  # [head d_head d_model], this layer's heads (pruned models differ)
     mid = base.acts[f"blocks.{layer}.hook_resid_mid"]
 
     def change(e, pos):
@@ -230,7 +234,7 @@ def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
         if not neurons:
             return True
         # whatever bias the projection has (or not) is the same at every position
-        rest = out - (base.acts[f"blocks.{layer}.mlp.hook_post"] @ model.W_out[layer]).to(out.dtype)
+        rest = out - (base.acts[f"blocks.{layer}.mlp.hook_post"] @ model.blocks[layer].mlp.W_out).to(out.dtype)
         return _close(rest, rest[:1, :1].expand_as(rest))
 
     return _checked(base, ("mlp", layer, neurons), check)
@@ -245,7 +249,7 @@ def _run_mlp_fast(model, base: Capture, layer: int, group: Sequence[Unit], sourc
         src = sources[e.hook].to(a.dtype).expand_as(a)
         if e.index:  # a neuron: its change times its output weights
             (i,) = e.index
-            return (src[:, pos, i] - a[:, pos, i])[..., None] * model.W_out[layer][i]
+            return (src[:, pos, i] - a[:, pos, i])[..., None] * model.blocks[layer].mlp.W_out[i]
         return src[:, pos] - a[:, pos]
 
     # the edited MLP output first, then the residual add: the same rounding as a real forward

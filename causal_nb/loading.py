@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from .families import check_supported
 from .zoo import MODELS_DIR, SPECS, bundled_models, model_card
 
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
@@ -102,8 +103,7 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
             raise ModelNotAvailableError(f"{path} has no config.json: point at a folder written by `save_pretrained`")
         return "local", str(path)
     if _hub_cached(name):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return "hub", name
+        return "hub", name  # loaded offline, for this one load only (see _offline)
     if not _hub_reachable():
         raise ModelNotAvailableError(
             f"cannot load {name!r}: the Hugging Face hub is not reachable from this machine and the model is not "
@@ -111,6 +111,30 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
             f"the model elsewhere with `save_pretrained(folder)` and call load_model('/path/to/folder')."
         )
     return "hub", name
+
+
+@contextlib.contextmanager
+def _offline(on: bool):
+    """Hub offline mode for one load (a cached model loads without network lookups), then
+    restored, so a later uncached name is still fetched, or reported unreachable truthfully.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once at import, so its constant is set as well.
+    """
+    if not on:
+        yield
+        return
+    from huggingface_hub import constants  # noqa: PLC0415
+
+    env, const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = const
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
 
 
 @contextlib.contextmanager
@@ -139,7 +163,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
 
     Args:
         name_or_path: a bundled name (``list_models()``), a local Hugging Face folder, or any
-            hub name TransformerLens supports (``"gpt2"``, ``"EleutherAI/pythia-70m"``...).
+            hub name of a supported family (``causal_nb.families.ANALYSIS_FAMILIES``: ``"gpt2"``,
+            Llama, Mistral, Qwen2/3, Gemma 1/2); other families raise ``UnsupportedModelError``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
         dtype: parameter dtype; bundled weights are stored in fp16 and upcast to this.
         verbose: show transformers' and TransformerLens's loading bars and notices.
@@ -168,16 +193,19 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
         dtype = _DTYPES[dtype]
     kind, source = resolve_source(name_or_path)
     dev = resolve_device(device)
-    with _quiet_loading(verbose):
+    with _quiet_loading(verbose), _offline(kind == "hub" and _hub_cached(source)):
         if kind != "hub" and "causal_nb_pruned" in json.loads((Path(source) / "config.json").read_text()):
             # A physically pruned folder: rebuild its per-layer shapes before loading weights.
             from transformers import AutoTokenizer  # noqa: PLC0415
 
+            from .bridge_fit import boot_bridge  # noqa: PLC0415
             from .pruning import load_pruned_hf  # noqa: PLC0415
 
             hf = load_pruned_hf(Path(source), dtype).to(dev)
-            bridge_kwargs = {"hf_model": hf, "tokenizer": AutoTokenizer.from_pretrained(source), **bridge_kwargs}
-        model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
+            model = boot_bridge(hf, source, AutoTokenizer.from_pretrained(source), contextlib.nullcontext)
+        else:
+            model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
     model.eval()
+    check_supported(model)
     model.causal_nb_source = {"kind": kind, "source": source, "name": str(name_or_path)}
     return model

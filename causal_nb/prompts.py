@@ -132,7 +132,7 @@ class PromptSet:
         tok = getattr(tokenizer_or_model, "tokenizer", tokenizer_or_model)
         if n_tokens < 2:
             raise ValueError(f"n_tokens must be at least 2, got {n_tokens}")
-        bos = tok.bos_token_id
+        bos = _bos_id(tok) if prepend_bos else tok.bos_token_id
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (bos or 0)
         rows, masks = [], []
         for pid, text in zip(self.ids, self.texts):
@@ -147,6 +147,16 @@ class PromptSet:
             masks.append([True] * len(ids) + [False] * (n_tokens - len(ids)))
             rows.append(ids + [pad_id] * (n_tokens - len(ids)))
         return TokenBatch(torch.tensor(rows), torch.tensor(masks), self.ids)
+
+
+def _bos_id(tok) -> int:
+    """The token prepended as BOS: the tokenizer's BOS, else its EOS (TransformerLens's
+    convention for tokenizers without one, e.g. OPT-style or Qwen's)."""
+    for tid in (tok.bos_token_id, tok.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    raise PromptSetError(f"the tokenizer {type(tok).__name__} has neither a BOS nor an EOS token to prepend; "
+                         "tokenize with prepend_bos=False, or set tokenizer.bos_token")
 
 
 def _fail(path: Path, lineno: int, msg: str) -> None:

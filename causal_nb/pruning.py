@@ -8,9 +8,10 @@ the surviving groups keep different numbers of query heads, the smaller ones are
 removed heads whose output weights are zeroed (exact, and never larger than the dense layer).
 The per-layer structure is
 stored in the config (``causal_nb_pruned``) so ``save_pruned`` folders load with ``load_model``.
-Assumes Hugging Face GPT-2 or Llama-style (q/k/v/o, gate/up/down) decoder layers. GPT-2 heads
-are zeroed rather than sliced even when ``physical=True`` (TransformerLens's GPT-2 bridge
-needs every layer to have the config's head count); its MLP neurons are sliced.
+Supports the families in ``causal_nb.families.PRUNING_FAMILIES`` (GPT-2 and the Llama-style
+q/k/v/o, gate/up/down decoders); others are refused by name. Head widths come from each
+attention module (``head_dim``), not ``hidden_size // n_heads``, which is wrong for Qwen3 and
+Gemma checkpoints. Sliced GPT-2 layers are booted through ``bridge_fit.boot_bridge``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch import nn
 
 from .checks import check_sparsity, check_table_fits, require_scores, strict
 
-__all__ = ["apply_structure", "prune", "prune_units", "save_pruned", "select_units"]
+__all__ = ["apply_structure", "hf_state", "load_pruned_hf", "plain_hf", "prune", "prune_units", "save_pruned",
+           "select_units"]
 
 
 def _hf(model):
@@ -43,24 +45,60 @@ def plain_hf(model):
     spec = getattr(wrapped.config, "causal_nb_pruned", None)
     if spec:
         apply_structure(hf, spec)
-    # The bridge registers aliases (ln1, attn.q...) beside the original modules: keep the HF names.
-    wanted = set(hf.state_dict())
-    state = {k.replace("._original_component", ""): v for k, v in wrapped.state_dict().items()}
-    state = {k: v for k, v in state.items() if k in wanted}
+    # The bridge registers aliases (ln1, attn.q...) beside the original modules: read the
+    # original modules' own tensors, under their Hugging Face names.
+    state = hf_state(wrapped)
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    missing = [m for m in missing if "lm_head" not in m]
+    # the bridge gives bias-free layers a zero bias (lm_head's b_U): dropping a zero bias is exact
+    unexpected = [u for u in unexpected if not (u.endswith(".bias") and not state[u].any())]
+    tied = bool(getattr(hf.config, "tie_word_embeddings", False))
+    missing = [m for m in missing if not (tied and m.startswith("lm_head."))]  # the embedding, when tied
     if missing or unexpected:
         raise RuntimeError(f"could not copy the bridge's weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
     hf.tie_weights()
     return hf.to(p.device).eval()
 
 
+def hf_state(wrapped) -> dict[str, torch.Tensor]:
+    """The Hugging Face state dict of a bridge-wrapped model: only its original modules' tensors.
+
+    The bridge replaces each wrapped module by a component that holds it as
+    ``_original_component`` next to bridge-only aliases (``ln1``, ``attn.q``...); walking
+    through the original components alone gives exactly the Hugging Face parameter names.
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(mod: nn.Module, prefix: str) -> None:
+        inner = mod._modules.get("_original_component")
+        if inner is not None:
+            walk(inner, prefix)
+            return
+        for n, t in mod._parameters.items():
+            if t is not None:
+                out[prefix + n] = t
+        for n, t in mod._buffers.items():
+            if t is not None and n not in mod._non_persistent_buffers_set:
+                out[prefix + n] = t
+        for n, c in mod._modules.items():
+            if c is not None:
+                walk(c, f"{prefix}{n}.")
+
+    walk(wrapped, "")
+    return out
+
+
 def _arch(hf) -> tuple[str, nn.ModuleList]:
+    from .families import check_supported  # noqa: PLC0415
+
+    check_supported(hf, "pruning")
     if hasattr(hf, "transformer") and hasattr(hf.transformer, "h"):
         return "gpt2", hf.transformer.h
-    if hasattr(hf, "model") and hasattr(hf.model, "layers") and hasattr(hf.model.layers[0], "self_attn"):
-        return "llama", hf.model.layers
-    raise NotImplementedError(f"pruning supports GPT-2 and Llama-style models, not {type(hf).__name__}")
+    return "llama", hf.model.layers
+
+
+def _head_dim(arch: str, layer: nn.Module) -> int:
+    """One head's width, read from the attention module (Qwen3/Gemma set it apart from d_model)."""
+    return layer.attn.head_dim if arch == "gpt2" else layer.self_attn.head_dim
 
 
 @strict
@@ -334,7 +372,7 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     MLP outputs zeroed otherwise; both equal zero-ablating the block, and any heads or neurons
     named for it are moot. Layer indices always refer to the unpruned model.
     """
-    from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415
+    from .bridge_fit import boot_bridge  # noqa: PLC0415
 
     if fill not in ("zero", "mean"):
         raise ValueError(f"fill must be 'zero' or 'mean', got {fill!r}")
@@ -352,8 +390,11 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     hf = plain_hf(model)
     arch, layers = _arch(hf)
     cfg = hf.config
+    if getattr(cfg, "causal_nb_pruned", None):
+        # its layer indices, head counts and added biases would need composing with the new cut
+        raise ValueError("this model is already pruned; prune the original model once, with the combined selection "
+                         "(prune_units(original, heads=..., neurons=...))")
     n_layers, n_heads = len(layers), cfg.num_attention_heads
-    dh = cfg.hidden_size // n_heads
     remove = {"head": {i: [] for i in range(n_layers)}, "neuron": {i: [] for i in range(n_layers)}}
     for kind, given in (("head", heads), ("neuron", neurons)):
         for layer, idx in (given or {}).items():
@@ -375,18 +416,13 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
         keep_h = [h for h in range(n_heads) if h not in set(remove["head"][i])]
         keep_n = [j for j in range(_n_neurons(arch, layer)) if j not in set(remove["neuron"][i])]
         entry = {"removed_heads": remove["head"][i], "removed_neurons": remove["neuron"][i], "fill": fill}
+        dh = _head_dim(arch, layer)
         if fill == "mean":
             entry.update(_compensate(arch, layer, remove["head"][i], remove["neuron"][i],
                                      means.get(f"blocks.{i}.attn.hook_z"), means.get(f"blocks.{i}.mlp.hook_post"), dh))
         if physical:
-            if arch == "gpt2":
-                # TransformerLens's GPT-2 bridge splits the fused QKV matrix by the config's head
-                # count, so GPT-2 heads stay in place with zeroed output weights (exact).
-                _zero(arch, layer, remove["head"][i], [], dh)
-                entry.update({"q_heads": None, "kv_heads": None, "kv_groups": None})
-            else:
-                entry.update(_slice_heads(arch, layer, keep_h, cfg) if remove["head"][i] else
-                             {"q_heads": None, "kv_heads": None, "kv_groups": None})
+            entry.update(_slice_heads(arch, layer, keep_h, cfg) if remove["head"][i] else
+                         {"q_heads": None, "kv_heads": None, "kv_groups": None})
             if remove["neuron"][i]:
                 _slice_neurons(arch, layer, keep_n)
             entry["neurons"] = keep_n if remove["neuron"][i] else None
@@ -398,11 +434,7 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     if physical or fill == "mean":  # the spec rebuilds the shapes (and added biases) on loading
         hf.config.causal_nb_pruned = spec
     src = getattr(model, "causal_nb_source", {})
-    with _quiet():
-        bridge = TransformerBridge.boot_transformers(src.get("source"), hf_model=hf, tokenizer=model.tokenizer,
-                                                     device=str(next(hf.parameters()).device),
-                                                     dtype=next(hf.parameters()).dtype)
-    bridge.eval()
+    bridge = boot_bridge(hf, src.get("source"), model.tokenizer, _quiet)
     bridge.causal_nb_source = {**src, "pruned": True}
     bridge.causal_nb_pruned = spec
     return bridge
@@ -436,7 +468,8 @@ def load_pruned_hf(folder: Path, dtype=torch.float32):
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    missing = [m for m in missing if "lm_head" not in m]  # tied to the embedding
+    tied = bool(getattr(hf.config, "tie_word_embeddings", False))
+    missing = [m for m in missing if not (tied and m.startswith("lm_head."))]  # the embedding, when tied
     if missing or unexpected:
         raise ValueError(f"{folder}: weights do not fit the pruned structure (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")

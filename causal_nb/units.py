@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["UNIT_KINDS", "Edit", "Unit", "enumerate_units", "unit_columns"]
+__all__ = ["UNIT_KINDS", "Edit", "Unit", "enumerate_units", "layer_shape", "unit_columns"]
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,30 @@ UNIT_KINDS: dict[str, tuple[tuple[str, ...], str | None, str]] = {
 }
 
 
-def _count(model, axis: str | None) -> int:
+def layer_shape(model, layer: int) -> dict[str, int]:
+    """Query heads, key/value heads and MLP neurons of one layer.
+
+    ``model.cfg`` holds the dense counts; a physically pruned model (``prune(...,
+    physical=True)``, or a ``save_pruned`` folder loaded back) has fewer in some layers, read
+    from its pruning spec. Indices on a pruned model run over its kept units (0..count-1).
+    """
     cfg = model.cfg
-    if axis == "head":
-        return cfg.n_heads
-    if axis == "kv_head":
-        return getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-    if axis == "neuron":
-        return cfg.d_mlp
-    return 1
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    out = {"n_heads": cfg.n_heads, "n_kv_heads": n_kv, "d_mlp": cfg.d_mlp}
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    spec = getattr(model, "causal_nb_pruned", None) or getattr(hf_cfg, "causal_nb_pruned", None)
+    if not spec or not spec.get("physical"):
+        return out
+    entry = spec["layers"][layer]
+    for key, field_ in (("n_heads", "q_heads"), ("n_kv_heads", "kv_heads"), ("d_mlp", "neurons")):
+        if entry.get(field_) is not None:
+            out[key] = len(entry[field_])
+    return out
+
+
+def _count(model, axis: str | None, layer: int) -> int:
+    key = {"head": "n_heads", "kv_head": "n_kv_heads", "neuron": "d_mlp"}.get(axis)
+    return layer_shape(model, layer)[key] if key else 1
 
 
 def unit_columns(kind: str, per_position: bool = False) -> list[str]:
@@ -107,7 +122,7 @@ def enumerate_units(model, kind: str, layers=None, positions=None, per_position:
     pos_groups = [(p,) for p in positions] if per_position else [tuple(positions) if positions is not None else None]
     units = []
     for layer in layers:
-        for i in range(_count(model, axis)):
+        for i in range(_count(model, axis, layer)):
             for pg in pos_groups:
                 index = (i,) if axis else ()
                 edits = tuple(Edit(h.format(l=layer), index, pg) for h in hooks)

@@ -16,20 +16,60 @@ _TEXT = (
     "The market rose as interest rates fell. The patient was given 5 mg of the drug twice a day.\n"
 )
 
+#: The architectures ``make_tiny_model`` can write (Hugging Face ``model_type`` names).
+TINY_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "opt", "gpt_neox")
+
+
+def _config(arch: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int | None, d_mlp: int,
+            head_dim: int | None, n_ctx: int, common: dict):
+    import transformers  # noqa: PLC0415
+
+    kv = n_kv_heads or n_heads
+    if arch == "gpt2":
+        return transformers.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_inner=d_mlp,
+                                       n_positions=n_ctx, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if arch == "bloom":
+        return transformers.BloomConfig(n_layer=n_layers, hidden_size=d_model, n_head=n_heads, **common)
+    if arch == "opt":
+        return transformers.OPTConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                                      ffn_dim=d_mlp, word_embed_proj_dim=d_model, max_position_embeddings=n_ctx,
+                                      dropout=0.0, attention_dropout=0.0, **common)
+    if arch == "gpt_neox":
+        return transformers.GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                                          intermediate_size=d_mlp, max_position_embeddings=n_ctx, rotary_pct=0.25,
+                                          use_parallel_residual=True, **common)
+    llama_like = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
+                  "gemma": "GemmaConfig", "gemma2": "Gemma2Config"}
+    if arch not in llama_like:
+        raise ValueError(f"unknown arch {arch!r}; use one of {TINY_ARCHS}")
+    extra = {"head_dim": head_dim} if head_dim else {}
+    if arch in ("gemma", "gemma2"):
+        extra.setdefault("head_dim", d_model // n_heads)
+    return getattr(transformers, llama_like[arch])(
+        num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads, num_key_value_heads=kv,
+        intermediate_size=d_mlp, max_position_embeddings=n_ctx, tie_word_embeddings=arch.startswith("gemma"),
+        **extra, **common)
+
 
 def make_tiny_model(folder: str | Path, arch: str = "gpt2", n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
                     n_kv_heads: int | None = None, d_mlp: int = 64, vocab_size: int = 300, n_ctx: int = 128,
-                    seed: int = 0) -> Path:
-    """Write a random-init GPT-2 or Llama folder with a small byte-level BPE tokenizer.
+                    seed: int = 0, head_dim: int | None = None, init_std: float | None = None) -> Path:
+    """Write a random-init model folder of one of ``TINY_ARCHS`` with a small byte-level BPE tokenizer.
 
     Args:
         folder: output folder (created).
-        arch: ``"gpt2"`` or ``"llama"``; Llama gets ``n_kv_heads`` key/value heads (GQA when
-            fewer than ``n_heads``).
+        arch: a Hugging Face ``model_type`` from ``TINY_ARCHS``. Llama-style families
+            (llama, mistral, qwen2, qwen3, gemma, gemma2) get ``n_kv_heads`` key/value heads
+            (GQA when fewer than ``n_heads``); BLOOM ignores ``d_mlp`` (it is 4 x ``d_model``).
+        head_dim: per-head width for the Llama-style families (default ``d_model // n_heads``;
+            Qwen3 and Gemma checkpoints often differ from that).
         seed: torch seed for the random weights.
+        init_std: redraw every weight from N(0, init_std) (vectors: 2 x init_std, norm
+            scales around 1), so norms and biases are not the library's identity init and a
+            test sees them; default keeps the library's init.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     from .tokenizer import SPECIAL, save_hf_tokenizer  # noqa: PLC0415
 
@@ -43,17 +83,16 @@ def make_tiny_model(folder: str | Path, arch: str = "gpt2", n_layers: int = 2, d
     tok.train_from_iterator([_TEXT] * 4, trainer=trainer)
     vocab = tok.get_vocab_size()
     common = {"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-    if arch == "gpt2":
-        cfg = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_inner=d_mlp, n_positions=n_ctx,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
-    elif arch == "llama":
-        cfg = LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                          num_key_value_heads=n_kv_heads or n_heads, intermediate_size=d_mlp,
-                          max_position_embeddings=n_ctx, tie_word_embeddings=False, **common)
-    else:
-        raise ValueError(f"unknown arch {arch!r}; use 'gpt2' or 'llama'")
+    cfg = _config(arch, n_layers, d_model, n_heads, n_kv_heads, d_mlp, head_dim, n_ctx, common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
+    if init_std:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                vec = p.dim() == 1
+                p.normal_(0.0, 2 * init_std if vec else init_std)
+                if vec and "norm" in name and not name.endswith("bias"):
+                    p.add_(0.0 if arch.startswith("gemma") else 1.0)  # Gemma's norms scale by 1 + weight
     model.save_pretrained(str(folder), safe_serialization=True)
     save_hf_tokenizer(tok, folder, model_max_length=n_ctx)
     return folder

@@ -27,3 +27,25 @@ def test_physical_equals_masked_on_bundled_models(bundled, tmp_path):
     cnb.save_pruned(phys, tmp_path / "p")
     with torch.no_grad():
         assert torch.allclose(cnb.load_model(tmp_path / "p")(tokens), b, atol=1e-5)
+
+
+def test_physical_gpt2_heads_are_sliced(tmp_path):
+    """code-gpt2-2l at 50% of heads: every removed head's Q/K/V columns and output rows go."""
+    from causal_nb.pruning import plain_hf
+
+    model = cnb.load_model("code-gpt2-2l", device="cpu")
+    heads = cnb.score(model, None, "magnitude", unit="head")
+    phys, masked = cnb.prune(model, heads, 0.5), cnb.prune(model, heads, 0.5, physical=False)
+    cfg, hf = model.cfg, plain_hf(phys)
+    removed = sum(len(s["removed_heads"]) for s in phys.causal_nb_pruned["layers"])
+    assert removed == cfg.n_layers * cfg.n_heads // 2
+    d, dh = cfg.d_model, cfg.d_head
+    n = lambda m: sum(p.numel() for p in plain_hf(m).parameters())  # noqa: E731
+    assert n(model) - n(phys) == removed * (3 * (d * dh + dh) + dh * d) and n(masked) == n(model)
+    for i, s in enumerate(phys.causal_nb_pruned["layers"]):
+        kept = cfg.n_heads - len(s["removed_heads"])
+        assert hf.transformer.h[i].attn.c_attn.weight.shape == (d, 3 * kept * dh)
+    tokens = prepare(model, cnb.load_prompts("python", split="test", n=4), 48).tokens
+    with torch.no_grad():
+        a, b = masked(tokens), phys(tokens)
+    assert (a - b).abs().max().item() < 1e-5 * max(1.0, a.abs().max().item())
