@@ -32,8 +32,9 @@ def head_outputs(model, prompts, n_tokens: int | None = None) -> tuple[np.ndarra
     rows, labels = [], []
     for layer, hook in enumerate(hooks):
         z = cap.acts[hook].float()[mask]  # [n_real, head, d_head]
-        out = torch.einsum("nhd,hdm->hnm", z, model.W_O[layer].detach().float())
-        for h in range(cfg.n_heads):
+        # this layer's own W_O: a physically pruned model's layers keep different head counts
+        out = torch.einsum("nhd,hdm->hnm", z, model.blocks[layer].attn.W_O.detach().float())
+        for h in range(out.shape[0]):
             rows.append(out[h].flatten().cpu().numpy())
             labels.append((layer, h))
     return np.stack(rows), labels

@@ -67,31 +67,31 @@ def _damage(values: np.ndarray, baseline: np.ndarray, metric) -> np.ndarray:
 
 def _weight_norms(model, unit: str, p: int) -> np.ndarray:
     """Norm of each unit's weights, layer-major in ``enumerate_units`` order."""
-    cfg = model.cfg
 
     def norm(w, dims):
         return torch.linalg.vector_norm(w.detach().float(), ord=p, dim=dims)
 
-    def gated():
+    def gated(mlp):
         try:
-            return model.W_gate
+            return mlp.W_gate
         except Exception:  # noqa: BLE001 - models without a gated MLP raise here
             return None
 
-    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-    group = cfg.n_heads // n_kv
-    # K/V weights are shared by a group of query heads under GQA: each head carries its share.
-    kv = (norm(model.W_K, (2, 3)) + norm(model.W_V, (2, 3))).repeat_interleave(group, dim=1) / group
-    heads = norm(model.W_Q, (2, 3)) + norm(model.W_O, (2, 3)) + kv  # [layer, head]
-    g = gated()
-    neurons = norm(model.W_in, 1) + norm(model.W_out, 2) + (norm(g, 1) if g is not None else 0)  # [layer, d_mlp]
+    heads, neurons = [], []
+    for blk in model.blocks:  # per layer: a physically pruned model's layers differ in shape
+        att, mlp = blk.attn, blk.mlp
+        # K/V weights are shared by a group of query heads under GQA: each head carries its share.
+        group = att.W_Q.shape[0] // att.W_K.shape[0]
+        kv = (norm(att.W_K, (1, 2)) + norm(att.W_V, (1, 2))).repeat_interleave(group) / group
+        heads.append(norm(att.W_Q, (1, 2)) + norm(att.W_O, (1, 2)) + kv)  # [head]
+        g = gated(mlp)
+        neurons.append(norm(mlp.W_in, 0) + norm(mlp.W_out, 1) + (norm(g, 0) if g is not None else 0))  # [d_mlp]
     if unit == "head":
-        return heads.flatten().numpy()
+        return torch.cat(heads).numpy()
     if unit == "neuron":
-        return neurons.flatten().numpy()
-    if unit == "mlp":
-        return neurons.sum(1).numpy()
-    return (heads.sum(1) + neurons.sum(1)).numpy()
+        return torch.cat(neurons).numpy()
+    mlps = torch.stack([n.sum() for n in neurons])
+    return mlps.numpy() if unit == "mlp" else (torch.stack([h.sum() for h in heads]) + mlps).numpy()
 
 
 def _unit_outputs(model, cap, unit: str):
@@ -101,7 +101,7 @@ def _unit_outputs(model, cap, unit: str):
     for layer in range(cfg.n_layers):
         if unit == "head":
             z = cap.acts[f"blocks.{layer}.attn.hook_z"]  # [batch pos head d_head]
-            out = torch.einsum("bphd,hdm->bphm", z.float(), model.W_O[layer].detach().float())
+            out = torch.einsum("bphd,hdm->bphm", z.float(), model.blocks[layer].attn.W_O.detach().float())
             rows.append(out.norm(dim=-1).permute(2, 0, 1))  # [head batch pos]
         elif unit == "neuron":
             rows.append(cap.acts[f"blocks.{layer}.mlp.hook_post"].float().abs().permute(2, 0, 1))

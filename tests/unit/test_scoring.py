@@ -52,6 +52,24 @@ def test_magnitude_of_neurons_includes_the_gate(llama):
     assert mlp_df.score.iloc[1] == pytest.approx(df[df.layer == 1].score.sum(), rel=1e-5)
 
 
+def test_magnitude_and_duplication_on_a_physically_pruned_model(tiny_dirs):
+    """Layers of a physically pruned GPT-2 keep different head and neuron counts: magnitude
+    reads each layer's own weights (checked against the sliced HF matrices)."""
+    gpt2 = cnb.load_model(tiny_dirs["gpt2"], device="cpu")
+    heads = cnb.score(gpt2, P, "magnitude", unit="head")
+    pruned = cnb.prune_units(gpt2, heads={0: [0, 1, 2]}, neurons={1: list(range(10))}, physical=True)
+    df = cnb.score(pruned, P, "magnitude", unit="head")
+    assert list(df.groupby("layer").size()) == [1, 4]
+    att = pruned.original_model.transformer.h[0].attn
+    d, dh = att.c_attn.weight.shape[0], gpt2.cfg.d_head
+    w = att.c_attn.weight  # Conv1D [d_model, 3 * kept * d_head]: q, k, v blocks of the kept head
+    want = sum(w[:, i * dh : (i + 1) * dh].norm() for i in range(3)) + att.c_proj.weight[:dh].norm()
+    assert w.shape[1] == 3 * dh and d == gpt2.cfg.d_model
+    assert df.score.iloc[0] == pytest.approx(want.item(), rel=1e-5)
+    assert len(cnb.score(pruned, P, "magnitude", unit="neuron")) == 64 + 54
+    assert len(cnb.score(pruned, P, "duplication", unit="head", n_tokens=N)) == 5
+
+
 @pytest.mark.parametrize("method", ["taylor", "fisher"])
 def test_gradient_methods_equal_the_head_mask_gradient(tiny_model, method):
     """dL/dm for a scalar mask m on one head's output, per prompt, by autograd (Michel et al.)."""
