@@ -56,7 +56,6 @@ def test_magnitude_and_duplication_on_a_physically_pruned_model(tiny_dirs):
     """Layers of a physically pruned GPT-2 keep different head and neuron counts: magnitude
     reads each layer's own weights (checked against the sliced HF matrices)."""
     gpt2 = cnb.load_model(tiny_dirs["gpt2"], device="cpu")
-    heads = cnb.score(gpt2, P, "magnitude", unit="head")
     pruned = cnb.prune_units(gpt2, heads={0: [0, 1, 2]}, neurons={1: list(range(10))}, physical=True)
     df = cnb.score(pruned, P, "magnitude", unit="head")
     assert list(df.groupby("layer").size()) == [1, 4]
