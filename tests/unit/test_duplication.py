@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import causal_nb as cnb
 from causal_nb.duplication import duplicate_clusters, head_outputs, head_similarity, uniqueness
@@ -9,11 +8,45 @@ from causal_nb.duplication import duplicate_clusters, head_outputs, head_similar
 P = ["def add(a, b): return a + b and more", "int main() { return 0; } // xx"]
 
 
+def reference_outputs(model, texts, n):
+    """Each head's z_h @ W_O[h] over the real positions, from run_with_cache: [layer*head, features]."""
+    from plain_refs import plain_tokens
+
+    tokens, mask = plain_tokens(model, texts, n)
+    _, cache = model.run_with_cache(tokens)
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][mask].detach().numpy()  # [real, head, d_head]
+        w = model.W_O[layer].detach().numpy()  # [head, d_head, d_model]
+        rows += [(z[:, h] @ w[h]).ravel() for h in range(model.cfg.n_heads)]
+    return np.stack(rows)
+
+
+# the second prompt is shorter than 8 tokens: its padding must be left out
+P_PAD = [P[0], "x = 1"]
+
+
 def test_head_outputs_by_hand(tiny_model):
-    x, labels = head_outputs(tiny_model, P, n_tokens=8)
-    _, cache = tiny_model.run_with_cache(cnb.PromptSet.from_texts(P).tokenize(tiny_model, 8).tokens)
-    want = (cache["blocks.1.attn.hook_z"][:, :, 3] @ tiny_model.W_O[1, 3]).flatten()
-    assert torch.allclose(torch.tensor(x[labels.index((1, 3))]), want, atol=1e-5)
+    x, labels = head_outputs(tiny_model, P_PAD, n_tokens=8)
+    want = reference_outputs(tiny_model, P_PAD, 8)
+    assert labels == [(la, h) for la in range(tiny_model.cfg.n_layers) for h in range(tiny_model.cfg.n_heads)]
+    assert x.shape == want.shape and np.allclose(x, want, atol=1e-5)
+
+
+def test_similarities_and_duplication_score_against_scipy(tiny_model):
+    from scipy.spatial.distance import cdist
+
+    ref = reference_outputs(tiny_model, P_PAD, 8)
+    cos = 1 - cdist(ref, ref, "cosine")
+    assert np.allclose(head_similarity(tiny_model, P_PAD, "cosine", n_tokens=8).to_numpy(), cos, atol=1e-5)
+    euc = cdist(ref, ref, "euclidean")
+    assert np.allclose(head_similarity(tiny_model, P_PAD, "euclidean", n_tokens=8).to_numpy(), euc,
+                       atol=1e-4 * euc.max())
+    off = np.where(np.eye(len(cos), dtype=bool), -np.inf, cos)
+    want = 1 - off.max(1)
+    df = cnb.score(tiny_model, P_PAD, "duplication", unit="head", n_tokens=8)
+    assert np.allclose(df.score, want, atol=1e-5)
+    assert want.std() > 1e-3  # heads differ, so a mixed-up order would show
 
 
 def test_similarity_kinds(tiny_model):
@@ -47,9 +80,6 @@ def test_clusters_and_representatives():
         duplicate_clusters(sim, selection="random")
 
 
-def test_duplication_score(tiny_model):
-    df = cnb.score(tiny_model, P, "duplication", unit="head", n_tokens=8)
-    sim = head_similarity(tiny_model, P, n_tokens=8)
-    assert np.allclose(df.score, uniqueness(sim))
+def test_duplication_score_is_heads_only(tiny_model):
     with pytest.raises(ValueError, match="heads only"):
         cnb.score(tiny_model, P, "duplication", unit="neuron")

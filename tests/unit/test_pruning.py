@@ -110,9 +110,10 @@ def test_evaluate_full_and_pruned(tiny_model):
 
 
 def test_mean_fill_equals_mean_ablation_masked_physical_and_saved(tiny_model, tmp_path):
-    # Mean ablation done by hooks (the means taken the same way, over the reference prompts'
-    # real positions) against the pruned model whose output biases absorbed the means.
-    from causal_nb.patching import mean_activations, prepare
+    # Reference: the means from run_with_cache and a masked numpy mean over the reference
+    # prompts' real positions (their lengths differ at prune's 64 tokens, so padding matters),
+    # and one plain forward that mean-ablates the removed units with hooks.
+    from plain_refs import plain_tokens
 
     ref_prompts = P[::-1]
     tokens = cnb.PromptSet.from_texts(P).tokenize(tiny_model, 8).tokens
@@ -121,15 +122,22 @@ def test_mean_fill_equals_mean_ablation_masked_physical_and_saved(tiny_model, tm
     masked = prune(tiny_model, [hs, ns], 0.5, physical=False, fill="mean", reference=ref_prompts)
     phys = prune(tiny_model, [hs, ns], 0.5, physical=True, fill="mean", reference=ref_prompts)
     spec = masked.causal_nb_pruned["layers"]
-    n_l = tiny_model.cfg.n_layers
-    hooks = [f"blocks.{i}.attn.hook_z" for i in range(n_l)] + [f"blocks.{i}.mlp.hook_post" for i in range(n_l)]
+    ref_tokens, ref_mask = plain_tokens(tiny_model, ref_prompts, 64)
+    assert not ref_mask.all()
     with torch.no_grad():
-        means = mean_activations(tiny_model, prepare(tiny_model, ref_prompts, 64), hooks)
+        _, cache = tiny_model.run_with_cache(ref_tokens)
+    m = ref_mask.numpy()
+
+    def mean_of(name):
+        a = cache[name].numpy()
+        return torch.tensor(a[m].mean(0))  # real positions only: [head, d_head] or [d_mlp]
 
     def fill(name, idx):
+        mean = mean_of(name)
+
         def fn(act, hook):
             act = act.clone()
-            act[:, :, idx] = means[name][0, 0, idx].to(act.dtype)
+            act[:, :, idx] = mean[idx].to(act.dtype)
             return act
 
         return fn

@@ -112,11 +112,36 @@ def test_activation_norm_by_hand(tiny_model):
     assert df[(df.layer == 0) & (df["head"] == 1)].score.item() == pytest.approx(want, rel=1e-5)
 
 
+def patching_reference(model):
+    """One forward per head with the clean run's hook_z slice replaced by the corrupted run's,
+    log-probabilities by hand: [head, prompt] damage = clean logprob - patched logprob."""
+    from plain_refs import hand_logprob, head_edits, hook_loop, plain_tokens
+
+    clean, mask = plain_tokens(model, P, N)
+    corr, _ = plain_tokens(model, X, N)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(corr)
+        base = hand_logprob(model(clean), clean, mask)
+    patched = hook_loop(model, clean, head_edits(model, cache), lambda lg: hand_logprob(lg, clean, mask))
+    want = (base[None] - patched).numpy()
+    assert np.abs(want).max() > 1e-4  # the heads matter, so the comparison means something
+    return want
+
+
+X = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)", "x = [i for i in y]"]
+
+
 def test_patching_score_is_the_metric_drop(tiny_model):
-    x = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)", "x = [i for i in y]"]
-    s = cnb.score(tiny_model, P, "patching", unit="head", corrupted=x, n_tokens=N)
-    p = cnb.patch(tiny_model, P, x, unit="head", direction="noise", n_tokens=N, progress=False)
-    assert np.allclose(s.score, p.attrs["clean"] - p.value, atol=1e-6)
+    s = cnb.score(tiny_model, P, "patching", unit="head", corrupted=X, n_tokens=N)
+    assert np.allclose(s.score, patching_reference(tiny_model).mean(1), atol=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="score(method='patching'/'ablation') subtracts the mean-over-prompts clean "
+                                        "baseline from each prompt's value, so per_prompt mixes prompts (the mean "
+                                        "score is right)")
+def test_patching_score_per_prompt_is_each_prompts_drop(tiny_model):
+    s = cnb.score(tiny_model, P, "patching", unit="head", corrupted=X, n_tokens=N)
+    assert np.allclose(s.attrs["per_prompt"].to_numpy(), patching_reference(tiny_model), atol=1e-5)
 
 
 def test_random_is_seeded_and_names_are_checked(tiny_model):

@@ -1,0 +1,71 @@
+"""Independent references for the unit tests: TransformerLens hooks, one full forward per
+intervention, metrics computed by hand with ``torch.log_softmax``.
+
+Nothing here calls causal_nb's engine, metrics, patching or tokenisation code, so a test that
+compares the kit with these helpers compares it with an independent computation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def plain_tokens(model, texts, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BOS + each text's tokens (TransformerLens's ``to_tokens``), cut to ``n`` and right-padded.
+
+    Returns:
+        (tokens [batch, pos], mask [batch, pos], True at real tokens).
+    """
+    rows = [model.to_tokens(t, prepend_bos=True)[0, :n] for t in texts]
+    pos = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.full((len(rows), pos), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), pos, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)], mask[i, : len(r)] = r, True
+    dev = next(model.parameters()).device
+    return tokens.to(dev), mask.to(dev)
+
+
+def hand_logprob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per prompt: mean over positions with a real next token of log p(next token), float64."""
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]
+    m = mask[:, 1:].to(lp.dtype)
+    return ((lp * m).sum(1) / m.sum(1)).double()
+
+
+def replace(index: tuple, source: torch.Tensor):
+    """A forward hook setting ``act[:, :, *index]`` to ``source``'s values (any broadcastable shape)."""
+    def fn(act, hook):
+        act = act.clone()
+        sl = (slice(None), slice(None), *index)
+        act[sl] = source.to(act.dtype).expand_as(act)[sl]
+        return act
+
+    return fn
+
+
+@torch.no_grad()
+def hook_loop(model, tokens: torch.Tensor, interventions, metric) -> torch.Tensor:
+    """One full forward per intervention.
+
+    Args:
+        interventions: a list; each item is a list of ``(hook name, index, source)`` replaced
+            together in that forward.
+        metric: ``logits -> [batch]``.
+
+    Returns:
+        [intervention, batch] float64.
+    """
+    out = []
+    for edits in interventions:
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(h, replace(idx, src)) for h, idx, src in edits])
+        out.append(metric(logits).double().cpu())
+    return torch.stack(out)
+
+
+def head_edits(model, source_cache, layers=None) -> list:
+    """One intervention per head (layer-major): its ``hook_z`` slice from ``source_cache``."""
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    return [[(f"blocks.{la}.attn.hook_z", (h,), source_cache[f"blocks.{la}.attn.hook_z"])]
+            for la in layers for h in range(model.cfg.n_heads)]
