@@ -136,12 +136,25 @@ def test_patching_score_is_the_metric_drop(tiny_model):
     assert np.allclose(s.score, patching_reference(tiny_model).mean(1), atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="score(method='patching'/'ablation') subtracts the mean-over-prompts clean "
-                                        "baseline from each prompt's value, so per_prompt mixes prompts (the mean "
-                                        "score is right)")
 def test_patching_score_per_prompt_is_each_prompts_drop(tiny_model):
     s = cnb.score(tiny_model, P, "patching", unit="head", corrupted=X, n_tokens=N)
     assert np.allclose(s.attrs["per_prompt"].to_numpy(), patching_reference(tiny_model), atol=1e-5)
+
+
+def test_ablation_score_per_prompt_with_the_loss_metric(tiny_model):
+    """Each prompt's damage is its own loss rise (the baseline is that prompt's, not the mean)."""
+    s = cnb.score(tiny_model, P, "ablation", unit="mlp", kind="zero", metric="loss", n_tokens=N)
+    tokens = prepare(tiny_model, P, N).tokens
+
+    def loss(lg):
+        return -torch.log_softmax(lg[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0].mean(1)
+
+    with torch.no_grad():
+        base = loss(tiny_model(tokens))
+        abl = loss(tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_out",
+                                                                 lambda a, hook: torch.zeros_like(a))]))
+    assert (base - base.mean()).abs().max() > 1e-3  # prompts differ, so a mean baseline would show
+    assert np.allclose(s.attrs["per_prompt"].to_numpy()[1], (abl - base).numpy(), atol=1e-5)
 
 
 def test_random_is_seeded_and_names_are_checked(tiny_model):
