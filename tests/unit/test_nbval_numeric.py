@@ -275,7 +275,7 @@ def test_nbval_uses_the_tolerant_comparison():
 
         def run(*extra):
             r = subprocess.run([sys.executable, "-m", "pytest", str(nb), "--nbval", "--nbval-current-env",
-                                "--nbval-cell-timeout", "60", "-p", "no:cacheprovider", "-q", *extra],
+                                "--nbval-cell-timeout", "120", "--nbval-kernel-startup-timeout", "180", "-p", "no:cacheprovider", "-q", *extra],
                                cwd=REPO, capture_output=True, text=True, timeout=300)
             return r.stdout + r.stderr
 
