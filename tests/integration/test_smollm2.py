@@ -141,7 +141,6 @@ def test_layer_units_exact_against_transformer_lens(smol, pair, unit, act):
     assert torch.allclose(torch.tensor(df.value.values), ref.double(), atol=ATOL)
 
 
-@pytest.mark.skip(reason="not yet run to completion on the loaded 2-core machine at the deadline (smol helper); drop this skip after one passing run")
 def test_neuron_ablation_exact_against_a_hook_loop(smol, pair):
     """Zero-ablating the last layer's neurons; the metric reads one position, so the kit's sweep
     of all 1536 stays cheap. Compared on a spread of 16 neurons (neurons of earlier layers, whose
@@ -159,7 +158,6 @@ def test_neuron_ablation_exact_against_a_hook_loop(smol, pair):
         assert torch.allclose(ours, ref, atol=ATOL), (layer, (ours - ref).abs().max())
 
 
-@pytest.mark.skip(reason="not yet run to completion on the loaded 2-core machine at the deadline (smol helper); drop this skip after one passing run")
 def test_head_mean_ablation_exact_against_a_hook_loop(smol, pair):
     cb, _, cache = pair
     layer = 20
@@ -170,7 +168,6 @@ def test_head_mean_ablation_exact_against_a_hook_loop(smol, pair):
     assert torch.allclose(torch.tensor(df.value.values), ref, atol=ATOL)
 
 
-@pytest.mark.skip(reason="not yet run to completion on the loaded 2-core machine at the deadline (smol helper); drop this skip after one passing run")
 def test_physical_equals_masked_pruning(smol, pair, tmp_path):
     """Uneven GQA groups (layer 3 keeps 1/2/3 heads of its 3 groups; layer 20 loses one head),
     neurons and a whole block; logits to 1e-5 relative to the logit scale (float32 summation
