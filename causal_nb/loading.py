@@ -10,6 +10,7 @@ naming the bundled models and how to point at a local folder.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 
 from .families import check_supported
-from .zoo import MODELS_DIR, SPECS, bundled_models, model_card
+from .zoo import MODELS_DIR, SPECS, bundled_models, model_card, pretrained
 
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
 
@@ -34,14 +35,17 @@ class ModelNotAvailableError(RuntimeError):
 
 
 def list_models(cards: bool = False):
-    """Bundled model names, the default first; with ``cards=True`` a DataFrame of their cards.
+    """Model names that load offline: the bundled ones (default first), then the pretrained ones
+    whose package is installed (``zoo.pretrained.PRETRAINED``); with ``cards=True`` a DataFrame.
 
     Args:
-        cards: return one row per model with shape, training tokens and held-out losses.
+        cards: return one row per model (``source`` is ``"bundled"`` or ``"pretrained"``) with its
+            shape; bundled rows add training tokens and held-out losses, pretrained rows the
+            package, licence and how the weights were made.
     """
     names = bundled_models()
     if not cards:
-        return names
+        return names + pretrained.available_pretrained()
     import pandas as pd  # noqa: PLC0415
 
     rows = []
@@ -51,7 +55,11 @@ def list_models(cards: bool = False):
                      "train_tokens": c["training"]["tokens"],
                      **{f"loss_{d}": v for d, v in c["heldout_loss"].items()},
                      **{f"unigram_{d}": v for d, v in c["unigram_loss"].items()},
-                     "max_induction": c["induction"]["max_induction"]})
+                     "max_induction": c["induction"]["max_induction"], "source": "bundled"})
+    for n in pretrained.available_pretrained():
+        c = pretrained.pretrained_card(n)
+        rows.append({"model": n, "architecture": c["architecture"], **c["shape"], "source": "pretrained",
+                     "package": f"{c['package']} {c['package_version']}", "licence": c["licence"]})
     return pd.DataFrame(rows)
 
 
@@ -83,10 +91,14 @@ def _hub_cached(name: str) -> bool:
 
 
 def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
-    """Where a model comes from: ``("bundled"|"local"|"hub", path_or_name)``.
+    """Where a model comes from: ``("bundled"|"pretrained"|"local"|"hub", path_or_name)``.
+
+    A pretrained name (``zoo.pretrained``) is converted to a cached HF folder on first use.
 
     Raises:
-        ModelNotAvailableError: a hub name while the hub is unreachable and nothing is cached.
+        ModelNotAvailableError: a hub name while the hub is unreachable and nothing is cached; a
+            pretrained model whose package is missing or whose file is damaged; a near-miss of a
+            known name (with the suggestion).
     """
     name = str(name_or_path)
     if name in SPECS:
@@ -97,11 +109,20 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
                 f"run `python -m causal_nb.zoo.train --model {name}` (bundled and present: {bundled_models()})"
             )
         return "bundled", str(folder)
+    if name in pretrained.PRETRAINED:
+        try:
+            return "pretrained", str(pretrained.ensure_folder(name))
+        except pretrained.PretrainedModelError as e:
+            raise ModelNotAvailableError(str(e)) from None
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotAvailableError(f"{path} has no config.json: point at a folder written by `save_pretrained`")
         return "local", str(path)
+    close = difflib.get_close_matches(name, [*SPECS, *pretrained.PRETRAINED], n=1, cutoff=0.85)
+    if close and "/" not in name:  # a typo of a known name, not a hub id ("org/model")
+        raise ModelNotAvailableError(f"unknown model {name!r}: did you mean {close[0]!r}? "
+                                     f"(known offline: {', '.join([*SPECS, *pretrained.PRETRAINED])})")
     if _hub_cached(name):
         return "hub", name  # loaded offline, for this one load only (see _offline)
     if not _hub_reachable():

@@ -67,7 +67,12 @@ def bundled_models() -> list[str]:
 
 
 def model_card(name: str) -> dict:
-    """The card (corpus, shape, training, held-out loss, induction scores) of a bundled model."""
+    """The card (corpus, shape, training, held-out loss, induction scores) of a bundled model,
+    or of a pretrained one (package, file sha256, licence, weights: `pretrained.pretrained_card`)."""
+    from .pretrained import PRETRAINED, pretrained_card  # noqa: PLC0415 - the registry imports this module
+
+    if name in PRETRAINED:
+        return pretrained_card(name)
     path = MODELS_DIR / name / "card.json"
     if not path.exists():
         raise ValueError(f"no bundled model named {name!r}; bundled: {bundled_models()}")

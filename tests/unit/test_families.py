@@ -197,7 +197,7 @@ def test_physically_pruned_model_is_analysed_per_layer(fam, tmp_path):
             w = cb.mask[:, 1:].float()
             ref.append(((lp * w).sum(1) / w.sum(1)).mean().item())
     assert torch.allclose(torch.tensor(df.value.values), torch.tensor(ref, dtype=torch.float64), atol=1e-5)
-    ev = evaluate(phys, P, reference=model, n_tokens=N, latency_batches=())
+    ev = evaluate(phys, P, full_model=model, n_tokens=N, latency_batches=())
     assert ev["params"] < evaluate(model, P, n_tokens=N, latency_batches=())["params"] and ev["kl"] > 0
 
 

@@ -36,7 +36,7 @@ for arch in ("gpt2", "llama"):
     cnb.score(m, C, "eap-ig", unit="head", corrupted=X, steps=2, n_tokens=8)
     cnb.score(m, C, "activation", unit="neuron", n_tokens=8)
     cnb.reverse_intervention(m, C, X, top_k=3, n_tokens=8, progress=False)
-    cnb.evaluate(m, C, reference=m, n_tokens=8, latency_batches=())
+    cnb.evaluate(m, C, full_model=m, n_tokens=8, latency_batches=())
 print("PATH OK")
 """
 
