@@ -17,9 +17,12 @@ BUNDLED = list(SPECS)
 
 
 def test_bundled_models_are_listed_default_first():
-    assert cnb.list_models() == BUNDLED
+    from causal_nb.zoo.pretrained import available_pretrained
+
+    assert cnb.list_models() == BUNDLED + available_pretrained()  # bundled (default first), then pretrained
     cards = cnb.list_models(cards=True)
-    assert list(cards.model) == BUNDLED and (cards.loss_python < cards.unigram_python).all()
+    bundled = cards[cards.source == "bundled"]
+    assert list(bundled.model) == BUNDLED and (bundled.loss_python < bundled.unigram_python).all()
 
 
 def test_zoo_fits_the_size_budget():
