@@ -128,7 +128,7 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
     if not _hub_reachable():
         raise ModelNotAvailableError(
             f"cannot load {name!r}: the Hugging Face hub is not reachable from this machine and the model is not "
-            f"in the local cache. Use a bundled model ({', '.join(bundled_models()) or 'none trained'}), or download "
+            f"in the local cache. Use a model that loads offline ({', '.join(list_models()) or 'none installed'}), or download "
             f"the model elsewhere with `save_pretrained(folder)` and call load_model('/path/to/folder')."
         )
     return "hub", name
