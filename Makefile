@@ -48,7 +48,7 @@ demo: install browser
 NBRUN := build/nbval
 test: install browser
 	rm -rf $(NBRUN) && mkdir -p $(NBRUN) && cp -r notebooks token_sets scores $(NBRUN)/ && rm -rf $(NBRUN)/notebooks/runs
-	TQDM_DISABLE=1 $(PY) -m pytest tests $(NBRUN)/notebooks $(NBVAL)
+	TQDM_DISABLE=1 $(PY) -m pytest tests $(NBRUN)/notebooks $(NBVAL) --durations=20
 
 test-fast: install
 	TQDM_DISABLE=1 $(PY) -m pytest tests/unit
