@@ -109,10 +109,11 @@ def unigram_loss(counts: np.ndarray, batch: TokenBatch) -> float:
 
 
 def _as_hf(model):
-    """The plain Hugging Face model: a bridge's is copied out (once per call), a plain one is used as is."""
+    """The plain Hugging Face model: a bridge's is rebuilt around its own tensors (read-only
+    uses: counting, timing), a plain one is used as is."""
     from .pruning import plain_hf  # noqa: PLC0415
 
-    return plain_hf(model) if hasattr(model, "original_model") else model
+    return plain_hf(model, share=True) if hasattr(model, "original_model") else model
 
 
 def _params(model) -> int:
@@ -267,7 +268,8 @@ def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batche
     hf = _as_hf(model)  # one copy for the parameter count and every timing
     out["params"] = _params(hf)
     out["flops_per_token"] = flops_per_token(hf, latency_tokens)
-    for i, b in enumerate(tqdm(latency_batches, desc="latency", disable=not progress_enabled(progress), leave=False)):
+    bar = progress_enabled(progress) and len(latency_batches) > 0
+    for i, b in enumerate(tqdm(latency_batches, desc="latency", disable=not bar, leave=False)):
         ms = latency_ms(hf, b, latency_tokens, repeats)
         out[f"latency_ms_b{b}"] = ms
         if i == 0:

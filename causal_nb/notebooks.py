@@ -41,10 +41,38 @@ def build(src: Path, execute: bool = True, timeout: int = 1200) -> Path:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(out.parent)}}).execute()
     nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
+    seconds = {}
+    for i, cell in enumerate(nb.cells):
+        ex = cell.metadata.pop("execution", None)
+        if ex and "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+            seconds[i] = round((_time(ex["shell.execute_reply"]) - _time(ex["iopub.execute_input"])), 2)
     nbformat.write(nb, out)
+    if execute:
+        record_timings(src, seconds)
     return out
+
+
+def _time(stamp: str) -> float:
+    from datetime import datetime  # noqa: PLC0415
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+TIMINGS = SRC / "timings.json"
+
+
+def record_timings(src: Path, seconds: dict[int, float]) -> None:
+    """Write each code cell's execution time (s) of this build to ``notebooks/src/timings.json``
+    with the source's hash and the machine's CPU count: the evidence for the notebooks' time
+    budget (tests/unit/test_notebook_budget.py), kept out of the notebooks so a rebuild of an
+    unchanged source changes no notebook."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    data[src.name] = {"source_sha256": source_hash(src), "cpus": os.cpu_count(),
+                      "cells": {str(k): v for k, v in seconds.items()}, "total": round(sum(seconds.values()), 1)}
+    TIMINGS.write_text(json.dumps(dict(sorted(data.items())), indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

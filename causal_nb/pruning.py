@@ -16,6 +16,7 @@ Gemma checkpoints. Sliced GPT-2 layers are booted through ``bridge_fit.boot_brid
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -34,21 +35,37 @@ def _hf(model):
     return model.original_model if hasattr(model, "original_model") else model
 
 
-def plain_hf(model):
+def _no_init():
+    """Skip the random initialisation of a model whose every weight is loaded next (SmolLM2:
+    seconds per copy); a no-op where this transformers version lacks the switch."""
+    try:
+        from transformers.initialization import no_init_weights  # noqa: PLC0415
+    except ImportError:  # older transformers: the weights are initialised, then overwritten
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def plain_hf(model, share: bool = False):
     """A plain Hugging Face copy of a bridge's model (the bridge wraps the original modules in
-    place, so its ``original_model`` cannot be sliced or saved as is)."""
+    place, so its ``original_model`` cannot be sliced or saved as is).
+
+    Args:
+        share: hold the bridge's own tensors instead of copies (no memory cost; for read-only
+            uses such as counting parameters or timing a forward, never for editing).
+    """
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     wrapped = _hf(model)
     p = next(wrapped.parameters())
-    hf = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config), dtype=p.dtype)
+    with _no_init():
+        hf = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config), dtype=p.dtype)
     spec = getattr(wrapped.config, "causal_nb_pruned", None)
     if spec:
         apply_structure(hf, spec)
     # The bridge registers aliases (ln1, attn.q...) beside the original modules: read the
     # original modules' own tensors, under their Hugging Face names.
     state = hf_state(wrapped)
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing, unexpected = hf.load_state_dict(state, strict=False, assign=share)
     # the bridge gives bias-free layers a zero bias (lm_head's b_U): dropping a zero bias is exact
     unexpected = [u for u in unexpected if not (u.endswith(".bias") and not state[u].any())]
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))
@@ -462,7 +479,8 @@ def load_pruned_hf(folder: Path, dtype=torch.float32):
 
     cfg = AutoConfig.from_pretrained(str(folder))
     spec = json.loads((folder / "config.json").read_text())["causal_nb_pruned"]
-    hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    with _no_init():
+        hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     apply_structure(hf, spec)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):

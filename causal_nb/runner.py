@@ -28,12 +28,19 @@ NOTEBOOKS = REPO / "notebooks"
 # Parameters per profile; each notebook receives the ones its `parameters` cell declares.
 # The code prompts are file chunks of 53 to ~130 tokens (80 test and 160 train per domain): at
 # 64 tokens nearly all fill every position, which paired patching needs, so the profiles grow
-# in prompts, not length. Every profile sets N_PROMPTS, so notebook 02 scores on 16/48/80 prompts
-# (exact ablation of every neuron of both models included) where its committed default is 8.
+# in prompts, not length. Every profile sets N_PROMPTS and N_NEURON_PROMPTS, so notebook 02
+# scores heads and neurons on 16/48/80 prompts (exact ablation of every neuron of both models
+# included) where its committed defaults are 8 and 4, and every profile sweeps all the
+# selection methods in notebook 03 where the committed notebook sweeps a subset.
+_SWEEP = {"SWEEP_HEAD_METHODS": ["ablation", "attribution", "attribution-abs", "acdc", "taylor", "fisher", "magnitude",
+                                 "random"],
+          "SWEEP_NEURON_METHODS": ["ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude", "random"]}
 PROFILES: dict[str, dict] = {
-    "demo": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 16, "N_TOKENS": 64},
-    "standard": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 48, "N_EVAL_PROMPTS": 48, "N_TOKENS": 64},
-    "full": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 80, "N_EVAL_PROMPTS": 80, "N_TOKENS": 64},
+    "demo": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 16, "N_NEURON_PROMPTS": 16, "N_TOKENS": 64, **_SWEEP},
+    "standard": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 48, "N_NEURON_PROMPTS": 48, "N_EVAL_PROMPTS": 48,
+                 "N_TOKENS": 64, **_SWEEP},
+    "full": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 80, "N_NEURON_PROMPTS": 80, "N_EVAL_PROMPTS": 80,
+             "N_TOKENS": 64, **_SWEEP},
 }
 
 

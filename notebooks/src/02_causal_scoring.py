@@ -19,21 +19,23 @@
 # duplication asks whether another head does the same job. Scores are saved to `SCORES_DIR`
 # for the pruning sweep, and the methods' rankings are compared.
 #
-# The committed notebook (re-run by the test suite) scores on 8 prompts so that every cell
-# stays under about a minute on 2 CPU cores; exact mean ablation of every MLP neuron, one run
-# per neuron, is most of that time and grows with the prompts. The run profiles score on more
-# (`python -m causal_nb run --profile demo|standard|full`: 16, 48, 80 prompts).
+# The committed notebook (re-run by the test suite) scores heads on 8 prompts and neurons on 4
+# so that every cell stays under about a minute on 2 CPU cores: exact mean ablation of every
+# MLP neuron, one run per neuron, is most of the time and grows with the prompts. The run
+# profiles score both on more (`python -m causal_nb run --profile demo|standard|full`: 16, 48,
+# 80 prompts).
 
 # %% tags=["parameters"]
 MODELS = ["code-llama-4l", "code-gpt2-2l"]  # models scored in this run (bundled names, folders or hub names)
 SEED = 0  # seed for everything random
 DOMAIN = "python"  # prompts the scores are about (train split)
 CORRUPT_DOMAIN = "cpp"  # prompts whose activations replace DOMAIN's in "patching"
-N_PROMPTS = 8  # prompts (8 keep this notebook light; the run profiles use 16, 48 or 80)
+N_PROMPTS = 8  # prompts for the head scores (8 keep this notebook light; the run profiles use 16, 48 or 80)
+N_NEURON_PROMPTS = 4  # prompts for the neuron scores (exact ablation runs the model once per neuron; profiles: 16, 48, 80)
 N_TOKENS = 64  # tokens per prompt, BOS included
 HEAD_METHODS = ["ablation", "patching", "attribution", "attribution-abs", "eap-ig", "acdc", "taylor", "fisher", "magnitude", "activation", "duplication", "random"]  # head scores
 ACDC_THRESHOLD = 0.1  # ACDC walk: a head is removed when that raises the KL by less than this (nats); its score is the rise it caused
-NEURON_METHODS = ["ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude", "activation", "random"]  # neuron scores ("ablation": one exact run per neuron, ~80 s for code-llama-4l's 2752 at 16 prompts on 2 CPU cores)
+NEURON_METHODS = ["ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude", "activation", "random"]  # neuron scores ("ablation": one exact run per neuron, ~60 s for code-llama-4l's 2752 at 4 prompts on 2 CPU cores)
 DEVICE = "auto"  # "auto", "cpu" or "cuda"
 SCORES_DIR = "../scores"  # where scores are written: <dir>/<model>/<domain>/<method>_<unit>.json
 OUT_DIR = "runs/manual"  # where this notebook writes its other outputs
@@ -51,14 +53,14 @@ print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
 scores, models = {}, {}
 
 
-def score_all(name, unit, methods):
-    """Score `name`'s units of one kind by each method and save the tables."""
+def score_all(name, unit, methods, n):
+    """Score `name`'s units of one kind by each method on `n` prompts and save the tables."""
     if name not in models:
         models[name] = cnb.load_model(name, device=DEVICE)
     model = models[name]
     # patching pairs prompt i of each domain position by position: take prompts that fill N_TOKENS
-    prompts = cnb.load_prompts(DOMAIN, split="train").fitting(model, N_TOKENS).head(N_PROMPTS)
-    corrupted = cnb.load_prompts(CORRUPT_DOMAIN, split="train").fitting(model, N_TOKENS).head(N_PROMPTS)
+    prompts = cnb.load_prompts(DOMAIN, split="train").fitting(model, N_TOKENS).head(n)
+    corrupted = cnb.load_prompts(CORRUPT_DOMAIN, split="train").fitting(model, N_TOKENS).head(n)
     extra = {"patching": {"corrupted": corrupted}, "eap-ig": {"corrupted": corrupted},
              "acdc": {"threshold": ACDC_THRESHOLD}}
     for method in methods:
@@ -69,18 +71,18 @@ def score_all(name, unit, methods):
 
 
 for name in MODELS:
-    score_all(name, "head", HEAD_METHODS)
+    score_all(name, "head", HEAD_METHODS, N_PROMPTS)
 print(f"{len(scores)} head score tables written under {SCORES_DIR}")
 
 # %% [markdown]
 # MLP neurons, one model per cell: exact mean ablation runs the model once per neuron.
 
 # %%
-score_all(MODELS[0], "neuron", NEURON_METHODS)
+score_all(MODELS[0], "neuron", NEURON_METHODS, N_NEURON_PROMPTS)
 
 # %%
 for name in MODELS[1:]:
-    score_all(name, "neuron", NEURON_METHODS)
+    score_all(name, "neuron", NEURON_METHODS, N_NEURON_PROMPTS)
 print(f"{len(scores)} score tables written under {SCORES_DIR}")
 
 # %% [markdown]

@@ -26,8 +26,8 @@ MODELS = ["code-llama-4l", "code-gpt2-2l"]  # models pruned (scores for each mus
 SEED = 0  # seed for everything random
 DOMAIN = "python"  # domain the scores were computed on
 EVAL_DOMAINS = ["python", "cpp"]  # test splits evaluated
-HEAD_METHODS = ["ablation", "attribution", "attribution-abs", "acdc", "taylor", "fisher", "magnitude", "random"]  # head selection methods compared
-NEURON_METHODS = ["ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude", "random"]  # neuron selection methods compared
+SWEEP_HEAD_METHODS = ["ablation", "attribution-abs", "acdc", "taylor", "magnitude", "random"]  # head selection methods compared (the run profiles add attribution and fisher)
+SWEEP_NEURON_METHODS = ["ablation", "attribution-abs", "taylor", "magnitude", "random"]  # neuron selection methods compared (the profiles add attribution and fisher)
 REFERENCE = "ablation"  # the causal method (exact mean-ablation KL) tested against the others (H1, H2)
 SPARSITIES = [0.1, 0.25, 0.5, 0.8]  # shares of units removed
 N_EVAL_PROMPTS = 16  # evaluation prompts per domain
@@ -49,15 +49,27 @@ from causal_nb.scoring import load_scores, scores_path
 info = cnb.setup(seed=SEED)
 print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
 
+# %% [markdown]
+# Heads first, then neurons: one sweep per unit kind (each cell of a sweep is one model, method
+# and sparsity; finished cells are read back on a rerun).
+
 # %%
-plan = {"head": HEAD_METHODS, "neuron": NEURON_METHODS}
-parts = []
-for unit, methods in plan.items():
+plan = {"head": SWEEP_HEAD_METHODS, "neuron": SWEEP_NEURON_METHODS}
+parts = {}
+
+
+def sweep_unit(unit):
     config = cnb.SweepConfig(out=f"{OUT_DIR}/sweep/{unit}", models=MODELS, domain=DOMAIN, eval_domains=EVAL_DOMAINS,
-                             n_eval_prompts=N_EVAL_PROMPTS, n_tokens=N_TOKENS, methods=methods, units=[unit],
+                             n_eval_prompts=N_EVAL_PROMPTS, n_tokens=N_TOKENS, methods=plan[unit], units=[unit],
                              sparsities=SPARSITIES, seeds=[SEED], physical=PHYSICAL, scores_dir=SCORES_DIR)
-    parts.append(cnb.sweep(config, resume=True, progress=False))
-results = pd.concat(parts, ignore_index=True)
+    parts[unit] = cnb.sweep(config, resume=True, progress=False)
+
+
+sweep_unit("head")
+
+# %%
+sweep_unit("neuron")
+results = pd.concat(parts.values(), ignore_index=True)
 print(f"{len(results)} cells")
 
 # %%

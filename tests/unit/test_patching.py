@@ -180,7 +180,12 @@ def test_stack_size_follows_the_memory_budget(tiny_model):
 
     from causal_nb.engine import copy_bytes, stack_size
 
-    assert stack_size(tiny_model, 16, 64, 63, 8) == 1  # CPU: no stacking unless asked
+    # CPU: no stacking where the rows at the unembedding already fill a weight read (16 x 63)...
+    assert stack_size(tiny_model, 16, 64, 63, 8) == 1
+    # ...but few rows per read (one scored position of 2 prompts) are stacked up to 256 rows
+    assert stack_size(tiny_model, 2, 64, 1, 8) == 8  # one layer's units at most
+    assert stack_size(tiny_model, 2, 64, 1, 500) == 64
+    assert stack_size(tiny_model, 4, 64, 16, 500) == 4
     assert stack_size(tiny_model, 16, 64, 63, 8, requested=3) == 3
     per = copy_bytes(tiny_model, 16, 64, 63)
     assert stack_size(tiny_model, 16, 64, 63, 8, memory_budget_mb=per * 2.5 / 2**20) == 2
