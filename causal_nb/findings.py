@@ -22,14 +22,14 @@ __all__ = ["ALPHA", "BUILTIN", "derive_acdc", "derive_h1", "derive_h2", "derive_
 ALPHA = 0.05  # significance level of the H2 verdicts (Holm-corrected p-values)
 
 
-def fmt_p(p: float) -> str:
+def fmt_p(p) -> str:
     """A p-value for a sentence: ``"p < 0.001"``, ``"p = 0.031"``, ``"p = 1"``."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "p = n/a"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"
 
 
-def _n(x: float, digits: int = 2) -> str:
+def _n(x, digits: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
@@ -115,7 +115,7 @@ def derive_h1(rows, reference: str = "exact ablation") -> list[dict]:
              "table": table, "figures": ["head_importance"]}]
 
 
-def verdict(ratio: float, p_holm: float, alpha: float = ALPHA) -> str:
+def verdict(ratio, p_holm, alpha: float = ALPHA) -> str:
     """``"significantly more"``, ``"more, not significantly"`` or ``"not more"``: did the
     reference retain more quality than a method (ratio reference / method, one-sided
     Holm-corrected p-value)?"""

@@ -44,7 +44,8 @@ import pandas as pd
 from . import findings as fd
 from .io import atomic_write_text, save_json
 
-__all__ = ["FOLD_ROWS", "FindingsError", "save_findings", "validate_findings", "write_report"]
+__all__ = ["FOLD_ROWS", "FindingsError", "collect", "html_table", "md_table", "save_findings", "validate_findings",
+           "write_report"]
 
 FOLD_ROWS = 12  # tables longer than this are folded in <details>
 FIELDS = {"title", "text", "table", "figure"}
@@ -189,11 +190,16 @@ def _param(run: Path, meta: dict, prefix: str, name: str):
     return None
 
 
-def collect(run: Path, expected=None) -> dict:
+def collect(run, expected=None) -> dict:
     """Everything the report shows, read from a run folder (no file is written)."""
     run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist (python -m causal_nb run writes runs/<timestamp>/)")
     problems: list = []
     meta = (_read_json(run / "run.json", problems) if (run / "run.json").exists() else None) or {}
+    if not isinstance(meta, dict):
+        problems.append(("run.json", f"holds a {type(meta).__name__}, not the run's record (an object)"))
+        meta = {}
     done, names = _notebooks(run, meta, expected)
     files = {p.name: p for p in run.iterdir() if p.is_file()}
     data = {n: _read_json(files[n], problems) for n in sorted(files) if n[:2].isdigit() and n.endswith(".json")}
@@ -384,7 +390,7 @@ def write_report(run, expected=None) -> tuple[Path, Path]:
             + (f"; parameters <code>{e(_params(meta['parameters']))}</code>" if meta.get("parameters") else "") + "</p>",
             "<h2>Findings</h2>"]
     if not c["findings"]:
-        md.append("No findings: none of the result files the report reads is in this run folder.")
+        md += ["No findings: none of the result files the report reads is in this run folder.", ""]
         body.append("<p>No findings: none of the result files the report reads is in this run folder.</p>")
     for f in c["findings"]:
         src, nb = f["source"], _notebook_link(run, f["notebook"])
