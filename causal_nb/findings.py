@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pandas as pd
 
@@ -86,8 +85,8 @@ def derive_token_sets(rows) -> list[dict]:
         table.append({"token_set": r["token_set"], "own_domain": own, "other_domain": other,
                       "log_mass_own": r[f"on {own}"], "log_mass_other": r[f"on {other}"], "separation_nats": round(sep, 4),
                       "mass_ratio": round(math.exp(sep), 4)})
-    text = "On held-out prompts, " + "; ".join(parts) + "."
-    return [{"title": "Token sets: domain separation", "text": text[0].upper() + text[1:],
+    text = "\n".join(f"On held-out prompts, {p}." for p in parts)
+    return [{"title": "Token sets: domain separation", "text": text,
              "table": table or df.to_dict(orient="records"), "figures": ["token_set_bars"]}]
 
 
@@ -205,9 +204,8 @@ BUILTIN: dict[str, str] = {
 }
 
 
-def sparsities_from_results(path: Path) -> dict:
+def sparsities_from_results(df: pd.DataFrame) -> dict:
     """``(model, unit) -> highest sparsity`` of a sweep table (``03_results.csv``)."""
-    df = pd.read_csv(path)
     if not {"model", "unit", "sparsity"} <= set(df.columns):
         return {}
     return {k: float(v) for k, v in df.groupby(["model", "unit"]).sparsity.max().items()}

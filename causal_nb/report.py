@@ -228,9 +228,8 @@ def collect(run, expected=None) -> dict:
     elif data.get("02_agreement_with_ablation.json") is not None:
         guarded("02_agreement_with_ablation.json", fd.derive_h1, data["02_agreement_with_ablation.json"])
     if isinstance(hyp, dict) and hyp.get("h2_at_max_sparsity"):
-        sp = {}
-        if csvs.get("03_results.csv") is not None and "03_results.csv" in files:
-            sp = fd.sparsities_from_results(files["03_results.csv"])
+        res = csvs.get("03_results.csv")
+        sp = fd.sparsities_from_results(res) if res is not None else {}
         dom = _param(run, meta, "03", "DOMAIN")
         guarded("03_hypotheses.json", fd.derive_h2, hyp["h2_at_max_sparsity"], reference=ref or "causal (reference)",
                 sparsities=sp, quality="top-1 agreement with the full model" + (f" on held-out {dom} prompts" if dom else ""))

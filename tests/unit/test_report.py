@@ -193,9 +193,9 @@ def test_h1_token_sets_and_summary_findings(full_run):
     assert (f"On m-a heads (16 units), attribution-abs ranks units most like the reference (ablation) "
             f"(Spearman {best['spearman']:.2f}, top-4 overlap {best['topk_overlap']:.2f}) and random least "
             f"(Spearman {worst['spearman']:.2f})") in text
-    assert "the cpp token set (against python) separates the domains: log mass -6.47 on cpp prompts vs -7.53 on " \
+    assert "On held-out prompts, the cpp token set (against python) separates the domains: log mass -6.47 on cpp prompts vs -7.53 on " \
            "python prompts, +1.06 nats (2.9x the mass)" in text
-    assert "the python token set (against cpp) does NOT separate the domains" in text
+    assert "On held-out prompts, the python token set (against cpp) does NOT separate the domains" in text
     assert "3.43 nats on python against 6.50 for the unigram baseline" in text
     assert "threshold 0.1 removes 9 of 16 units (held-out top-1 agreement 0.51" in text
 
