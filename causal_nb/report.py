@@ -24,8 +24,9 @@ its number), a JSON list of objects with the fields
 - ``"text"``: str, required: the finding in plain words with its numbers (each line a paragraph).
 - ``"table"``: optional list of records (objects of column -> JSON scalar), shown below the text.
 - ``"figure"``: optional str, a path relative to the run folder (``"graphs/ioi.png"``):
-  ``.png``/``.jpg``/``.svg`` shown inline, ``.html`` iframed (a same-named PNG beside
-  an HTML figure is shown inline as well).
+  ``.png``/``.jpg``/``.gif``/``.svg`` shown inline (embedded), ``.html`` linked and iframed.
+  Either way a same-named image and HTML page beside it are both used (``save_figure``
+  writes ``<name>.html`` and, where it can, ``<name>.png``).
 
 Write it with ``save_findings(findings, f"{OUT_DIR}/06_findings.json")``, which checks the
 schema. The report shows these findings in notebook order among the built-in ones.
@@ -111,6 +112,8 @@ def validate_findings(findings, source: str = "findings") -> list[dict]:
             if not isinstance(p, str) or not p or Path(p).is_absolute() or ".." in Path(p).parts:
                 raise FindingsError(f"{where}: field 'figure' must be a path relative to the run folder "
                                     f"(e.g. 'graphs/x.png'), got {p!r}")
+            if Path(p).suffix.lower() not in (".html", *IMAGES):
+                raise FindingsError(f"{where}: field 'figure' must name a {', '.join(IMAGES)} or .html file, got {p!r}")
             g["figure"] = p
         out.append(g)
     return out
@@ -329,11 +332,12 @@ def md_table(t, title: str | None = None) -> str:
     return text
 
 
-def _figure_paths(run: Path, f: dict, graphs: list[str]) -> list[str]:
+def _figure_paths(f: dict, graphs: list[str]) -> list[str]:
+    """A finding's figures as paths without suffix: notebook 04's that belong to it (where
+    written) and its own ``figure``."""
     out = [f"graphs/{s}" for s in f.get("figures", []) if s in graphs]
     if f.get("figure"):
-        out.append(str(Path(f["figure"]).with_suffix("")) if Path(f["figure"]).suffix in (".html", *IMAGES)
-                   else f["figure"])
+        out.append(Path(f["figure"]).with_suffix("").as_posix())
     return out
 
 
@@ -360,7 +364,8 @@ def _figure_html(run: Path, base: str) -> str:
 def _figure_md(run: Path, base: str) -> list[str]:
     name = Path(base).name
     img = next((f"{base}{s}" for s in IMAGES if (run / f"{base}{s}").exists()), None)
-    out = [f"- [{name}]({base}.html)" if (run / f"{base}.html").exists() else f"- {name}"]
+    out = [f"- [{name}]({base}.html)" if (run / f"{base}.html").exists() else
+           f"- {name}" + ("" if img else f" (figure {base} is missing from the run folder)")]
     return out + (["", f"  ![{name}]({img})"] if img else [])
 
 
@@ -402,7 +407,7 @@ def write_report(run, expected=None) -> tuple[Path, Path]:
         if f.get("table"):
             md += [md_table(f["table"], f"{f['title']} table"), ""]
             body.append(html_table(f["table"], f"{f['title']} table"))
-        for base in _figure_paths(run, f, c["graphs"]):
+        for base in _figure_paths(f, c["graphs"]):
             if base in used:  # a figure several findings share is shown with the first
                 continue
             used.add(base)

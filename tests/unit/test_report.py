@@ -263,12 +263,16 @@ def test_malformed_files_are_listed_not_fatal(full_run):
     (full_run / "02_agreement_with_ablation.json").write_text('{"model": ')
     (full_run / "05_findings.json").write_text(json.dumps([{"title": "x", "txt": "typo"}]))
     (full_run / "00_summary.json").write_text(json.dumps({"model": "m", "losses": "not rows"}))
+    save_findings([{"title": "Lost figure", "text": "t", "figure": "graphs/gone.png"}], full_run / "07_findings.json")
     md, html = write_report(full_run)
     missing = md.read_text().split("## Missing from this run")[1].split("## Notebooks")[0]
     assert "`02_agreement_with_ablation.json` not readable as JSON (" in missing
+    assert "`00_summary.json` has an unexpected layout (ValueError" in missing
     assert "`05_findings.json` breaks the findings schema: 05_findings.json[0]: unknown field(s) ['txt']" in missing
     assert "H2 on m-a heads" in md.read_text()  # the readable files still give their findings
     assert "The model on its prompts" not in md.read_text()
+    assert "figure graphs/gone is missing from the run folder" in finding_blocks(html.read_text())["Lost figure"]
+    assert "gone (figure graphs/gone is missing from the run folder)" in md.read_text()
     with pytest.raises(FileNotFoundError, match="run folder .*nowhere does not exist"):
         write_report(full_run / "nowhere")
 
@@ -288,6 +292,7 @@ def test_save_findings_checks_the_schema(tmp_path):
         ([{"title": "t", "text": "x", "figure": "/abs/f.png"}], r"field 'figure' must be a path relative"),
         ([{"title": "t", "text": "x", "figure": "../f.png"}], r"field 'figure' must be a path relative"),
         (["just text"], r"\[0\]: a finding must be an object"),
+        ([{"title": "t", "text": "x", "figure": "graphs/f.pdf"}], r"must name a .png, .*or .html file, got 'graphs/f.pdf'"),
     ]
     for bad, match in cases:
         with pytest.raises(FindingsError, match=match):
