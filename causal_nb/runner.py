@@ -6,6 +6,8 @@ copy installed with the package, or ``--notebooks DIR``) is executed in order in
 into those notebooks that declare them. Notebooks hand results to each other only through
 paths under the run folder (``OUT_DIR``). A failed notebook stops the run with the failing cell
 shown; finished notebooks are marked, so ``--resume`` (with the same parameters) skips them.
+After the series, and after a failed notebook too, ``write_report`` (``causal_nb.report``)
+writes ``report.md`` and ``report.html``: findings first, then notebooks and tables.
 """
 
 from __future__ import annotations
