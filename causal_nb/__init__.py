@@ -40,6 +40,7 @@ from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass
 from .patching import ablate, patch
 from .prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .pruning import prune, prune_units, save_pruned
+from .report import save_findings
 from .reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path
 from .scoring import METHODS, score
 from .sweep import SweepConfig, sweep
@@ -78,6 +79,7 @@ __all__ = [
     "prune",
     "prune_units",
     "reverse_intervention",
+    "save_findings",
     "save_json",
     "save_pruned",
     "score",

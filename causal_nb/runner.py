@@ -6,6 +6,8 @@ copy installed with the package, or ``--notebooks DIR``) is executed in order in
 into those notebooks that declare them. Notebooks hand results to each other only through
 paths under the run folder (``OUT_DIR``). A failed notebook stops the run with the failing cell
 shown; finished notebooks are marked, so ``--resume`` (with the same parameters) skips them.
+After the series, and after a failed notebook too, ``write_report`` (``causal_nb.report``)
+writes ``report.md`` and ``report.html``: findings first, then notebooks and tables.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import time
 from pathlib import Path
 
 from .io import atomic_write_text, save_json
+from .report import write_report
 
 __all__ = ["PROFILES", "copy_notebooks", "default_notebooks_dir", "finished_notebooks", "notebook_parameters", "packaged_notebooks_dir",
-           "run_series", "series"]
+           "run_series", "series", "write_report"]
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -219,12 +222,13 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
             pm.execute_notebook(str(nb), str(run / nb.name), parameters=nb_params, cwd=str(nb.parent),
                                 progress_bar=progress, kernel_name="python3")
         except pm.PapermillExecutionError as e:
+            write_report(run, [p.name for p in nbs])  # what finished so far, the failed notebook named
             raise RunError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                           f"partial outputs are in {run}; the executed notebook is {run / nb.name}") from None
+                           f"partial outputs (and report.html) are in {run}; the executed notebook is {run / nb.name}") from None
         log.append({"notebook": nb.name, "seconds": round(time.time() - t0, 1), "parameters": nb_params})
         atomic_write_text(marker, json.dumps(log[-1]))
         _record(run, profile, params)
-    write_report(run)
+    write_report(run, [p.name for p in nbs])
     return run
 
 
@@ -234,58 +238,3 @@ def _record(run: Path, profile: str, params: dict) -> None:
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     save_json({"profile": meta.get("profile", profile), "parameters": meta.get("parameters", params),
                "notebooks": list(finished_notebooks(run).values())}, run / "run.json")
-
-
-def _tables(run: Path) -> list:
-    import pandas as pd  # noqa: PLC0415
-
-    out = []
-    for f in sorted(run.glob("[0-9][0-9]_*.json")):
-        data = json.loads(f.read_text())
-        parts = data.items() if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()) \
-            else [("", data)]
-        for key, rows in parts:
-            if isinstance(rows, dict):
-                rows = rows.get("losses", [rows])
-            if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-                out.append((f"{f.stem}{' - ' + key if key else ''}", pd.DataFrame(rows)))
-    return out
-
-
-def write_report(run: Path) -> tuple[Path, Path]:
-    """``report.md`` and ``report.html`` in the run folder: the notebooks run (with time and
-    parameters), every result table the notebooks saved, and links to the figures."""
-    import html as _html  # noqa: PLC0415
-
-    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {"notebooks": []}
-    md = [f"# causal_nb run `{run.name}`", "", f"Profile: `{meta.get('profile', '?')}`", "", "## Notebooks", "",
-          "| notebook | seconds | parameters |", "|---|---|---|"]
-    md += [f"| [{n['notebook']}]({n['notebook']}) | {n['seconds']} | `{n['parameters']}` |" for n in meta["notebooks"]]
-    body = [f"<h1>causal_nb run {_html.escape(run.name)}</h1>", "<h2>Notebooks</h2><ul>"]
-    body += [f"<li><a href='{n['notebook']}'>{n['notebook']}</a> ({n['seconds']} s)</li>" for n in meta["notebooks"]]
-    body.append("</ul>")
-    for title, df in _tables(run):
-        md += ["", f"## {title}", "", df.round(4).to_markdown(index=False) if _has_tabulate() else
-               "```\n" + df.round(4).to_string(index=False) + "\n```"]
-        body += [f"<h2>{_html.escape(title)}</h2>", df.round(4).to_html(index=False)]
-    figs = sorted((run / "graphs").glob("*.html")) if (run / "graphs").exists() else []
-    if figs:
-        md += ["", "## Figures", ""]
-        for f in figs:  # the static PNG inline where one was written, the interactive HTML linked
-            png = f.with_suffix(".png")
-            md += [f"- [{f.stem}](graphs/{f.name})"] + (["", f"  ![{f.stem}](graphs/{png.name})"] if png.exists() else [])
-        body += ["<h2>Figures</h2>"] + [f"<h3>{f.stem}</h3><iframe src='graphs/{f.name}' width='100%' height='520' "
-                                        "frameborder='0'></iframe>" for f in figs]
-    (run / "report.md").write_text("\n".join(md) + "\n")
-    (run / "report.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>causal_nb run</title>"
-                                     "</head><body>" + "\n".join(body) + "</body></html>\n")
-    return run / "report.md", run / "report.html"
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401, PLC0415
-
-        return True
-    except ImportError:
-        return False
