@@ -33,7 +33,7 @@ API vocabulary (one meaning per name, everywhere):
 from . import plotting, stats, views, widgets
 from .acdc import acdc, acdc_sweep
 from .env import progress_enabled, setup
-from .evaluation import domain_losses, evaluate, prompt_losses, token_set_mass
+from .evaluation import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .io import load_json, save_json
 from .loading import ModelNotAvailableError, list_models, load_model, model_card
 from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass
@@ -48,6 +48,7 @@ from .sweep import SweepConfig, sweep
 __version__ = "0.1.0"
 
 __all__ = [
+    "FullModelRun",
     "METHODS",
     "METRICS",
     "ModelNotAvailableError",
@@ -64,6 +65,7 @@ __all__ = [
     "available_domains",
     "domain_losses",
     "evaluate",
+    "full_model_run",
     "list_models",
     "load_json",
     "load_model",

@@ -7,6 +7,7 @@ Losses are mean next-token cross-entropy in nats over real (unpadded) tokens; po
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import Tensor
 from .checks import check_n_tokens, strict
 from .prompts import PromptSet, TokenBatch, as_prompt_set
 
-__all__ = ["domain_losses", "evaluate", "flops_per_token", "latency_ms", "peak_memory_mb", "prompt_losses", "token_losses",
+__all__ = ["FullModelRun", "domain_losses", "evaluate", "flops_per_token", "full_model_run", "latency_ms", "peak_memory_mb", "prompt_losses", "token_losses",
            "token_set_mass", "unigram_counts", "unigram_loss"]
 
 
@@ -217,6 +218,42 @@ def peak_memory_mb(model, batch_size: int, n_tokens: int = 128, repeats: int = 3
     return float(np.median(out))
 
 
+@dataclass(frozen=True)
+class FullModelRun:
+    """The unpruned model's log-probs on one token batch, computed once and compared with many
+    pruned models (``evaluate(pruned, prompts, full_model=run)``; a sweep does this per domain).
+
+    Attributes:
+        tokens: the batch it was computed on, [batch, pos] (checked against each use).
+        logprobs: log-softmax at every position but the last, [batch, pos - 1, vocab], float32.
+    """
+
+    tokens: Tensor
+    logprobs: Float[Tensor, "batch scored vocab"]
+
+    def logprobs_for(self, batch: TokenBatch) -> Tensor:
+        if tuple(batch.tokens.shape) != tuple(self.tokens.shape) or \
+                not torch.equal(batch.tokens.cpu(), self.tokens.cpu()):
+            raise ValueError("full_model= was computed on other prompts (or another n_tokens) than the ones evaluated: "
+                             "make it with full_model_run(model, the same prompts, the same n_tokens)")
+        return self.logprobs
+
+
+@strict
+@torch.no_grad()
+def full_model_run(model, prompts, n_tokens: int = 64) -> FullModelRun:
+    """The unpruned ``model``'s log-probs on ``prompts``, for several ``evaluate`` calls."""
+    from .patching import prepare, scored_batch  # noqa: PLC0415
+
+    if isinstance(model, FullModelRun):
+        return model
+    if not callable(model) or not hasattr(model, "parameters"):
+        raise TypeError(f"full_model= is the unpruned model (or its full_model_run), got {type(model).__name__}")
+    pb = prepare(model, prompts, n_tokens)
+    ref = model(pb.tokens, return_type="logits")[:, scored_batch(pb).positions]
+    return FullModelRun(pb.tokens.cpu(), torch.log_softmax(ref.float(), -1))
+
+
 @strict
 @torch.no_grad()
 def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batches=(1, 32), latency_tokens: int = 128,
@@ -226,7 +263,8 @@ def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batche
     Args:
         prompts: PromptSet or list of strings.
         full_model: the unpruned model, for ``kl`` and ``top1_agreement`` (KL(full_model ||
-            model) and the share of positions with the same top-1 token); NaN without one.
+            model) and the share of positions with the same top-1 token); NaN without one. Its
+            ``full_model_run`` on the same prompts saves a forward when many models are compared.
         reference: refused. It was this function's name for ``full_model``; everywhere else in
             the kit ``reference=`` is the prompts a mean ablation averages over.
         progress: a bar over the timed batch sizes (default: ``causal_nb.progress_enabled()``).
@@ -256,10 +294,9 @@ def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batche
     per = get_metric("loss")(logits, scored)
     out["loss"] = float(per.mean())
     if full_model is not None:
-        if not callable(full_model) or not hasattr(full_model, "parameters"):
-            raise TypeError(f"full_model= is the unpruned model, got {type(full_model).__name__}")
-        ref = full_model(pb.tokens.to(next(full_model.parameters()).device), return_type="logits")[:, scored.positions]
-        scored.ref_logprobs = torch.log_softmax(ref.float(), -1).to(logits.device)
+        if not isinstance(full_model, FullModelRun):
+            full_model = full_model_run(full_model, pb)
+        scored.ref_logprobs = full_model.logprobs_for(pb).to(logits.device)
         kl = get_metric("kl")(logits, scored)
         top1 = get_metric("top1")(logits, scored)
         out["kl"], out["top1_agreement"] = float(kl.mean()), float(top1.mean())

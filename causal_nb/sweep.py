@@ -139,6 +139,7 @@ class _Context:
         self.cfg, self.root = cfg, root
         self.models: dict = {}
         self.scores: dict = {}
+        self.runs: dict = {}
 
     def model(self, name):
         from .loading import load_model  # noqa: PLC0415
@@ -146,6 +147,17 @@ class _Context:
         if name not in self.models:
             self.models[name] = load_model(name, device=self.cfg.device)
         return self.models[name]
+
+    def full_run(self, name, domain):
+        """The unpruned model's log-probs on a domain's evaluation prompts, once per process."""
+        from .evaluation import full_model_run  # noqa: PLC0415
+        from .prompts import load_prompts  # noqa: PLC0415
+
+        key = (name, domain)
+        if key not in self.runs:
+            self.runs[key] = full_model_run(self.model(name), load_prompts(domain, split="test", n=self.cfg.n_eval_prompts),
+                                            n_tokens=self.cfg.n_tokens)
+        return self.runs[key]
 
     def scoring_prompts(self, cell) -> tuple:
         """The scoring prompts of a cell and the extra ``score`` arguments (``corrupted``).
@@ -213,7 +225,7 @@ def run_cell(ctx: _Context, cell: dict) -> dict:
                    fill=cfg.fill, reference=reference, n_tokens=cfg.n_tokens)
     row = dict(cell)
     for d in cfg.eval_domains:
-        ev = evaluate(pruned, load_prompts(d, split="test", n=cfg.n_eval_prompts), full_model=model,
+        ev = evaluate(pruned, load_prompts(d, split="test", n=cfg.n_eval_prompts), full_model=ctx.full_run(cell["model"], d),
                       n_tokens=cfg.n_tokens, latency_batches=(1, 32) if cfg.latency else ())
         for k, v in ev.items():
             row[f"{d}_{k}" if k not in ("params",) and not k.startswith("latency") else k] = v

@@ -77,3 +77,29 @@ def test_evaluate_reports_cost_columns(tiny_model):
                        latency_batches=(1, 4), latency_tokens=16, repeats=1)
     assert out["flops_per_token"] > 0 and out["latency_ms_b4"] > 0
     assert out["peak_memory_mb"] >= 0 or np.isnan(out["peak_memory_mb"])
+
+
+def test_full_model_run_is_the_full_models_kl_reference(tiny_model):
+    """KL and top-1 agreement by hand (HF-free: log-softmax of both models' logits), equal
+    whether evaluate is given the full model or its precomputed run; other prompts refused."""
+    prompts = ["def f(x): return x + 1", "int main() { return 0; }", "for i in range(3): print(i)"]
+    pruned = cnb.prune_units(tiny_model, {0: [0, 1], 1: [0, 1]}, physical=False)
+    tb = cnb.patching.prepare(tiny_model, prompts, 8)
+    with torch.no_grad():
+        p_full = torch.log_softmax(tiny_model(tb.tokens, return_type="logits")[:, :-1].double(), -1)
+        p_pruned = torch.log_softmax(pruned(tb.tokens, return_type="logits")[:, :-1].double(), -1)
+    valid = tb.mask[:, 1:]
+    kl_pos = (p_full.exp() * (p_full - p_pruned)).sum(-1)
+    kl = ((kl_pos * valid).sum(-1) / valid.sum(-1)).mean().item()
+    agree = ((p_full.argmax(-1) == p_pruned.argmax(-1)) & valid).sum(-1) / valid.sum(-1)
+    kw = {"n_tokens": 8, "latency_batches": ()}
+    direct = cnb.evaluate(pruned, prompts, full_model=tiny_model, **kw)
+    run = cnb.full_model_run(tiny_model, prompts, n_tokens=8)
+    cached = cnb.evaluate(pruned, prompts, full_model=run, **kw)
+    assert kl > 1e-4 and math.isclose(direct["kl"], kl, rel_tol=2e-3) and math.isclose(cached["kl"], kl, rel_tol=2e-3)
+    assert cached["kl"] == direct["kl"]  # the same float32 numbers, one forward fewer
+    assert math.isclose(cached["top1_agreement"], agree.mean().item(), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="other prompts"):
+        cnb.evaluate(pruned, prompts[:2], full_model=run, **kw)
+    with pytest.raises(ValueError, match="other prompts"):
+        cnb.evaluate(pruned, prompts, full_model=run, n_tokens=6, latency_batches=())
