@@ -99,31 +99,31 @@ def holm(pvalues) -> np.ndarray:
 
 
 @strict
-def paired_tests(per_prompt: dict[str, np.ndarray], reference: str, alternative: str = "greater") -> pd.DataFrame:
-    """Wilcoxon signed-rank tests of ``reference`` vs every other method on paired prompts.
+def paired_tests(per_prompt: dict[str, np.ndarray], reference_method: str, alternative: str = "greater") -> pd.DataFrame:
+    """Wilcoxon signed-rank tests of ``reference_method`` vs every other method on paired prompts.
 
     Args:
         per_prompt: method -> per-prompt quality (same prompts, same order).
-        reference: the method tested against the others (e.g. the causal one).
-        alternative: ``"greater"``: reference retains more quality.
+        reference_method: the method tested against the others (e.g. the causal one).
+        alternative: ``"greater"``: reference_method retains more quality.
 
     Returns:
         One row per other method: mean difference with its bootstrap CI, the Wilcoxon
         statistic, raw and Holm-adjusted p-values.
     """
-    if reference not in per_prompt:
-        raise ValueError(f"reference {reference!r} is not among {sorted(per_prompt)}")
-    ref = np.asarray(per_prompt[reference], float)
+    if reference_method not in per_prompt:
+        raise ValueError(f"reference {reference_method!r} is not among {sorted(per_prompt)}")
+    ref = np.asarray(per_prompt[reference_method], float)
     rows = []
     for name, vals in per_prompt.items():
-        if name == reference:
+        if name == reference_method:
             continue
         d = ref - np.asarray(vals, float)
         if len(d) != len(ref):
-            raise ValueError(f"{name} has {len(d)} prompts, {reference} has {len(ref)}: tests need pairs")
+            raise ValueError(f"{name} has {len(d)} prompts, {reference_method} has {len(ref)}: tests need pairs")
         stat, p = st.wilcoxon(d, alternative=alternative, zero_method="zsplit") if np.any(d != 0) else (0.0, 1.0)
         mean, lo, hi = bootstrap_ci(d)
-        rows.append({"reference": reference, "other": name, "mean_diff": mean, "ci_low": lo, "ci_high": hi,
+        rows.append({"reference": reference_method, "other": name, "mean_diff": mean, "ci_low": lo, "ci_high": hi,
                      "wilcoxon": float(stat), "p": float(p)})
     df = pd.DataFrame(rows)
     df["p_holm"] = holm(df.p.to_numpy()) if len(df) else []
@@ -153,7 +153,7 @@ def h1_table(scores: dict[str, pd.DataFrame], removal_effect: pd.DataFrame, k: i
 
 
 @strict
-def h2_table(results: pd.DataFrame, reference: str, quality: str = "python_per_prompt_top1",
+def h2_table(results: pd.DataFrame, reference_method: str, quality: str = "python_per_prompt_top1",
              unit: str | None = None, model: str | None = None) -> pd.DataFrame:
     """H2: does the reference (causal) selection retain more quality than each other method?
 
@@ -166,24 +166,24 @@ def h2_table(results: pd.DataFrame, reference: str, quality: str = "python_per_p
         df = df[df.unit == unit]
     if model is not None:
         df = df[df.model == model]
-    if reference not in set(df.method):
-        raise ValueError(f"reference method {reference!r} is not in the results ({sorted(set(df.method))})")
+    if reference_method not in set(df.method):
+        raise ValueError(f"reference method {reference_method!r} is not in the results ({sorted(set(df.method))})")
     rows = []
     for s, block in df.groupby("sparsity"):
         per = {m: np.mean(np.stack(g[quality].to_list()), axis=0) for m, g in block.groupby("method")}
-        tests = paired_tests(per, reference).set_index("other")
+        tests = paired_tests(per, reference_method).set_index("other")
         for m, v in per.items():
             mean, lo, hi = bootstrap_ci(v)
             row = {"sparsity": s, "method": m, "retained": mean, "ci_low": lo, "ci_high": hi}
-            if m != reference:
-                row.update({"ratio_ref_over_method": float(np.mean(per[reference]) / mean) if mean else np.inf,
+            if m != reference_method:
+                row.update({"ratio_ref_over_method": float(np.mean(per[reference_method]) / mean) if mean else np.inf,
                             "p": tests.loc[m, "p"], "p_holm": tests.loc[m, "p_holm"]})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 @strict
-def cross_domain_table(results: pd.DataFrame, reference: str, domains, metric: str = "top1", unit: str | None = None,
+def cross_domain_table(results: pd.DataFrame, reference_method: str, domains, metric: str = "top1", unit: str | None = None,
                        sparsity: float | None = None) -> pd.DataFrame:
     """Cross-domain generalisation: scores computed on one domain, pruned models judged on each.
 
@@ -193,7 +193,7 @@ def cross_domain_table(results: pd.DataFrame, reference: str, domains, metric: s
     """
     parts = []
     for d in domains:
-        t = h2_table(results, reference, quality=f"{d}_per_prompt_{metric}", unit=unit)
+        t = h2_table(results, reference_method, quality=f"{d}_per_prompt_{metric}", unit=unit)
         s = t.sparsity.max() if sparsity is None else sparsity
         parts.append(t[t.sparsity == s].assign(domain=d))
     cols = ["domain", "sparsity", "method", "retained", "ci_low", "ci_high", "ratio_ref_over_method", "p_holm"]
@@ -201,13 +201,13 @@ def cross_domain_table(results: pd.DataFrame, reference: str, domains, metric: s
 
 
 @strict
-def h2_summary(results: pd.DataFrame, references: dict[str, str], quality: str = "python_per_prompt_top1",
+def h2_summary(results: pd.DataFrame, reference_methods: dict[str, str], quality: str = "python_per_prompt_top1",
                sparsity: float | None = None) -> pd.DataFrame:
     """H2 for every model and unit kind of a sweep, at one sparsity (default each one's highest).
 
     Args:
         results: a sweep table (``sweep`` output) with ``model`` and ``unit`` columns.
-        references: unit kind -> the causal method the others are compared with
+        reference_methods: unit kind -> the causal method the others are compared with
             (``{"head": "ablation", "neuron": "attribution"}``); unit kinds not in the results
             are skipped.
 
@@ -217,14 +217,14 @@ def h2_summary(results: pd.DataFrame, references: dict[str, str], quality: str =
     """
     parts = []
     for (model, unit), block in results.groupby(["model", "unit"], sort=False):
-        if unit not in references:
+        if unit not in reference_methods:
             continue
-        t = h2_table(block, references[unit], quality=quality)
+        t = h2_table(block, reference_methods[unit], quality=quality)
         s = t.sparsity.max() if sparsity is None else sparsity
-        t = t[(t.sparsity == s) & (t.method != references[unit])]
-        parts.append(t.assign(model=model, unit=unit, reference=references[unit]))
+        t = t[(t.sparsity == s) & (t.method != reference_methods[unit])]
+        parts.append(t.assign(model=model, unit=unit, reference=reference_methods[unit]))
     if not parts:
-        raise ValueError(f"no results for the unit kinds {sorted(references)} (have {sorted(set(results.unit))})")
+        raise ValueError(f"no results for the unit kinds {sorted(reference_methods)} (have {sorted(set(results.unit))})")
     cols = ["model", "unit", "reference", "method", "sparsity", "retained", "ci_low", "ci_high", "ratio_ref_over_method",
             "p_holm"]
     return pd.concat(parts, ignore_index=True)[cols]

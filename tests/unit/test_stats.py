@@ -79,6 +79,10 @@ def test_h2_ratio_and_tests_from_per_prompt_results():
     assert at80.p < 1e-5 and at80.ci_low < at80.retained < at80.ci_high
     with pytest.raises(ValueError, match="reference method 'taylor'"):
         stats.h2_table(pd.DataFrame(rows), "taylor", quality="q")
+    # reference= means prompts everywhere in the kit; here the method is reference_method=
+    with pytest.raises(TypeError, match="reference_method"):
+        stats.h2_table(pd.DataFrame(rows), reference="ablation", quality="q")
+    assert stats.h2_table(pd.DataFrame(rows), reference_method="ablation", quality="q").equals(h2)
 
 
 def test_cross_domain_table_runs_h2_per_evaluation_domain():
