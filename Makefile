@@ -45,10 +45,17 @@ demo: install browser
 ## The whole test suite: unit, integration, browser, and the committed notebooks under nbval.
 ## nbval runs a copy of the notebooks (beside copies of token_sets/ and scores/, which they
 ## rewrite), so a test run leaves the working tree as it was.
+## Two pytest-xdist workers of one thread each keep both cores busy: most tests are
+## single-threaded Python, so a lone 2-thread process leaves a core idle. Each notebook runs in
+## one worker, cells in order (02 and 03 together: 03 reads 02's scores; see conftest.py).
+## TEST_WORKERS=0 runs everything in one process (then give it TEST_THREADS=2).
 NBRUN := build/nbval
+TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 test: install browser
 	rm -rf $(NBRUN) && mkdir -p $(NBRUN) && cp -r notebooks token_sets scores $(NBRUN)/ && rm -rf $(NBRUN)/notebooks/runs
-	TQDM_DISABLE=1 $(PY) -m pytest tests $(NBRUN)/notebooks $(NBVAL) --durations=20
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) TQDM_DISABLE=1 $(PY) -m pytest tests $(NBRUN)/notebooks \
+		$(NBVAL) -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 test-fast: install
 	TQDM_DISABLE=1 $(PY) -m pytest tests/unit
