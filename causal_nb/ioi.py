@@ -220,6 +220,7 @@ def ioi_head_patching(model, ioi: IOIPrompts, sites=SITES, method: str = "exact"
             df["site"] = "all" if kind == "all" else df["pos"].map({v: k for k, v in pos.items()})
             df = df.drop(columns=[c for c in ("pos",) if c in df.columns])
             df["template"], df["clean"], df["corrupted"] = t, df.attrs["clean"], df.attrs["corrupted"]
+            df.attrs = {}  # per-prompt tables differ per template; concat compares attrs
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     out["effect"] = out["value"] - out["clean"]

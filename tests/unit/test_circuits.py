@@ -304,3 +304,45 @@ def test_head_roles_rules():
     assert roles == {(9, 0): "name-mover-like", (9, 1): "negative-name-mover-like", (7, 0): "S-inhibition-like",
                      (3, 0): "duplicate-token-like", (5, 0): "induction-like"}
     assert list(out["effect"]) == [-2.0, 1.5, -1.0, -0.8, -0.7]
+
+
+TINY_TEMPLATES = ("def {A} and {B} then {S} gave to", "class {A} or {B}: {S} returns it to")
+TINY_NAMES = ["b", "d", "f", "x", "v"]  # single tokens (with a leading space) of the tiny BPE
+
+
+def test_ioi_head_patching_equals_hook_loop(tiny_model):
+    p = ioi.ioi_prompts(tiny_model, n=4, templates=TINY_TEMPLATES, names=TINY_NAMES, seed=0)
+    got = ioi.ioi_head_patching(tiny_model, p)
+    assert set(got["site"]) == {"all", "S2", "END"} and set(got["template"]) == {0, 1}
+    n_h = tiny_model.cfg.n_heads
+    for t in (0, 1):
+        sub = p.template(t)
+        pos = {"all": None, "S2": [int(sub.positions["s2"].iloc[0])], "END": [int(sub.positions["end"].iloc[0])]}
+        for site, where in pos.items():
+            ref = head_loop(tiny_model, sub.clean.tokens, sub.corrupted.tokens,
+                            lambda lg, sub=sub: plain_diff(lg, sub.clean.mask, sub.answers), positions=where)
+            g = got[(got.template == t) & (got.site == site)].sort_values(["layer", "head"])
+            np.testing.assert_allclose(g["value"], ref.mean(1).numpy(), atol=ATOL)
+            with torch.no_grad():
+                clean = plain_diff(tiny_model(sub.clean.tokens), sub.clean.mask, sub.answers).mean()
+            np.testing.assert_allclose(g["effect"], ref.mean(1).numpy() - float(clean), atol=ATOL)
+    summ = ioi.patching_summary(got, n_boot=200)
+    one = summ[(summ.site == "END") & (summ.layer == 1) & (summ["head"] == n_h - 1)].iloc[0]
+    per_t = got[(got.site == "END") & (got.layer == 1) & (got["head"] == n_h - 1)]["effect"]
+    assert one["effect"] == pytest.approx(per_t.mean()) and one["ci_low"] <= one["effect"] <= one["ci_high"]
+    assert one["n_templates"] == 2
+
+
+def test_ioi_attention_equals_hand(tiny_model):
+    p = ioi.ioi_prompts(tiny_model, n=4, templates=TINY_TEMPLATES, names=TINY_NAMES, seed=1)
+    got = ioi.head_attention(tiny_model, p)
+    _, cache = tiny_model.run_with_cache(p.clean.tokens)
+    r = p.positions
+    for layer in range(tiny_model.cfg.n_layers):
+        pat = cache[f"blocks.{layer}.attn.hook_pattern"]
+        g = got[got.layer == layer]
+        for col, (q, k) in {"end_to_io": ("end", "io"), "end_to_s2": ("end", "s2"), "s2_to_s1": ("s2", "s1")}.items():
+            ref = np.mean([pat[i, :, r[q][i], r[k][i]].numpy() for i in range(len(r))], axis=0)
+            np.testing.assert_allclose(g[col], ref, atol=1e-6)
+        ref = np.mean([pat[i, :, r["s2"][i], r["s1"][i] + 1].numpy() for i in range(len(r))], axis=0)
+        np.testing.assert_allclose(g["s2_to_s1_next"], ref, atol=1e-6)
