@@ -108,8 +108,8 @@ def ioi_prompts(model, n: int = 16, templates=None, names=None, seed: int = 0) -
 
     Args:
         model: a bridge from ``load_model`` (or a tokenizer).
-        n: number of prompt pairs (template ``i % n_templates`` for prompt i; names orders
-            alternate ABBA/BABA within each template).
+        n: number of prompt pairs (template ``i % n_templates`` for prompt i; the name order
+            alternates ABBA/BABA within each template and between neighbouring templates).
         templates: format strings with ``{A}``, ``{B}`` and ``{S}`` (default ``IOI_TEMPLATES``).
         names: candidate names, each a single token with a leading space (default ``IOI_NAMES``).
         seed: draws the names.
@@ -136,7 +136,8 @@ def ioi_prompts(model, n: int = 16, templates=None, names=None, seed: int = 0) -
     for i in range(n):
         t = i % len(templates)
         io, s, c = (names[j] for j in rng.choice(len(names), 3, replace=False))
-        order = "ABBA" if (i // len(templates)) % 2 == 0 else "BABA"
+        # alternate the order within each template and between neighbouring templates
+        order = "ABBA" if (i + i // len(templates)) % 2 == 0 else "BABA"
         a, b = (io, s) if order == "ABBA" else (s, io)
         clean_texts.append(templates[t].format(A=a, B=b, S=s))
         corr_texts.append(templates[t].format(A=a, B=b, S=c))
