@@ -284,15 +284,18 @@ def head_attention(model, ioi: IOIPrompts) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["layer", "head"]).reset_index(drop=True)
 
 
-def head_roles(summary: pd.DataFrame, attention: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+def head_roles(summary: pd.DataFrame, attention: pd.DataFrame, top: int = 10,
+               min_attention: float = 0.1) -> pd.DataFrame:
     """The ``top`` heads by |effect| at S2 or END, with a role read from the data.
 
-    Rules (a head's site is the one of S2/END where its |effect| is larger):
+    Rules (a head's site is the one of S2/END where its |effect| is larger; the attention
+    named must be at least ``min_attention``):
 
     - END, negative effect, attends END -> IO more than to S1 and S2: ``name-mover-like``;
     - END, positive effect, attends END -> IO most: ``negative-name-mover-like``;
-    - END, attends END -> S2 (or S1) more than to IO: ``S-inhibition-like``;
-    - S2, attends S2 -> S1: ``duplicate-token-like``; S2 -> S1 + 1: ``induction-like``;
+    - END, negative effect, attends END -> S2 at least as much as to S1 and more than to IO:
+      ``S-inhibition-like``;
+    - S2, attends S2 -> S1 most: ``duplicate-token-like``; S2 -> S1 + 1: ``induction-like``;
     - otherwise ``other``.
     """
     wide = summary[summary["site"].isin(["S2", "END"])].pivot_table(
@@ -311,12 +314,14 @@ def head_roles(summary: pd.DataFrame, attention: pd.DataFrame, top: int = 10) ->
     def role(r) -> str:
         if r["site"] == "END":
             to_s = max(r["end_to_s1"], r["end_to_s2"])
+            if max(r["end_to_io"], to_s) < min_attention:
+                return "other"  # its attention is elsewhere (BOS, punctuation): no name-based role
             if r["end_to_io"] > to_s:
                 return "name-mover-like" if r["effect_end"] < 0 else "negative-name-mover-like"
-            return "S-inhibition-like" if r["end_to_s2"] >= r["end_to_s1"] else "other"
-        if r["s2_to_s1"] > r["s2_to_s1_next"] and r["s2_to_s1"] > 0.1:
+            return "S-inhibition-like" if r["effect_end"] < 0 and r["end_to_s2"] >= r["end_to_s1"] else "other"
+        if r["s2_to_s1"] > r["s2_to_s1_next"] and r["s2_to_s1"] >= min_attention:
             return "duplicate-token-like"
-        return "induction-like" if r["s2_to_s1_next"] > 0.1 else "other"
+        return "induction-like" if r["s2_to_s1_next"] >= min_attention else "other"
 
     df["role"] = df.apply(role, axis=1)
     df["depth"] = df["layer"] / max(1, int(attention["layer"].max()))  # 0 = first layer, 1 = last

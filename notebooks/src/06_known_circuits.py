@@ -121,7 +121,8 @@ pd.DataFrame({"clean": per_template, "corrupted": ld_corr.groupby("template")["l
 # (`sites=("all", ...)` patches every position too). A negative effect means the clean run needs that head there. Effects are means
 # per template; the interval is a bootstrap over the templates.
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# nbval-ignore-output: prints a wall time.
 t0 = time.perf_counter()
 per_head = cnb.ioi_head_patching(model, ioi, sites=("S2", "END"), method=PATCH_METHOD)
 summary = cnb.patching_summary(per_head)
@@ -140,9 +141,10 @@ fig
 
 # %% [markdown]
 # Roles are read from the data: the site (S2 or END) where a head's effect is larger, the sign,
-# and where it attends on clean prompts (`hook_pattern`). Name-mover-like: END, negative
-# effect, attends END -> IO most; S-inhibition-like: END, attends END -> S2;
-# duplicate-token-like / induction-like: S2, attends S2 -> S1 / S1 + 1.
+# and where it attends on clean prompts (`hook_pattern`, at least 0.1 to count). Name-mover-like:
+# END, negative effect, attends END -> IO most (negative-name-mover-like: positive effect);
+# S-inhibition-like: END, negative effect, attends END -> S2; duplicate-token-like /
+# induction-like: S2, attends S2 -> S1 / S1 + 1; otherwise other.
 
 # %%
 attention = cnb.ioi.head_attention(model, ioi)
@@ -215,7 +217,8 @@ findings.append({"title": "Comparison with GPT-2 small", "text": (
 explorer = cnb.widgets.HeadExplorer(model, list(ioi.positions["clean"]), n_tokens=int(ioi.clean.tokens.shape[1]))
 explorer
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# nbval-ignore-output: prints a wall time.
 t0 = time.perf_counter()
 explorer.toggle(int(roles["layer"].iloc[0]), int(roles["head"].iloc[0]))
 update_s = time.perf_counter() - t0

@@ -292,6 +292,8 @@ def test_head_roles_rules():
         (7, 0): (-1.0, 0.1, 0.1, 0.1, 0.5, 0.0, 0.0),
         (3, 0): (0.0, -0.8, 0.0, 0.0, 0.0, 0.6, 0.1),
         (5, 0): (0.1, -0.7, 0.0, 0.0, 0.0, 0.1, 0.5),
+        (8, 0): (-0.6, 0.0, 0.05, 0.02, 0.03, 0.0, 0.0),  # strong effect, attends no name: other
+        (8, 1): (0.5, 0.0, 0.1, 0.1, 0.5, 0.0, 0.0),  # attends S2 but helps when noised: other
         (1, 0): (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
     }
     for (la, h), (e_end, e_s2, *a) in spec.items():
@@ -299,11 +301,11 @@ def test_head_roles_rules():
             rows.append({"site": site, "layer": la, "head": h, "effect": e, "ci_low": e - 0.1, "ci_high": e + 0.1})
         att.append(dict(zip(["layer", "head", "end_to_io", "end_to_s1", "end_to_s2", "s2_to_s1", "s2_to_s1_next"],
                             [la, h, *a])))
-    out = ioi.head_roles(pd.DataFrame(rows), pd.DataFrame(att), top=5)
+    out = ioi.head_roles(pd.DataFrame(rows), pd.DataFrame(att), top=7)
     roles = {(r.layer, r.head): r.role for r in out.itertuples()}
     assert roles == {(9, 0): "name-mover-like", (9, 1): "negative-name-mover-like", (7, 0): "S-inhibition-like",
-                     (3, 0): "duplicate-token-like", (5, 0): "induction-like"}
-    assert list(out["effect"]) == [-2.0, 1.5, -1.0, -0.8, -0.7]
+                     (3, 0): "duplicate-token-like", (5, 0): "induction-like", (8, 0): "other", (8, 1): "other"}
+    assert list(out["effect"]) == [-2.0, 1.5, -1.0, -0.8, -0.7, -0.6, 0.5]
 
 
 TINY_TEMPLATES = ("def {A} and {B} then {S} gave to", "class {A} or {B}: {S} returns it to")
