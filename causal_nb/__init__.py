@@ -25,18 +25,22 @@ API vocabulary (one meaning per name, everywhere):
   next-token predictions the metric reads; ``layers``: 0..n_layers-1.
 - ``sparsity``: the share of units removed, in [0, 1) (not a percent).
 - ``metric``: a name in ``METRICS`` or a callable ``(logits, ScoredBatch) -> Tensor[batch]``.
+- ``answers=`` (``patch``/``ablate``): per-prompt answer token ids (correct first); the metric
+  then reads each prompt's last real token (``"answer_logit_diff"``: correct minus wrong).
 - Keywords: a misspelled one is a ``TypeError`` naming the nearest valid one; an option the
   chosen method (or ablation kind) would ignore is a ``ValueError`` naming the methods that
   use it. ``n_tokens``, ``seed`` and ``progress`` are run settings every ``score`` method takes.
 """
 
-from . import plotting, stats, views, widgets
+from . import induction, ioi, plotting, stats, views, widgets
 from .acdc import acdc, acdc_sweep
 from .env import progress_enabled, setup
 from .evaluation import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
+from .induction import induction_ablation, induction_losses, induction_scores, repeated_tokens
 from .io import load_json, save_json
+from .ioi import IOIPrompts, head_roles, ioi_head_patching, ioi_logit_diff, ioi_prompts, patching_summary
 from .loading import ModelNotAvailableError, list_models, load_model, model_card
-from .metrics import METRICS, ScoredBatch, logit_diff, logprob_mass
+from .metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .patching import ablate, patch
 from .prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .pruning import prune, prune_units, save_pruned
@@ -49,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FullModelRun",
+    "IOIPrompts",
     "METHODS",
     "METRICS",
     "ModelNotAvailableError",
@@ -62,10 +67,20 @@ __all__ = [
     "ablate",
     "acdc",
     "acdc_sweep",
+    "answer_token_diff",
     "available_domains",
     "domain_losses",
     "evaluate",
     "full_model_run",
+    "head_roles",
+    "induction",
+    "induction_ablation",
+    "induction_losses",
+    "induction_scores",
+    "ioi",
+    "ioi_head_patching",
+    "ioi_logit_diff",
+    "ioi_prompts",
     "list_models",
     "load_json",
     "load_model",
@@ -74,12 +89,14 @@ __all__ = [
     "logprob_mass",
     "model_card",
     "patch",
+    "patching_summary",
     "plotting",
     "progress_enabled",
     "prompt_losses",
     "prompt_set_summary",
     "prune",
     "prune_units",
+    "repeated_tokens",
     "reverse_intervention",
     "save_findings",
     "save_json",

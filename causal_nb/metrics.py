@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .checks import checked_metric
 
-__all__ = ["METRICS", "ScoredBatch", "get_metric", "logit_diff", "logprob_mass", "masked_mean"]
+__all__ = ["METRICS", "ScoredBatch", "answer_token_diff", "get_metric", "logit_diff", "logprob_mass", "masked_mean"]
 
 
 @dataclass
@@ -32,6 +32,9 @@ class ScoredBatch:
         ref_logprobs: log-softmax of the unmodified clean run at the scored positions,
             [batch, scored, vocab] (None until the engine fills it).
         alt_targets: next tokens of the corrupted prompts (for ``logit_diff``), or None.
+        answers: per-prompt answer token ids [batch, n_answers] (correct first, then wrong
+            ones) when the last real position of each prompt is scored (``patch``/``ablate``
+            with ``answers=``), else None. Then ``targets`` is the correct answer.
     """
 
     positions: Int[Tensor, " scored"]
@@ -39,6 +42,7 @@ class ScoredBatch:
     valid: Bool[Tensor, "batch scored"]
     ref_logprobs: Float[Tensor, "batch scored vocab"] | None = None
     alt_targets: Int[Tensor, "batch scored"] | None = None
+    answers: Int[Tensor, "batch n_answers"] | None = None
     _ref_probs: dict = field(default_factory=dict, repr=False, compare=False)
 
     def ref_probs(self) -> Tensor:
@@ -54,7 +58,7 @@ class ScoredBatch:
             return None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))
 
         return ScoredBatch(self.positions, rep(self.targets), rep(self.valid), rep(self.ref_logprobs),
-                           rep(self.alt_targets))
+                           rep(self.alt_targets), rep(self.answers))
 
 
 def _up(x: Tensor) -> Tensor:
@@ -106,6 +110,21 @@ def answer_logit_diff(logits, batch: ScoredBatch):
     return masked_mean(diff, batch.valid & (batch.targets != batch.alt_targets))
 
 
+def answer_token_diff(logits, batch: ScoredBatch):
+    """Logit of the correct answer minus the mean logit of the wrong answers, at the last real
+    position of each prompt (``answers=`` of ``patch``/``ablate``; e.g. IO minus S in IOI)."""
+    if batch.answers is None:
+        raise ValueError("the answer_logit_diff metric needs answer tokens: pass answers=[[correct, wrong], ...] "
+                         "(one row per prompt) to patch/ablate, which then score each prompt's last real token")
+    if batch.answers.shape[1] < 2:
+        raise ValueError(f"answer_logit_diff needs a correct and at least one wrong answer per prompt; answers= has "
+                         f"{batch.answers.shape[1]} column(s)")
+    lg = _up(logits)
+    ans = batch.answers[:, None, :].expand(-1, lg.shape[1], -1)
+    picked = lg.gather(-1, ans)  # [batch, scored, n_answers]
+    return masked_mean(picked[..., 0] - picked[..., 1:].mean(-1), batch.valid)
+
+
 def logit_diff(tokens_a: Sequence[int], tokens_b: Sequence[int]) -> Callable:
     """Mean logit over token set A minus mean logit over token set B (e.g. Python vs C++ tokens)."""
     a, b = torch.as_tensor(list(tokens_a)), torch.as_tensor(list(tokens_b))
@@ -131,7 +150,7 @@ def logprob_mass(tokens: Sequence[int]) -> Callable:
 
 
 METRICS: dict[str, Callable] = {"logprob": logprob, "loss": loss, "kl": kl, "top1": top1,
-                                "logit_diff": answer_logit_diff}
+                                "logit_diff": answer_logit_diff, "answer_logit_diff": answer_token_diff}
 
 
 def get_metric(metric) -> Callable:

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .answers import answer_batch
 from .checks import check_n_tokens, check_positions, reject_unused, strict
 from .engine import capture, evaluate_units, scored_run, stack_size
 from .metrics import ScoredBatch, get_metric
@@ -58,6 +59,13 @@ def scored_batch(batch: TokenBatch, positions=None) -> ScoredBatch:
     return ScoredBatch(pos, batch.tokens[:, pos + 1], batch.mask[:, pos + 1])
 
 
+def _answer_scoring(model, tb: TokenBatch, answers, scored_positions) -> ScoredBatch:
+    if scored_positions is not None:
+        raise ValueError("answers= scores each prompt's last real token; scored_positions= can't be used with it "
+                         "(drop one of the two)")
+    return answer_batch(tb, answers, model.cfg.d_vocab)
+
+
 def _check_pair(clean: TokenBatch, corrupted: TokenBatch) -> None:
     if len(clean) != len(corrupted):
         raise PromptSetError(f"clean and corrupted prompt sets differ in size ({len(clean)} vs {len(corrupted)}); "
@@ -97,7 +105,8 @@ def _finish(units, values: torch.Tensor, kind: str, per_position: bool, prompt_i
 def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method: str = "exact",
           direction: str = "denoise", positions=None, per_position: bool = False, layers=None,
           scored_positions=None, n_tokens: int | None = None, batch_size: int | None = None,
-          memory_budget_mb: float | None = None, progress: bool | None = None, steps: int | None = None) -> pd.DataFrame:
+          memory_budget_mb: float | None = None, progress: bool | None = None, steps: int | None = None,
+          answers=None) -> pd.DataFrame:
     """Patch each unit between clean and corrupted runs and measure the metric.
 
     Args:
@@ -118,6 +127,10 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         memory_budget_mb: memory the stacked copies may use (default half the free GPU memory).
         progress: a progress bar (default: ``causal_nb.progress_enabled()``).
         steps: EAP-IG's interpolation points (``method="eap-ig"`` only; default 5).
+        answers: token ids per prompt, [batch] or [batch, n_answers] (correct first, then
+            wrong ones): score each prompt's last real token against them (e.g.
+            ``metric="answer_logit_diff"``; ``"logprob"`` is then the correct answer's
+            log-prob), instead of next tokens inside the prompt. Not with ``scored_positions``.
 
     Raises:
         ValueError: an option the method doesn't use (``steps`` without EAP-IG, ``batch_size``
@@ -148,8 +161,11 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     positions = check_positions(positions, cb.tokens.shape[1])
     units = enumerate_units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
-    scored = scored_batch(cb, scored_positions)
-    scored.alt_targets = xb.tokens[:, scored.positions + 1]
+    if answers is None:
+        scored = scored_batch(cb, scored_positions)
+        scored.alt_targets = xb.tokens[:, scored.positions + 1]
+    else:
+        scored = _answer_scoring(model, cb, answers, scored_positions)
     if method != "exact":
         from .attribution import attribute  # noqa: PLC0415
 
@@ -222,7 +238,7 @@ ABLATION_KINDS = ("zero", "mean", "resample")
 def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", reference=None, positions=None,
            per_position: bool = False, layers=None, scored_positions=None, n_tokens: int | None = None,
            batch_size: int | None = None, memory_budget_mb: float | None = None, seed: int | None = None,
-           progress: bool | None = None) -> pd.DataFrame:
+           progress: bool | None = None, answers=None) -> pd.DataFrame:
     """Ablate each unit (zero, mean over ``reference``, or resample) and measure the metric.
 
     Args:
@@ -235,6 +251,7 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
         seed: the derangement's seed for ``kind="resample"`` without ``reference`` (default 0).
         batch_size, memory_budget_mb: interventions stacked per forward, as in ``patch``.
         progress: a progress bar (default: ``causal_nb.progress_enabled()``).
+        answers: score each prompt's last real token against these token ids, as in ``patch``.
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
@@ -254,7 +271,8 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
     positions = check_positions(positions, pb.tokens.shape[1])
     units = enumerate_units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
-    scored = scored_batch(pb, scored_positions)
+    scored = scored_batch(pb, scored_positions) if answers is None else _answer_scoring(model, pb, answers,
+                                                                                        scored_positions)
     base, baseline = scored_run(model, pb.tokens, hooks, scored, metric_fn, reference=True)
     with torch.no_grad():
         sources = _ablation_sources(model, kind, pb, hooks, reference, n_tokens, 0 if seed is None else seed)
