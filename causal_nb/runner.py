@@ -33,7 +33,7 @@ NOTEBOOKS = REPO / "notebooks"
 # 64 tokens nearly all fill every position, which paired patching needs, so the profiles grow
 # in prompts, not length. Every profile sets N_PROMPTS and N_NEURON_PROMPTS, so notebook 02
 # scores heads and neurons on 16/48/80 prompts (exact ablation of every neuron of both models
-# included) where its committed defaults are 8 and 4, and every profile sweeps all the
+# included) where its committed defaults are 8 and 3, and every profile sweeps all the
 # selection methods in notebook 03 where the committed notebook sweeps a subset.
 _SWEEP = {"SWEEP_HEAD_METHODS": ["ablation", "attribution", "attribution-abs", "acdc", "taylor", "fisher", "magnitude",
                                  "random"],

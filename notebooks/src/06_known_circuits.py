@@ -22,7 +22,7 @@
 # forward and backward per template) and exact patching checks the strongest layer.
 
 # %% tags=["parameters"]
-MODEL = "smollm2-135m"  # a pretrained model that loads offline (cnb.list_models())
+CIRCUITS_MODEL = "smollm2-135m"  # a pretrained natural-language model (cnb.list_models()); the profiles' MODEL (the bundled code model) is not used here
 SEED = 0  # seed for everything random (names, random tokens, random head sets)
 N_PROMPTS = 8  # IOI prompt pairs, spread over the 8 templates (ABBA and BABA orders alternate)
 SEQ_LEN = 12  # random tokens per repeat in the induction batch
@@ -36,20 +36,20 @@ OUT_DIR = "runs/manual"  # where this notebook writes its findings
 DEVICE = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
 # %%
+import time
+
+import numpy as np
+import pandas as pd
+
 import causal_nb as cnb
 
 info = cnb.setup(seed=SEED)
 print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
 
 # %%
-import time
-
-import numpy as np
-import pandas as pd
-
-model = cnb.load_model(MODEL, device=DEVICE)
+model = cnb.load_model(CIRCUITS_MODEL, device=DEVICE)
 n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-print(f"{MODEL}: {n_layers} layers x {n_heads} heads")
+print(f"{CIRCUITS_MODEL}: {n_layers} layers x {n_heads} heads")
 findings = []
 
 # %% [markdown]
@@ -180,7 +180,7 @@ findings.append({"title": "IOI logit difference", "text": (
 findings.append({"title": "IOI top heads", "text": (
     f"Top heads by |effect| of {PATCH_METHOD} noising at S2 or END, roles from the data; exact patching "
     f"of layer {layer} (templates 0-1) agrees with r = {r:.3f}."), "table": roles.round(4).to_dict(orient="records"),
-    "figure": "figures/06_ioi_head_patching_end.html"})
+    "figure": "graphs/06_ioi_head_patching_end.html"})
 
 # %% [markdown]
 # ## Compared with GPT-2 small
@@ -226,9 +226,6 @@ explorer.clear()
 print(f"one HeadExplorer update: {update_s:.2f} s")
 
 # %%
-import os
-
-os.makedirs(OUT_DIR, exist_ok=True)
-cnb.plotting.save_figure(fig_end, f"{OUT_DIR}/figures", "06_ioi_head_patching_end", png=False)
-cnb.save_json(findings, f"{OUT_DIR}/06_findings.json")
+cnb.plotting.save_figure(fig_end, f"{OUT_DIR}/graphs", "06_ioi_head_patching_end", png=False)
+cnb.save_findings(findings, f"{OUT_DIR}/06_findings.json")
 [f["title"] for f in findings]
