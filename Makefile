@@ -45,17 +45,21 @@ demo: install browser
 ## The whole test suite: unit, integration, browser, and the committed notebooks under nbval.
 ## nbval runs a copy of the notebooks (beside copies of token_sets/ and scores/, which they
 ## rewrite), so a test run leaves the working tree as it was.
-## Two pytest-xdist workers of one thread each keep both cores busy: most tests are
-## single-threaded Python, so a lone 2-thread process leaves a core idle. Each notebook runs in
-## one worker, cells in order (02 and 03 together: 03 reads 02's scores; see conftest.py).
-## TEST_WORKERS=0 runs everything in one process (then give it TEST_THREADS=2).
+## Two pytest processes at once, one torch thread each, keep both cores busy: the tests (mostly
+## single-threaded Python) and the notebooks under nbval (in order, one kernel each: 03 reads the
+## scores 02 writes). One process with two threads leaves a core idle; two with two threads each
+## oversubscribe the cores (OpenMP threads then wait on each other). Each writes its log to
+## build/; both are printed at the end, and either failing fails the target.
 NBRUN := build/nbval
-TEST_WORKERS ?= 2
 TEST_THREADS ?= 1
 test: install browser
 	rm -rf $(NBRUN) && mkdir -p $(NBRUN) && cp -r notebooks token_sets scores $(NBRUN)/ && rm -rf $(NBRUN)/notebooks/runs
-	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) TQDM_DISABLE=1 $(PY) -m pytest tests $(NBRUN)/notebooks \
-		$(NBVAL) -n $(TEST_WORKERS) --dist loadgroup --durations=20
+	@export OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) TQDM_DISABLE=1; \
+	echo "pytest tests > build/test-tests.log & pytest $(NBRUN)/notebooks --nbval ... > build/test-notebooks.log"; \
+	$(PY) -m pytest tests --durations=15 > build/test-tests.log 2>&1 & pid=$$!; \
+	$(PY) -m pytest $(NBRUN)/notebooks $(NBVAL) --durations=15 > build/test-notebooks.log 2>&1; nb=$$?; \
+	wait $$pid; t=$$?; cat build/test-tests.log build/test-notebooks.log; \
+	echo "tests: exit $$t, notebooks: exit $$nb"; test $$t = 0 && test $$nb = 0
 
 test-fast: install
 	TQDM_DISABLE=1 $(PY) -m pytest tests/unit

@@ -25,18 +25,3 @@ def pytest_configure(config):
 
     nbval_numeric.install(IPyNbCell)
 
-
-# Notebooks that pass results through files must run in order in one process: 03 reads the
-# scores 02 writes. Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`) each
-# notebook is one group (its cells in order, one kernel), 02 and 03 share one; without xdist the
-# marks do nothing.
-NOTEBOOK_GROUPS = {"02_causal_scoring": "nb-02-03", "03_pruning_sweep": "nb-02-03"}
-
-
-def pytest_collection_modifyitems(config, items):
-    import pytest  # noqa: PLC0415
-
-    for item in items:
-        path = Path(str(item.fspath))
-        if path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.xdist_group(NOTEBOOK_GROUPS.get(path.stem, f"nb-{path.stem}")))

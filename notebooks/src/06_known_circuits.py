@@ -124,7 +124,7 @@ pd.DataFrame({"clean": per_template, "corrupted": ld_corr.groupby("template")["l
 # %% tags=["nbval-ignore-output"]
 # nbval-ignore-output: prints a wall time.
 t0 = time.perf_counter()
-per_head = cnb.ioi_head_patching(model, ioi, sites=("S2", "END"), method=PATCH_METHOD)
+per_head = cnb.ioi_head_patching(model, ioi, sites=("S2", "END"), method=PATCH_METHOD, progress=False)
 summary = cnb.patching_summary(per_head)
 print(f"{PATCH_METHOD} head patching: {time.perf_counter() - t0:.1f} s")
 
@@ -158,7 +158,7 @@ roles.round(3)
 # %%
 layer = int(roles["layer"].iloc[0])
 two = ioi.subset(np.flatnonzero(ioi.positions["template"] < 2))
-exact = cnb.patching_summary(cnb.ioi_head_patching(model, two, sites=("END",), layers=[layer]))
+exact = cnb.patching_summary(cnb.ioi_head_patching(model, two, sites=("END",), layers=[layer], progress=False))
 summary_two = cnb.patching_summary(per_head[per_head.template < 2])
 check = exact.merge(summary_two, on=["site", "layer", "head"], suffixes=("_exact", "_" + PATCH_METHOD))
 r = np.corrcoef(check["effect_exact"], check["effect_" + PATCH_METHOD])[0, 1]

@@ -57,8 +57,8 @@ def test_attribution_agreement_is_reported(pair, record_property):
     for method in ("attribution", "eap-ig"):
         est = cnb.patch(model, cb, xb, unit="head", method=method, progress=False).value.values
         r, rho = stats.pearsonr(est, exact)[0], stats.spearmanr(est, exact)[0]
-        record_property(f"{name}_{method}_pearson", round(r, 3))
-        record_property(f"{name}_{method}_spearman", round(rho, 3))
+        record_property(f"{name}_{method}_pearson", round(float(r), 3))
+        record_property(f"{name}_{method}_spearman", round(float(rho), 3))
         assert r > 0.5, (method, r, rho)
 
 

@@ -18,7 +18,7 @@ from causal_nb.runner import PROFILES, notebook_parameters
 
 CELLS = (SRC / "02_causal_scoring.py").read_text().split("\n# %%")
 CELL_LIMIT_S = 60  # the "no cell over about a minute on 2 cores"
-SERIES_LIMIT_S = 420  # all cells of the series: in make test they run in one of two workers beside the tests, in 10 min
+SERIES_LIMIT_S = 420  # all cells of the series: make test runs them (single-threaded) beside the tests, in 10 min
 
 
 def parameters(name: str = "02_causal_scoring.py") -> dict:
