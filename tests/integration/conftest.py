@@ -12,3 +12,13 @@ def bundled(request):
     if request.param not in cnb.list_models():
         pytest.fail(f"bundled model {request.param} is missing from causal_nb/zoo/models")
     return request.param, cnb.load_model(request.param, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """SmolLM2-135M (converted once into the kit's cache), loaded once per session, read-only."""
+    from causal_nb.zoo.pretrained import available_pretrained, pretrained_card  # noqa: PLC0415
+
+    if "smollm2-135m" not in available_pretrained():
+        pytest.fail(f"{pretrained_card('smollm2-135m')['install']} is part of the set-up (requirements-models.txt)")
+    return cnb.load_model("smollm2-135m", device="cpu")

@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import causal_nb as cnb
 from causal_nb import induction as ind
 from causal_nb import ioi
-from causal_nb.zoo.pretrained import available_pretrained, pretrained_card
 
 NAME = "smollm2-135m"
-
-
-@pytest.fixture(scope="module")
-def smol():
-    if NAME not in available_pretrained():
-        pytest.fail(f"{pretrained_card(NAME)['install']} is part of the set-up (requirements-models.txt)")
-    return cnb.load_model(NAME, device="cpu")
 
 
 @pytest.fixture(scope="module")

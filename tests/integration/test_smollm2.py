@@ -17,7 +17,6 @@ from transformer_lens import patching as tlp
 import causal_nb as cnb
 from causal_nb.patching import prepare
 from causal_nb.prompts import TokenBatch
-from causal_nb.zoo.pretrained import available_pretrained, pretrained_card
 
 NAME = "smollm2-135m"
 N_TOKENS = 12
@@ -28,13 +27,6 @@ PROMPTS = [
     "Scientists measured the temperature of the lake every week and found it was slowly getting warmer.",
     "She opened the letter carefully, read it twice, and then put it back in the drawer without a word.",
 ]
-
-
-@pytest.fixture(scope="module")
-def smol():
-    if NAME not in available_pretrained():
-        pytest.fail(f"{pretrained_card(NAME)['install']} is part of the set-up (requirements-models.txt)")
-    return cnb.load_model(NAME, device="cpu")
 
 
 @pytest.fixture(scope="module")
