@@ -10,6 +10,8 @@ queries of the second repeat; ARENA's diagonal also holds two first-repeat queri
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
@@ -20,7 +22,7 @@ from .patching import mean_activations
 from .prompts import TokenBatch
 from .units import Edit, Unit
 
-__all__ = ["head_units", "induction_ablation", "induction_losses", "induction_scores", "repeated_tokens"]
+__all__ = ["head_pattern_stats", "head_units", "induction_ablation", "induction_losses", "induction_scores", "repeated_tokens"]
 
 
 def repeated_tokens(model, seq_len: int = 20, n_seqs: int = 8, seed: int = 0) -> TokenBatch:
@@ -57,6 +59,28 @@ def _seq_len(batch: TokenBatch) -> int:
 
 
 @torch.no_grad()
+def head_pattern_stats(model, tokens: Tensor, stats: Callable[[Tensor], dict[str, Tensor]]) -> pd.DataFrame:
+    """One row per layer and head of statistics of the attention patterns on ``tokens``.
+
+    Args:
+        stats: each layer's ``attn.hook_pattern`` ([batch, head, query, key], as float32) ->
+            column name -> one value per head ([head]).
+    """
+    rows: list[dict] = []
+
+    def save(layer):
+        def fn(pat, hook):
+            vals = {k: v.tolist() for k, v in stats(pat.float()).items()}
+            rows.extend({"layer": layer, "head": h, **{k: v[h] for k, v in vals.items()}} for h in range(pat.shape[1]))
+            return pat
+
+        return fn
+
+    model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{la}.attn.hook_pattern", save(la))
+                                            for la in range(model.cfg.n_layers)])
+    return pd.DataFrame(rows).sort_values(["layer", "head"]).reset_index(drop=True)
+
+
 def induction_scores(model, batch: TokenBatch) -> pd.DataFrame:
     """Per head: mean attention from query i of the second repeat to key i - seq_len + 1.
 
@@ -66,22 +90,12 @@ def induction_scores(model, batch: TokenBatch) -> pd.DataFrame:
     """
     s = _seq_len(batch)
     q = torch.arange(s + 1, 2 * s + 1, device=batch.tokens.device)
-    rows: list[dict] = []
 
-    def save(layer):
-        def fn(pat, hook):  # [batch, head, query, key]
-            p = pat.float()
-            for h in range(p.shape[1]):
-                rows.append({"layer": layer, "head": h, "score": float(p[:, h, q, q - s + 1].mean()),
-                             "prev_token": float(p[:, h, q, q - 1].mean()),
-                             "duplicate": float(p[:, h, q, q - s].mean())})
-            return pat
+    def stats(p):  # p[:, :, q, k] is [batch, head, query]
+        return {"score": p[:, :, q, q - s + 1].mean((0, 2)), "prev_token": p[:, :, q, q - 1].mean((0, 2)),
+                "duplicate": p[:, :, q, q - s].mean((0, 2))}
 
-        return fn
-
-    model.run_with_hooks(batch.tokens, fwd_hooks=[(f"blocks.{la}.attn.hook_pattern", save(la))
-                                                  for la in range(model.cfg.n_layers)])
-    return pd.DataFrame(rows).sort_values(["layer", "head"]).reset_index(drop=True)
+    return head_pattern_stats(model, batch.tokens, stats)
 
 
 def head_units(heads) -> list[Unit]:

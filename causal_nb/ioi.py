@@ -25,6 +25,7 @@ import torch
 
 from .answers import answer_batch, last_positions
 from .engine import scored_run
+from .induction import head_pattern_stats
 from .metrics import answer_token_diff
 from .patching import patch
 from .prompts import TokenBatch, as_prompt_set
@@ -254,7 +255,6 @@ def patching_summary(per_template: pd.DataFrame, level: float = 0.95, n_boot: in
     return out
 
 
-@torch.no_grad()
 def head_attention(model, ioi: IOIPrompts) -> pd.DataFrame:
     """Mean attention per head (clean prompts): END -> IO, S1, S2; S2 -> S1 and S1 + 1.
 
@@ -268,20 +268,11 @@ def head_attention(model, ioi: IOIPrompts) -> pd.DataFrame:
     keys = {k: torch.tensor(p[k].tolist(), device=dev) for k in ("io", "s1", "s2")}
     pairs = {"end_to_io": (q_end, keys["io"]), "end_to_s1": (q_end, keys["s1"]), "end_to_s2": (q_end, keys["s2"]),
              "s2_to_s1": (q_s2, keys["s1"]), "s2_to_s1_next": (q_s2, keys["s1"] + 1)}
-    rows: list[dict] = []
 
-    def save(layer):
-        def fn(pat, hook):
-            for h in range(pat.shape[1]):
-                rows.append({"layer": layer, "head": h, **{k: float(pat[b, h, q, kk].float().mean())
-                                                            for k, (q, kk) in pairs.items()}})
-            return pat
+    def stats(pat):  # pat[b, :, q, k] is [prompt, head]
+        return {k: pat[b, :, q, kk].mean(0) for k, (q, kk) in pairs.items()}
 
-        return fn
-
-    hooks = [(f"blocks.{la}.attn.hook_pattern", save(la)) for la in range(model.cfg.n_layers)]
-    model.run_with_hooks(tokens, fwd_hooks=hooks)
-    return pd.DataFrame(rows).sort_values(["layer", "head"]).reset_index(drop=True)
+    return head_pattern_stats(model, tokens, stats)
 
 
 def head_roles(summary: pd.DataFrame, attention: pd.DataFrame, top: int = 10,
