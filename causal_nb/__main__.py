@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m causal_nb", description="causal_nb command line")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the notebook series with papermill into runs/<timestamp>/")
-    r.add_argument("--profile", default="demo", help="demo | standard | full")
+    r.add_argument("--profile", default="demo", help="demo | standard | full (bundled code model) | real (SmolLM2-135M)")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="override a notebook parameter, e.g. -p MODEL code-gpt2-2l")
     r.add_argument("--out", default=None, help="run folder (default runs/<timestamp>)")

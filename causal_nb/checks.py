@@ -203,8 +203,14 @@ def require_scores(df, consumer: str, units: Sequence[str] = ("head", "neuron"))
 
 
 def check_table_fits(df, unit: str, n_layers: int, n_per_layer: int, consumer: str) -> None:
-    """Refuse a score table whose coordinates are not this model's (scores from another model shape)."""
+    """Refuse a score table whose coordinates are not this model's (scores from another model shape),
+    or that scores only some layers (``score(..., layers=...)``)."""
     col = {"head": "head", "neuron": "neuron"}.get(unit)
+    subset = df.attrs.get("layers")
+    if subset is not None and len(subset) < n_layers:
+        raise ValueError(f"{consumer}: these {unit} scores cover layers {subset} only (score(..., layers=...)); "
+                         f"selecting units to remove needs every layer's. Score all layers, or use a method whose "
+                         "scores cover the model")
     problems = []
     if len(df) and (df["layer"].min() < 0 or df["layer"].max() >= n_layers):
         problems.append(f"layers {int(df['layer'].min())}..{int(df['layer'].max())} (the model has 0..{n_layers - 1})")

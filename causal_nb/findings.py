@@ -105,7 +105,9 @@ def derive_h1(rows, reference: str = "exact ablation") -> list[dict]:
         if "topk_overlap" in g and pd.notna(best.get("topk_overlap")):
             k = f"top-{int(best['k'])}" if "k" in g and pd.notna(best.get("k")) else "top-k"
             top = f", {k} overlap {_n(best['topk_overlap'])}"
-        parts.append(f"on {model} {_plural(unit)}{n}, {best['method']} ranks units most like {reference} "
+        ref = g["reference"].iloc[0] if "reference" in g else reference  # per unit kind, where the rows say it
+        ref = "exact ablation" if ref == "ablation" else ref
+        parts.append(f"on {model} {_plural(unit)}{n}, {best['method']} ranks units most like {ref} "
                      f"(Spearman {_n(best['spearman'])}{top}) and {worst['method']} least (Spearman {_n(worst['spearman'])})")
         table.append({"model": model, "unit": unit, "best": best["method"], "best_spearman": best["spearman"],
                       "worst": worst["method"], "worst_spearman": worst["spearman"], "methods": len(g)})

@@ -44,6 +44,15 @@ PROFILES: dict[str, dict] = {
                  "N_TOKENS": 64, **_SWEEP},
     "full": {"MODEL": "code-llama-4l", "SEED": 0, "N_PROMPTS": 80, "N_NEURON_PROMPTS": 80, "N_EVAL_PROMPTS": 80,
              "N_TOKENS": 64, **_SWEEP},
+    # The series on a real pretrained model (SmolLM2-135M: 30 layers x 9 heads, 46,080 MLP
+    # neurons). Exact ablation of every neuron (one run each) does not fit a CPU, so it runs on
+    # a sample of three layers (early, middle, late), where notebook 02 measures how well the
+    # whole-model methods agree with it; the neuron sweep then selects by attribution-abs.
+    "real": {"MODEL": "smollm2-135m", "MODELS": ["smollm2-135m"], "SEED": 0, "N_PROMPTS": 8, "N_NEURON_PROMPTS": 4,
+             "N_EVAL_PROMPTS": 32, "N_TOKENS": 64, "NEURON_ABLATION_LAYERS": [1, 15, 28],
+             "NEURON_REFERENCE": "attribution-abs", "ACDC_THRESHOLDS": [0.03, 0.3],
+             "SWEEP_HEAD_METHODS": _SWEEP["SWEEP_HEAD_METHODS"],
+             "SWEEP_NEURON_METHODS": [m for m in _SWEEP["SWEEP_NEURON_METHODS"] if m != "ablation"]},
 }
 
 
@@ -157,7 +166,8 @@ def run_series(profile: str = "demo", overrides: dict | None = None, out_dir: st
     """Execute the notebook series with papermill and return the run folder.
 
     Args:
-        profile: ``"demo"``, ``"standard"`` or ``"full"`` (see ``PROFILES``).
+        profile: ``"demo"``, ``"standard"``, ``"full"`` (the bundled code model) or ``"real"``
+            (SmolLM2-135M), see ``PROFILES``.
         overrides: parameter values that replace the profile's (``{"MODEL": "gpt2"}``).
         out_dir: run folder; default ``runs/<timestamp>``. With ``resume`` pass the old one.
         only: notebook name prefixes to run (``["01", "02"]``); default all.

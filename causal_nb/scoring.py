@@ -122,7 +122,7 @@ def uses(method: str, option: str) -> bool:
 def score(model, prompts, method: str, unit: str = "head", metric=None, kind: str | None = None, corrupted=None,
           n_tokens: int | None = None, steps: int | None = None, p: int | None = None, seed: int = 0,
           progress: bool | None = None, threshold: float | None = None, batch_size: int | None = None,
-          memory_budget_mb: float | None = None) -> pd.DataFrame:
+          memory_budget_mb: float | None = None, layers=None) -> pd.DataFrame:
     """Importance of every unit of a kind by one method; higher = more important.
 
     Args:
@@ -152,6 +152,10 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         n_tokens, seed, progress: run settings every method takes (``seed`` draws ``random``
             and resample ablations).
         batch_size, memory_budget_mb: ablation and patching, as in ``patch``.
+        layers: score only the units of these layers (default all), e.g. exact neuron ablation
+            of a real model on a layer sample; recorded in ``attrs["layers"]``. Such a table
+            covers part of the model, so ``prune`` refuses it. Not ACDC (its walk tests each
+            unit with the units it removed before, across all layers).
 
     Returns:
         DataFrame ``layer``, ``head``/``neuron``, ``score``; ``attrs["per_prompt"]`` (unit x
@@ -172,12 +176,20 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
     steps = 5 if steps is None else steps
     p = 2 if p is None else p
     attrs = {"method": method, "unit": unit}
-    units = enumerate_units(model, unit)
+    if layers is not None:
+        if method == "acdc":
+            raise ValueError("method='acdc' scores every layer: its walk tests each unit together with the units it "
+                             "removed before, so a layer subset would change the scores; drop layers=")
+        attrs["layers"] = sorted({int(x) for x in layers})
+    every = enumerate_units(model, unit)
+    units = enumerate_units(model, unit, layers)
+    # the whole-model methods below compute every unit; `pick` keeps the requested layers' rows
+    pick = np.array([u.layer in set(attrs.get("layers", range(model.cfg.n_layers))) for u in every])
     if method == "random":
         rng = np.random.default_rng(seed)
-        return _table(units, unit, rng.random(len(units)), None, (), {**attrs, "seed": seed})
+        return _table(units, unit, rng.random(len(every))[pick], None, (), {**attrs, "seed": seed})
     if method == "magnitude":
-        return _table(units, unit, _weight_norms(model, unit, p), None, (), {**attrs, "p": p})
+        return _table(units, unit, _weight_norms(model, unit, p)[pick], None, (), {**attrs, "p": p})
     pb = prepare(model, prompts, n_tokens)
     if method == "duplication":
         if unit != "head":
@@ -185,11 +197,12 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         from .duplication import head_similarity, uniqueness  # noqa: PLC0415
 
         sim = head_similarity(model, pb, kind="cosine")
-        return _table(units, unit, uniqueness(sim), None, (), {**attrs, "similarity": "cosine"})
+        return _table(units, unit, uniqueness(sim)[pick], None, (), {**attrs, "similarity": "cosine"})
     if method == "ablation":
         metric = metric or "kl"
         df = ablate(model, pb, unit=unit, kind=kind, metric=metric, seed=seed if kind == "resample" else None,
-                    n_tokens=n_tokens, progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
+                    n_tokens=n_tokens, progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
+                    layers=layers)
         per = df.attrs["per_prompt"].to_numpy()
         dmg = _damage(per, np.asarray(df.attrs["baseline_per_prompt"]), metric)
         return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "kind": kind, "metric": str(metric)})
@@ -205,11 +218,12 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             raise ValueError("method='patching' needs corrupted prompts (corrupted=...), paired with prompts")
         metric = metric or "logprob"
         df = patch(model, pb, corrupted, unit=unit, metric=metric, direction="noise", n_tokens=n_tokens,
-                   progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb)
+                   progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb, layers=layers)
         per = df.attrs["per_prompt"].to_numpy()
         dmg = _damage(per, np.asarray(df.attrs["clean_per_prompt"]), metric)
         return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "metric": str(metric)})
-    hooks = sorted({e.hook for u in units for e in u.edits})
+    # activation norms are read for every layer (then picked); the gradient methods hook only `units`
+    hooks = sorted({e.hook for u in (every if method == "activation" else units) for e in u.edits})
     scored = scored_batch(pb)
     loss = get_metric("loss")
     if method == "activation":
@@ -217,7 +231,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             cap = capture(model, pb.tokens, hooks)
         norms = _unit_outputs(model, cap, unit)  # [unit batch pos]
         m = pb.mask.float()[None]
-        per = ((norms * m).sum(-1) / m.sum(-1)).double().cpu().numpy()
+        per = ((norms * m).sum(-1) / m.sum(-1)).double().cpu().numpy()[pick]
         return _table(units, unit, per.mean(1), per, pb.ids, attrs)
     if method in ("taylor", "fisher"):
         # the gradient pass's own activations: no separate forward

@@ -32,6 +32,11 @@ def _aligned(a: pd.DataFrame, b: pd.DataFrame, col: str = "score") -> tuple[np.n
     if ua != ub:
         raise ValueError(f"the tables score different units ({ua or ['layer']} vs {ub or ['layer']}): compare "
                          "tables of the same unit kind")
+    # a table scored on a layer sample (score(..., layers=...)) is compared on those layers only
+    subset = [set(t.attrs["layers"]) for t in (a, b) if t.attrs.get("layers") is not None]
+    if subset and "layer" in a.columns and "layer" in b.columns:
+        keep = set.intersection(*subset)
+        a, b = (t[t.layer.isin(keep)] for t in (a, b))
     keys = [k for k in _KEYS if k in a.columns and k in b.columns]
     if not keys or len(a) != len(b):
         raise ValueError("score tables must cover the same units (same layer/head/neuron rows)")

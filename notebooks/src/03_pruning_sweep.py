@@ -14,7 +14,8 @@
 # With the scores of notebook 02 (read from `SCORES_DIR`), remove the least important heads
 # and MLP neurons of each model at each sparsity, by each method, and evaluate the pruned
 # model on held-out prompts of both domains: loss, KL to the full model and top-1 agreement
-# with it. The causal reference is exact mean-ablation (one run per head or neuron);
+# with it. The causal reference is exact mean-ablation (one run per head or neuron; on a real
+# model the neurons' reference is `NEURON_REFERENCE`, see notebook 02);
 # `attribution-abs` is its first-order estimate taken in absolute value per prompt. Two
 # hypotheses are tested: (H1) a method's importance predicts the quality drop when a unit is
 # removed; (H2) causal selection retains more quality than weight-magnitude or gradient
@@ -28,7 +29,8 @@ DOMAIN = "python"  # domain the scores were computed on
 EVAL_DOMAINS = ["python", "cpp"]  # test splits evaluated
 SWEEP_HEAD_METHODS = ["ablation", "attribution-abs", "acdc", "taylor", "magnitude", "random"]  # head selection methods compared (the run profiles add attribution and fisher)
 SWEEP_NEURON_METHODS = ["ablation", "attribution-abs", "taylor", "magnitude", "random"]  # neuron selection methods compared (the profiles add attribution and fisher)
-REFERENCE = "ablation"  # the causal method (exact mean-ablation KL) tested against the others (H1, H2)
+REFERENCE = "ablation"  # the causal head method (exact mean-ablation KL) tested against the others (H1, H2)
+NEURON_REFERENCE = "ablation"  # the same for neurons (the real profile: "attribution-abs", checked against exact ablation on a layer sample in notebook 02)
 SPARSITIES = [0.1, 0.25, 0.5, 0.8]  # shares of units removed
 N_EVAL_PROMPTS = 16  # evaluation prompts per domain
 N_TOKENS = 64  # tokens per prompt, BOS included
@@ -55,6 +57,7 @@ print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
 
 # %%
 plan = {"head": SWEEP_HEAD_METHODS, "neuron": SWEEP_NEURON_METHODS}
+reference = {"head": REFERENCE, "neuron": NEURON_REFERENCE}
 parts = {}
 
 
@@ -84,10 +87,11 @@ results[results.model == MODELS[0]][cols].round(3)
 
 # %%
 h1 = pd.concat([cnb.stats.h1_table({m: load_scores(scores_path(SCORES_DIR, name, DOMAIN, m, unit))
-                                    for m in methods if m != REFERENCE},
-                                   load_scores(scores_path(SCORES_DIR, name, DOMAIN, REFERENCE, unit))).assign(model=name, unit=unit)
+                                    for m in methods if m != reference[unit]},
+                                   load_scores(scores_path(SCORES_DIR, name, DOMAIN, reference[unit], unit)))
+                .assign(model=name, unit=unit, reference=reference[unit])
                 for name in MODELS for unit, methods in plan.items()], ignore_index=True)
-h1[["model", "unit", "method", "spearman", "kendall", "topk_overlap", "k"]].round(3)
+h1[["model", "unit", "reference", "method", "spearman", "kendall", "topk_overlap", "k"]].round(3)
 
 # %% [markdown]
 # ## H2: does causal selection retain more quality at high sparsity?
@@ -97,7 +101,7 @@ h1[["model", "unit", "method", "spearman", "kendall", "topk_overlap", "k"]].roun
 # The full curves for the first model, heads then neurons:
 
 # %%
-h2 = {unit: cnb.stats.h2_table(results, REFERENCE, quality=f"{DOMAIN}_per_prompt_top1", unit=unit, model=MODELS[0])
+h2 = {unit: cnb.stats.h2_table(results, reference[unit], quality=f"{DOMAIN}_per_prompt_top1", unit=unit, model=MODELS[0])
       for unit in plan}
 h2["head"].round(3)
 
@@ -108,8 +112,8 @@ h2["neuron"].round(3)
 # The highest sparsity for every model: does the answer depend on the architecture?
 
 # %%
-summary = cnb.stats.h2_summary(results, {unit: REFERENCE for unit in plan}, quality=f"{DOMAIN}_per_prompt_top1")
-summary = summary.drop(columns=["reference", "sparsity"]).round(3)
+summary = cnb.stats.h2_summary(results, reference, quality=f"{DOMAIN}_per_prompt_top1")
+summary = summary.drop(columns=["sparsity"]).round(3)
 summary
 
 # %% [markdown]
@@ -119,9 +123,9 @@ summary
 # sparsity carry over to a domain it never saw?
 
 # %%
-cross = pd.concat([cnb.stats.cross_domain_table(results[results.model == name], REFERENCE, EVAL_DOMAINS, unit=unit)
+cross = pd.concat([cnb.stats.cross_domain_table(results[results.model == name], reference[unit], EVAL_DOMAINS, unit=unit)
                    .assign(model=name, unit=unit) for name in MODELS for unit in plan], ignore_index=True)
-cross = cross[cross.method != REFERENCE]
+cross = cross[cross.method != cross.unit.map(reference)]
 cross.pivot_table(index=["model", "unit", "method"], columns="domain", values=["ratio_ref_over_method", "p_holm"],
                   sort=False).round(3)
 

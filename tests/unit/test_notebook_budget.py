@@ -28,23 +28,44 @@ def parameters(name: str = "02_causal_scoring.py") -> dict:
     return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)}
 
 
+def bundled_profiles():
+    """The profiles that run the committed notebooks' own models, heavier (not ``real``)."""
+    models = parameters()["MODELS"]
+    return {k: v for k, v in PROFILES.items() if v.get("MODELS", models) == models}
+
+
 def test_profiles_restore_the_heavy_scoring():
     light = parameters()
     assert light["N_PROMPTS"] <= 8 and light["N_NEURON_PROMPTS"] <= light["N_PROMPTS"]
     assert "ablation" in light["NEURON_METHODS"]  # lighter, not cut
-    for name, params in PROFILES.items():
+    assert set(bundled_profiles()) == {"demo", "standard", "full"}
+    for name, params in bundled_profiles().items():
         assert params["N_PROMPTS"] >= 2 * light["N_PROMPTS"], name
         assert params["N_NEURON_PROMPTS"] >= 4 * light["N_NEURON_PROMPTS"], name
 
 
 def test_profiles_sweep_every_method_the_committed_sweep_leaves_out():
     light, scored = parameters("03_pruning_sweep.py"), parameters()
-    for name, params in PROFILES.items():
+    for name, params in bundled_profiles().items():
         for unit in ("HEAD", "NEURON"):
             heavy = params[f"SWEEP_{unit}_METHODS"]
             assert set(light[f"SWEEP_{unit}_METHODS"]) < set(heavy), (name, unit)
             # the sweep reads notebook 02's saved scores: it can only select by methods 02 scored
             assert set(heavy) <= set(scored[f"{unit}_METHODS"]), (name, unit)
+
+
+def test_the_real_profile_selects_neurons_by_a_method_checked_against_exact_ablation():
+    real, scored, sweep = PROFILES["real"], parameters(), parameters("03_pruning_sweep.py")
+    assert real["MODELS"] == ["smollm2-135m"] and real["MODEL"] == "smollm2-135m"
+    # exact neuron ablation on a sample of SmolLM2's 30 layers, early to late
+    layers = real["NEURON_ABLATION_LAYERS"]
+    assert len(layers) >= 3 and min(layers) < 10 and max(layers) >= 20 and max(layers) < 30
+    ref = real["NEURON_REFERENCE"]
+    assert ref in real["SWEEP_NEURON_METHODS"] and ref in scored["NEURON_METHODS"] and ref != "ablation"
+    assert "ablation" not in real["SWEEP_NEURON_METHODS"]  # partial scores cannot select units
+    assert sweep["REFERENCE"] in real["SWEEP_HEAD_METHODS"]
+    assert set(real["SWEEP_HEAD_METHODS"]) <= set(scored["HEAD_METHODS"])
+    assert set(real["SWEEP_NEURON_METHODS"]) <= set(scored["NEURON_METHODS"])
 
 
 def test_every_profile_parameter_is_declared_by_a_notebook():

@@ -178,3 +178,33 @@ def test_absolute_attribution_is_the_mean_of_per_prompt_magnitudes(tiny_model):
     assert np.allclose(absolute.score, np.abs(per).mean(1))
     assert np.allclose(absolute.attrs["per_prompt"].to_numpy(), np.abs(per))
     assert (absolute.score >= signed.score.abs() - 1e-12).all()
+
+
+@pytest.mark.parametrize("method", ["ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude",
+                                    "activation", "random"])
+def test_a_layer_subset_scores_those_layers_as_the_whole_model_run_does(llama, method):
+    """``layers=`` (exact neuron ablation of a real model on a layer sample) must give each
+    unit the score it gets when every layer is scored, and say which layers it covers."""
+    full = cnb.score(llama, P, method, unit="neuron", n_tokens=N)
+    part = cnb.score(llama, P, method, unit="neuron", n_tokens=N, layers=[1])
+    assert part.attrs["layers"] == [1] and set(part.layer) == {1}
+    want = full[full.layer == 1].reset_index(drop=True)
+    np.testing.assert_allclose(part.score.to_numpy(), want.score.to_numpy(), rtol=1e-5, atol=1e-7)
+    assert part.neuron.tolist() == want.neuron.tolist()
+    if "per_prompt" in full.attrs:
+        np.testing.assert_allclose(part.attrs["per_prompt"].to_numpy(), full.attrs["per_prompt"].to_numpy()[want.index
+                                   + int((full.layer < 1).sum())], rtol=1e-5, atol=1e-7)
+
+
+def test_a_layer_subset_is_refused_where_it_cannot_be_used(llama, tmp_path):
+    part = cnb.score(llama, P, "magnitude", unit="head", layers=[0])
+    with pytest.raises(ValueError, match=r"cover layers \[0\] only"):
+        cnb.prune(llama, part, 0.5)
+    # the subset survives a save and a load, and is still refused
+    path = cnb.scoring.save_scores(part, tmp_path, llama, "python")
+    with pytest.raises(ValueError, match=r"cover layers \[0\] only"):
+        cnb.prune(llama, cnb.scoring.load_scores(path), 0.5)
+    with pytest.raises(ValueError, match="acdc.*every layer"):
+        cnb.score(llama, P, "acdc", unit="head", layers=[0])
+    with pytest.raises(ValueError, match="do not exist"):
+        cnb.score(llama, P, "magnitude", unit="head", layers=[7])

@@ -24,6 +24,16 @@ def test_rank_agreement_known_values():
         stats.rank_agreement(a, table([1.0, 2, 3, 4]))
 
 
+def test_rank_agreement_with_a_layer_sample_compares_those_layers_only():
+    whole = table([1.0, 2, 3, 6, 5, 4])
+    sample = whole[whole.layer == 1].assign(score=[4.0, 5, 6])
+    with pytest.raises(ValueError, match="same units"):  # a sample that does not say it is one
+        stats.rank_agreement(whole, sample)
+    sample.attrs["layers"] = [1]
+    r = stats.rank_agreement(whole, sample)
+    assert r["n_units"] == 3 and r["spearman"] == pytest.approx(-1)
+
+
 def test_topk_overlap_by_hand():
     x = np.array([5, 4, 3, 2, 1.0])
     y = np.array([5, 1, 4, 2, 3.0])
