@@ -10,6 +10,7 @@ Spearman correlation with the exact head effects instead.
     python benchmarks/bench_patching.py                    # CPU, bundled 4-layer model
     python benchmarks/bench_patching.py --gpu              # + GPT-2-small shape on CUDA
     python benchmarks/bench_patching.py --record           # append the table to RESULTS.md
+    python benchmarks/bench_patching.py --model smollm2-135m --n-prompts 2 --n-tokens 16 --repeats 1 --warmup 0
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def corrupted_pair(model, n_prompts: int, n_tokens: int):
     return cb, TokenBatch(x, cb.mask.clone(), cb.ids)
 
 
-def timed(fn, repeats: int):
-    fn()  # warm-up
+def timed(fn, repeats: int, warmup: int = 1):
+    for _ in range(warmup):  # first-call costs (allocation, lazy init) kept out of the timing
+        fn()
     times, out = [], None
     for _ in range(repeats):
         if torch.cuda.is_available():
@@ -63,7 +65,8 @@ def timed(fn, repeats: int):
     return statistics.median(times), out
 
 
-def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units: list[str]) -> list[dict]:
+def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units: list[str],
+          warmup: int = 1) -> list[dict]:
     model.eval()
     cb, xb = corrupted_pair(model, n_prompts, n_tokens)
     dev = next(model.parameters()).device
@@ -85,7 +88,7 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
     exact_heads = None
     for unit in units:
         if unit == "neuron":
-            rows.append(bench_neurons(model, label, cb, xb, scored, peer_metric))
+            rows.append(bench_neurons(model, label, cb, xb, scored, peer_metric, warmup=warmup))
             print(rows[-1], flush=True)
             continue
         peer_fn, kw = peers[unit]
@@ -97,8 +100,8 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
         def run_ours(unit=unit, kw=kw):
             return cnb.patch(model, cb, xb, unit=unit, scored_positions=scored, progress=False, **kw)
 
-        t_peer, ref = timed(run_peer, repeats)
-        t_ours, df = timed(run_ours, repeats)
+        t_peer, ref = timed(run_peer, repeats, warmup)
+        t_ours, df = timed(run_ours, repeats, warmup)
         if unit == "head":
             ours = torch.tensor(df.value.values).view(ref.shape)
             exact_heads = ours
@@ -112,7 +115,7 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
     if exact_heads is not None:
         t_peer = rows[0]["peer_s"]
         t_attr, df = timed(lambda: cnb.patch(model, cb, xb, unit="head", method="attribution",
-                                             scored_positions=scored, progress=False), repeats)
+                                             scored_positions=scored, progress=False), repeats, warmup)
         est = torch.tensor(df.value.values)
         ex = exact_heads.flatten()
         rows.append({"model": label, "method": "attribution head", "peer_s": t_peer, "ours_s": t_attr,
@@ -122,7 +125,7 @@ def bench(model, label: str, n_prompts: int, n_tokens: int, repeats: int, units:
     return rows
 
 
-def bench_neurons(model, label, cb, xb, scored, peer_metric, n_sample: int = 16) -> dict:
+def bench_neurons(model, label, cb, xb, scored, peer_metric, n_sample: int = 16, warmup: int = 1) -> dict:
     """Exact per-neuron patching of layer 0 (the costliest layer for the kit: every later block
     is replayed). TransformerLens has no neuron patching function, so the peer is the plain
     loop, one hooked forward per neuron, timed on an evenly spread sample and compared per
@@ -143,9 +146,9 @@ def bench_neurons(model, label, cb, xb, scored, peer_metric, n_sample: int = 16)
             out.append(peer_metric(model.run_with_hooks(xb.tokens, fwd_hooks=[(hook, fn)])).item())
         return torch.tensor(out)
 
-    t_peer, ref = timed(run_peer, 1)
+    t_peer, ref = timed(run_peer, 1, warmup)
     t_ours, df = timed(lambda: cnb.patch(model, cb, xb, unit="neuron", layers=[0], scored_positions=scored,
-                                         progress=False), 1)
+                                         progress=False), 1, warmup)
     err = (torch.tensor(df.value.values[sample]) - ref.double()).abs().max().item()
     per_peer, per_ours = t_peer / len(sample), t_ours / n
     return {"model": label, "method": f"exact neuron (layer 0, {n})", "peer_s": per_peer * n, "ours_s": t_ours,
@@ -178,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-prompts", type=int, default=32)
     p.add_argument("--n-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed runs before the timed ones (0 for a real model, where one run takes minutes)")
     p.add_argument("--units", nargs="*", default=["head", "resid", "mlp"],
                    help="head, resid, mlp, neuron (neuron: layer 0 only, one timed run; slow)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -187,14 +192,15 @@ def main(argv=None) -> int:
     cnb.setup(seed=0)
     if a.threads:
         torch.set_num_threads(a.threads)
-    rows = bench(cnb.load_model(a.model, device="cpu"), f"{a.model} (CPU)", a.n_prompts, a.n_tokens, a.repeats, a.units)
+    rows = bench(cnb.load_model(a.model, device="cpu"), f"{a.model} (CPU)", a.n_prompts, a.n_tokens, a.repeats, a.units,
+                 a.warmup)
     if a.gpu:
         if not torch.cuda.is_available():
             print("no CUDA device: GPU part skipped")
         else:
             for dtype in (torch.float32, torch.bfloat16):
                 rows += bench(shape_model(dtype), f"GPT-2-small shape, {str(dtype)[6:]} (GPU)", 64, 64, a.repeats,
-                              ["head"])
+                              ["head"], a.warmup)
     out = table(rows)
     print(out)
     if a.record:
@@ -205,6 +211,7 @@ def main(argv=None) -> int:
             fh.write(f"\n## {dt.date.today()} — {machine}, torch {torch.__version__}\n"
                      f"`python benchmarks/bench_patching.py {' '.join(argv or sys.argv[1:])}` "
                      f"({a.n_prompts} prompts x {a.n_tokens} tokens, median of {a.repeats}"
+                     f"{', no warm-up' if a.warmup == 0 else ''}"
                      f"{'; neuron row: one timed run after a warm-up' if 'neuron' in a.units else ''})\n\n{out}\n")
     return 0
 
