@@ -70,7 +70,7 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         scored_positions: positions whose next-token predictions the metric reads (default all).
         n_tokens: tokens per prompt, BOS included (default 64).
         batch_size: interventions stacked per forward (default: 1 on CPU; on a GPU the units of
-            one layer, chunked to ``memory_budget_mb``; see ``engine.stack_size``).
+            one layer, chunked to ``memory_budget_mb``; see ``engine.replay.stack_size``).
         memory_budget_mb: memory the stacked copies may use (default half the free GPU memory).
         progress: a progress bar (default: ``causal_nb.progress_enabled()``).
         steps: EAP-IG's interpolation points (``method="eap-ig"`` only; default 5).

@@ -53,5 +53,5 @@ def check_supported(model, purpose: str = "analysis") -> str:
         what = "cannot be pruned yet" if purpose == "pruning" else "is not supported yet"
         raise UnsupportedModelError(
             f"model family {name!r} {what}{why} (supported: {', '.join(allowed)}); a family is added once "
-            "tests/unit/test_families.py shows it exact (see causal_nb/families.py)")
+            "tests/unit/test_families.py shows it exact (see causal_nb/models/families.py)")
     return name

@@ -186,3 +186,25 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert import_cycles(mods, deps) == [["causal_nb.engine.a", "causal_nb.engine.b"]]
     assert private_imports(deps) == ["causal_nb.engine.a imports '_helper' from causal_nb.engine.b at line 1"]
     assert long_modules(mods) == [f"causal_nb.engine.a: {MAX_LINES + 1} lines"]
+
+
+# The top-level API before the package was split into layers (plus the score and sweep I/O the
+# notebooks now call as cnb.*): every name must stay importable from the root.
+PUBLIC = """FullModelRun IOIPrompts METHODS METRICS ModelNotAvailableError PromptSet PromptSetError ScoredBatch
+SweepConfig TokenBatch TokenSet TokenSetError ablate acdc acdc_sweep answer_token_diff available_domains domain_losses
+evaluate full_model_run head_roles induction induction_ablation induction_losses induction_scores ioi
+ioi_head_patching ioi_logit_diff ioi_prompts list_models load_json load_model load_prompts logit_diff logprob_mass
+model_card patch patching_summary plotting progress_enabled prompt_losses prompt_set_summary prune prune_units
+repeated_tokens reverse_intervention save_findings save_json save_pruned score setup stats sweep token_set_mass
+token_set_path views widgets load_scores save_scores scores_path load_results __version__""".split()
+
+
+def test_public_api_is_kept():
+    import causal_nb
+
+    missing = [n for n in PUBLIC if not hasattr(causal_nb, n)]
+    assert not missing, f"names no longer exported by causal_nb: {missing}"
+    assert set(PUBLIC) - {"__version__"} <= set(causal_nb.__all__)
+    for sub in ("stats", "plotting", "views", "widgets", "induction", "ioi"):
+        assert type(getattr(causal_nb, sub)).__name__ == "module", sub
+    assert causal_nb.stats.h1_table and causal_nb.views.head_effect and causal_nb.widgets.HeadExplorer
