@@ -66,7 +66,7 @@ test-fast: install
 
 ## Rebuild the executed notebooks from their py:percent sources (notebooks/src/).
 notebooks: install
-	$(PY) -m causal_nb.notebooks build
+	$(PY) -m causal_nb.notebook.build build
 
 lint: install
 	$(PY) -m ruff check causal_nb tests benchmarks

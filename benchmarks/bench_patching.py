@@ -33,7 +33,7 @@ from scipy import stats
 from transformer_lens import patching as tlp
 
 import causal_nb as cnb
-from causal_nb.prompts import TokenBatch
+from causal_nb.data.prompts import TokenBatch
 
 HERE = Path(__file__).parent
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 import causal_nb as cnb
-from causal_nb.evaluation import flops_per_token, latency_ms, peak_memory_mb
-from causal_nb.pruning import plain_hf
+from causal_nb.evaluation.quality import flops_per_token, latency_ms, peak_memory_mb
+from causal_nb.models.hf import plain_hf
 
 HERE = Path(__file__).parent
 

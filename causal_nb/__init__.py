@@ -1,9 +1,12 @@
 """causal_nb: causal analysis and structural pruning of transformer language models.
 
 The package does the work; the notebooks in ``notebooks/`` tell the story and call it.
-Layers, imports pointing one way: data (zoo, loading, prompts, io) <- engine (units,
-metrics, engine) <- analysis (patching, attribution, reverse, scoring, pruning, evaluation,
-sweep, stats) <- face (plotting, runner, CLI).
+Subpackages by layer, imports pointing down only (``tests/unit/test_layout.py`` checks it):
+``core`` (env, io, checks) < ``models``, ``data``, ``zoo`` (loading, the Hugging Face copy,
+prompt sets, the shipped models) < ``engine`` (units, metrics, replay, patching, attribution)
+< ``analyses`` (scoring, ACDC, reverse intervention, circuits) < ``pruning`` < ``evaluation``
+(quality, stats, sweeps, findings) < ``notebook`` (plots, views, widgets, runner, report) < this
+package's root and its command line.
 
 API vocabulary (one meaning per name, everywhere):
 
@@ -32,24 +35,26 @@ API vocabulary (one meaning per name, everywhere):
   use it. ``n_tokens``, ``seed`` and ``progress`` are run settings every ``score`` method takes.
 """
 
-from . import induction, ioi, plotting, stats, views, widgets
-from .acdc import acdc, acdc_sweep
-from .env import progress_enabled, setup
-from .evaluation import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
-from .induction import induction_ablation, induction_losses, induction_scores, repeated_tokens
-from .io import load_json, save_json
-from .ioi import IOIPrompts, head_roles, ioi_head_patching, ioi_logit_diff, ioi_prompts, patching_summary
-from .loading import ModelNotAvailableError, list_models, load_model, model_card
-from .metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
-from .patching import ablate, patch
-from .prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
-from .pruning import prune, prune_units, save_pruned
-from .report import save_findings
-from .reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path
-from .scoring import METHODS, score
-from .sweep import SweepConfig, sweep
-
-__version__ = "0.1.0"
+from .analyses import induction, ioi
+from .analyses.acdc import acdc
+from .analyses.induction import induction_ablation, induction_losses, induction_scores, repeated_tokens
+from .analyses.ioi import IOIPrompts, head_roles, ioi_head_patching, ioi_logit_diff, ioi_prompts, patching_summary
+from .analyses.reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path
+from .analyses.scoring import METHODS, load_scores, save_scores, score, scores_path
+from .core.env import progress_enabled, setup
+from .core.io import load_json, save_json
+from .core.version import __version__ as __version__  # re-exported: the one place the version is written
+from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
+from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
+from .engine.patching import ablate, patch
+from .evaluation import stats
+from .evaluation.acdc_sweep import acdc_sweep
+from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
+from .evaluation.sweep import SweepConfig, load_results, sweep
+from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
+from .notebook import plotting, views, widgets
+from .notebook.report import save_findings
+from .pruning.structure import prune, prune_units, save_pruned
 
 __all__ = [
     "FullModelRun",
@@ -83,6 +88,8 @@ __all__ = [
     "ioi_prompts",
     "list_models",
     "load_json",
+    "load_results",
+    "load_scores",
     "load_model",
     "load_prompts",
     "logit_diff",
@@ -101,7 +108,9 @@ __all__ = [
     "save_findings",
     "save_json",
     "save_pruned",
+    "save_scores",
     "score",
+    "scores_path",
     "setup",
     "stats",
     "sweep",

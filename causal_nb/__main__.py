@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     nbp = sub.add_parser("notebooks", help="list the notebook series, or copy it out to open in Jupyter")
     nbp.add_argument("--copy", default=None, metavar="DEST", help="copy the notebooks into DEST (created)")
     sw = sub.add_parser("sweep", help="run a pruning sweep from a YAML config")
-    sw.add_argument("config", help="YAML file (keys: see causal_nb.sweep.SweepConfig)")
+    sw.add_argument("config", help="YAML file (keys: see causal_nb.SweepConfig)")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its 'out' folder")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.cmd == "models":
-        from .loading import list_models  # noqa: PLC0415
+        from .models.loading import list_models  # noqa: PLC0415
 
         print(list_models(cards=True).to_string(index=False))
         from .zoo.pretrained import available_pretrained, describe  # noqa: PLC0415
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{describe(name)}")
         return 0
     if a.cmd == "notebooks":
-        from .runner import RunError, copy_notebooks, default_notebooks_dir, series  # noqa: PLC0415
+        from .notebook.runner import RunError, copy_notebooks, default_notebooks_dir, series  # noqa: PLC0415
 
         if a.copy is None:
             print(f"{default_notebooks_dir()}:")
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(copied)} notebooks -> {a.copy}")
         return 0
     if a.cmd == "sweep":
-        from .sweep import SweepError, load_config, sweep  # noqa: PLC0415
+        from .evaluation.sweep import SweepError, load_config, sweep  # noqa: PLC0415
 
         try:
             cfg = load_config(a.config)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{len(df)} cells -> {cfg.out}/results.csv")
         return 0
-    from .runner import RunError, parse_value, run_series  # noqa: PLC0415
+    from .notebook.runner import RunError, parse_value, run_series  # noqa: PLC0415
 
     try:
         run = run_series(a.profile, {k: parse_value(v) for k, v in a.param}, a.out, a.only, a.resume,

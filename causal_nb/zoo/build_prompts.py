@@ -1,4 +1,4 @@
-"""Build the code prompt sets ``causal_nb/data/prompts/python.jsonl`` and ``.../cpp.jsonl``.
+"""Build the code prompt sets ``causal_nb/data/prompt_files/python.jsonl`` and ``.../cpp.jsonl``.
 
 Prompts are real code: chunks of whole lines from the corpus's *held-out* files (never seen
 in training), skipping licence headers and comment-heavy chunks, taken round-robin across
@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..prompts import prompt_dir
+from ..data.prompts import prompt_dir
 from . import corpus
 
 _COMMENT = ("#", "//", "/*", "*", "*/", '"""', "'''")
@@ -63,7 +63,7 @@ def build(domain: str, n_train: int = 160, n_test: int = 80, min_chars: int = 30
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: prompt_dir(), i.e. causal_nb/data/prompts/)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: prompt_dir(), i.e. causal_nb/data/prompt_files/)")
     a = p.parse_args(argv)
     out = a.out or prompt_dir()
     out.mkdir(parents=True, exist_ok=True)

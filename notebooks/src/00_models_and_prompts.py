@@ -47,7 +47,7 @@ print(f"{MODEL}: {cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_mode
 
 # %% [markdown]
 # ## Prompt sets
-# One JSONL file per domain in `causal_nb/data/prompts/` (shipped with the package). The code prompts are chunks of real files that
+# One JSONL file per domain in `causal_nb/data/prompt_files/` (shipped with the package). The code prompts are chunks of real files that
 # the models never saw in training (held out by file); the prose domains are for larger hub models.
 
 # %%

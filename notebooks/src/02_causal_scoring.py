@@ -45,7 +45,6 @@ OUT_DIR = "runs/manual"  # where this notebook writes its other outputs
 import pandas as pd
 
 import causal_nb as cnb
-from causal_nb.scoring import save_scores
 
 info = cnb.setup(seed=SEED)
 print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
@@ -69,7 +68,7 @@ def score_all(name, unit, methods, n):
     for method in methods:
         df = cnb.score(model, prompts, method, unit=unit, n_tokens=N_TOKENS, seed=SEED, progress=False,
                        **extra.get(method, {}))
-        save_scores(df, SCORES_DIR, model, DOMAIN, prompts)
+        cnb.save_scores(df, SCORES_DIR, model, DOMAIN, prompts)
         scores[name, unit, method] = df
 
 

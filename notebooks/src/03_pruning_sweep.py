@@ -46,7 +46,6 @@ OUT_DIR = "runs/manual"  # sweep results go to OUT_DIR/sweep/<unit>
 import pandas as pd
 
 import causal_nb as cnb
-from causal_nb.scoring import load_scores, scores_path
 
 info = cnb.setup(seed=SEED)
 print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
@@ -86,9 +85,9 @@ results[results.model == MODELS[0]][cols].round(3)
 # other method's scores are ranked against it, per model.
 
 # %%
-h1 = pd.concat([cnb.stats.h1_table({m: load_scores(scores_path(SCORES_DIR, name, DOMAIN, m, unit))
+h1 = pd.concat([cnb.stats.h1_table({m: cnb.load_scores(cnb.scores_path(SCORES_DIR, name, DOMAIN, m, unit))
                                     for m in methods if m != reference[unit]},
-                                   load_scores(scores_path(SCORES_DIR, name, DOMAIN, reference[unit], unit)))
+                                   cnb.load_scores(cnb.scores_path(SCORES_DIR, name, DOMAIN, reference[unit], unit)))
                 .assign(model=name, unit=unit, reference=reference[unit])
                 for name in MODELS for unit, methods in plan.items()], ignore_index=True)
 h1[["model", "unit", "reference", "method", "spearman", "kendall", "topk_overlap", "k"]].round(3)

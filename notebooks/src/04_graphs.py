@@ -29,8 +29,6 @@ GRAPHS_DIR = "runs/manual/graphs"  # where figures are written
 import pandas as pd
 
 import causal_nb as cnb
-from causal_nb.scoring import load_scores, scores_path
-from causal_nb.sweep import load_results
 
 info = cnb.setup(seed=SEED)
 saved = []
@@ -47,12 +45,12 @@ fig, df = cnb.plotting.token_set_bars(ts, n=20)
 keep(fig, "token_set_bars")
 
 # %%
-fig, df = cnb.plotting.unit_heatmap(load_scores(scores_path(SCORES_DIR, MODEL, DOMAIN_A, "ablation", "head")),
+fig, df = cnb.plotting.unit_heatmap(cnb.load_scores(cnb.scores_path(SCORES_DIR, MODEL, DOMAIN_A, "ablation", "head")),
                                     value="score", title=f"{MODEL}: mean-ablation KL per head")
 keep(fig, "head_importance")
 
 # %%
-results = pd.concat([load_results(f"{SWEEP_DIR}/{unit}") for unit in ("head", "neuron")], ignore_index=True)
+results = pd.concat([cnb.load_results(f"{SWEEP_DIR}/{unit}") for unit in ("head", "neuron")], ignore_index=True)
 results = results[results.model == MODEL]  # a sweep may hold several models
 fig, curves = cnb.plotting.degradation_curves(results, f"{DOMAIN_A}_per_prompt_top1", unit="head",
                                               title=f"{MODEL}: top-1 agreement after pruning heads")

@@ -36,7 +36,6 @@ DEVICE = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 # %%
 import causal_nb as cnb
 from causal_nb import views
-from causal_nb.scoring import load_scores, scores_path
 
 info = cnb.setup(seed=SEED)
 print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
@@ -111,7 +110,7 @@ explorer
 # held-out prompts. Causal scores should stay low longest.
 
 # %%
-scores = {m: load_scores(scores_path(SCORES_DIR, MODEL, DOMAIN_A, m, "head"), model) for m in SLIDER_METHODS}
+scores = {m: cnb.load_scores(cnb.scores_path(SCORES_DIR, MODEL, DOMAIN_A, m, "head"), model) for m in SLIDER_METHODS}
 
 # %% tags=["nbval-ignore-output"]
 # nbval-ignore-output: widget output (see above); the numbers are printed by the next cell.

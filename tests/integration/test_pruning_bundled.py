@@ -3,7 +3,7 @@
 import torch
 
 import causal_nb as cnb
-from causal_nb.patching import prepare
+from causal_nb.engine.common import prepare
 
 
 def test_physical_equals_masked_on_bundled_models(bundled, tmp_path):
@@ -31,7 +31,7 @@ def test_physical_equals_masked_on_bundled_models(bundled, tmp_path):
 
 def test_physical_gpt2_heads_are_sliced(tmp_path):
     """code-gpt2-2l at 50% of heads: every removed head's Q/K/V columns and output rows go."""
-    from causal_nb.pruning import plain_hf
+    from causal_nb.models.hf import plain_hf
 
     model = cnb.load_model("code-gpt2-2l", device="cpu")
     heads = cnb.score(model, None, "magnitude", unit="head")

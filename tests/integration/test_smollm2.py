@@ -15,8 +15,8 @@ import torch
 from transformer_lens import patching as tlp
 
 import causal_nb as cnb
-from causal_nb.patching import prepare
-from causal_nb.prompts import TokenBatch
+from causal_nb.data.prompts import TokenBatch
+from causal_nb.engine.common import prepare
 
 NAME = "smollm2-135m"
 N_TOKENS = 12

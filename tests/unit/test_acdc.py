@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.acdc import acdc, acdc_scores
-from causal_nb.patching import prepare, scored_batch
-from causal_nb.pruning import prune_units
+from causal_nb.analyses.acdc import acdc, acdc_scores
+from causal_nb.engine.common import prepare, scored_batch
+from causal_nb.pruning.structure import prune_units
 
 TEXTS = ["def add(a, b): return a + b and more", "class Point: def __init__(self): pass",
          "x = [i for i in y if i] + [0] * 3", "import os, sys; print(os.getcwd())"]

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.attribution import attribution_scores
-from causal_nb.engine import capture, evaluate_units
-from causal_nb.metrics import get_metric
-from causal_nb.patching import patch, prepare, scored_batch
-from causal_nb.units import enumerate_units
+from causal_nb.engine.attribution import attribution_scores
+from causal_nb.engine.common import prepare, scored_batch
+from causal_nb.engine.metrics import get_metric
+from causal_nb.engine.patching import patch
+from causal_nb.engine.replay import capture, evaluate_units
+from causal_nb.engine.units import enumerate_units
 
 CLEAN = ["def add(a, b): return a + b and more", "class Point: def __init__(self)"]
 CORR = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)"]

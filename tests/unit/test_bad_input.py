@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.scoring import load_scores
+from causal_nb.analyses.scoring import load_scores
 
 TEXTS = ["def add(a, b):\n    return a + b", "for i in range(10):\n    print(i)",
          "int main() { return 0; }", "class A:\n    pass"]
@@ -151,7 +151,7 @@ def test_sparsity_as_a_percent(model, head_scores):
     with pytest.raises(ValueError, match=r"got 12\.5: it is a share, not a percent; did you mean 0\.125\?"):
         cnb.prune(model, head_scores, 12.5)
     with pytest.raises(ValueError, match=r"did you mean 0\.3\?"):
-        cnb.pruning.select_units(head_scores, 30, 4, 2)
+        cnb.pruning.selection.select_units(head_scores, 30, 4, 2)
     # 1 is "everything", not 1 %: no percent hint
     with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\), got 1 \(the share of units removed\)$"):
         cnb.prune(model, head_scores, 1)

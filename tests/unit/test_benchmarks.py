@@ -46,6 +46,6 @@ def test_bench_patching_gpu_shape_runs_in_bf16():
     model = bp.shape_model(torch.bfloat16, shape={"n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": 128})
     rows = bp.bench(model, "tiny bf16", 8, 32, 1, ["head"])
     assert next(model.parameters()).device.type == "cuda" and all(r["ratio"] > 0 for r in rows)
-    from causal_nb.engine import stack_size
+    from causal_nb.engine.replay import stack_size
 
     assert stack_size(model, 8, 32, 15, 4) >= 1

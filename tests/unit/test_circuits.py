@@ -16,8 +16,9 @@ import torch
 
 from causal_nb import induction as ind
 from causal_nb import ioi
-from causal_nb.patching import ablate, patch, prepare
-from causal_nb.prompts import TokenBatch
+from causal_nb.data.prompts import TokenBatch
+from causal_nb.engine.common import prepare
+from causal_nb.engine.patching import ablate, patch
 
 TEXTS = ["def add(a, b): return a + b + c", "x = 1", "class P: pass"]
 N = 12

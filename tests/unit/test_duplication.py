@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 import causal_nb as cnb
-from causal_nb.duplication import duplicate_clusters, head_outputs, head_similarity, uniqueness
+from causal_nb.analyses.duplication import duplicate_clusters, head_outputs, head_similarity, uniqueness
 
 P = ["def add(a, b): return a + b and more", "int main() { return 0; } // xx"]
 

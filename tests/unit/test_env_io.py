@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.io import atomic_write_text
+from causal_nb.core.io import atomic_write_text
 
 
 def test_setup_makes_draws_repeat():

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import causal_nb as cnb
-from causal_nb.evaluation import token_losses, unigram_loss
+from causal_nb.evaluation.quality import token_losses, unigram_loss
 
 
 def test_token_losses_match_hf_cross_entropy(tiny_dirs, tiny_model):
@@ -48,18 +48,18 @@ def test_domain_losses_without_unigram_is_nan(tiny_model):
 def test_flops_per_token_by_hand_and_falls_with_physical_pruning(tiny_model):
     import pandas as pd
 
-    from causal_nb.evaluation import flops_per_token
+    from causal_nb.evaluation.quality import flops_per_token
 
     cfg = tiny_model.cfg
-    from causal_nb.evaluation import _as_hf
+    from causal_nb.evaluation.quality import _as_hf
 
     v = _as_hf(tiny_model).config.vocab_size  # the bridge's d_vocab may be padded
     d, n_h, d_mlp, n_l = cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.n_layers
     dh = d // n_h
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_h
-    from causal_nb.pruning import _arch
+    from causal_nb.models.hf import hf_arch
 
-    gated = _arch(_as_hf(tiny_model))[0] != "gpt2"
+    gated = hf_arch(_as_hf(tiny_model))[0] != "gpt2"
     per_layer = d * n_h * dh + 2 * d * n_kv * dh + n_h * dh * d + (3 if gated else 2) * d * d_mlp
     t = 16
     want = 2 * (n_l * per_layer + d * v) + n_l * 4 * n_h * dh * (t + 1) / 2
@@ -84,7 +84,7 @@ def test_full_model_run_is_the_full_models_kl_reference(tiny_model):
     whether evaluate is given the full model or its precomputed run; other prompts refused."""
     prompts = ["def f(x): return x + 1", "int main() { return 0; }", "for i in range(3): print(i)"]
     pruned = cnb.prune_units(tiny_model, {0: [0, 1], 1: [0, 1]}, physical=False)
-    tb = cnb.patching.prepare(tiny_model, prompts, 8)
+    tb = cnb.engine.common.prepare(tiny_model, prompts, 8)
     with torch.no_grad():
         p_full = torch.log_softmax(tiny_model(tb.tokens, return_type="logits")[:, :-1].double(), -1)
         p_pruned = torch.log_softmax(pruned(tb.tokens, return_type="logits")[:, :-1].double(), -1)

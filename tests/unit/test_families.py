@@ -12,10 +12,12 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.evaluation import evaluate
-from causal_nb.families import PRUNING_FAMILIES, UnsupportedModelError
-from causal_nb.patching import ablate, patch, prepare
-from causal_nb.pruning import plain_hf, prune_units, save_pruned
+from causal_nb.engine.common import prepare
+from causal_nb.engine.patching import ablate, patch
+from causal_nb.evaluation.quality import evaluate
+from causal_nb.models.families import PRUNING_FAMILIES, UnsupportedModelError
+from causal_nb.models.hf import plain_hf
+from causal_nb.pruning.structure import prune_units, save_pruned
 from causal_nb.zoo.tiny import make_tiny_model
 
 P = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "int main() { return 0; } // xx"]

@@ -16,8 +16,8 @@ import torch
 from plain_refs import hand_logprob, hook_loop, plain_tokens
 
 import causal_nb as cnb
-from causal_nb import engine
-from causal_nb.engine import _head_fast_path, _mlp_fast_path, capture
+from causal_nb.engine import replay as engine
+from causal_nb.engine.replay import _head_fast_path, _mlp_fast_path, capture
 
 CLEAN = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "x = [i for i in y]"]
 CORR = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)", "#include <map> ok"]

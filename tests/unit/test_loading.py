@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import causal_nb as cnb
-from causal_nb.loading import ModelNotAvailableError, resolve_device, resolve_source
+from causal_nb.models.loading import ModelNotAvailableError, resolve_device, resolve_source
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

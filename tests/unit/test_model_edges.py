@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import causal_nb as cnb
-from causal_nb import loading
-from causal_nb.prompts import PromptSetError
-from causal_nb.pruning import plain_hf
+from causal_nb.data.prompts import PromptSetError
+from causal_nb.models import loading
+from causal_nb.models.hf import plain_hf
 
 P = ["def add(a, b): return a + b", "int main() { return 0; }"]
 

@@ -5,7 +5,7 @@ prompts, so its source's default scores on fewer prompts than any run profile, a
 model's neuron scoring has a cell of its own; notebook 03 sweeps a subset of the selection
 methods, the profiles all of them. Read from the sources (notebooks/src), which the committed
 notebooks are built from, and from the per-cell times the last build recorded
-(notebooks/src/timings.json, written by ``python -m causal_nb.notebooks build``).
+(notebooks/src/timings.json, written by ``python -m causal_nb.notebook.build build``).
 """
 
 import ast
@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from causal_nb.notebooks import SRC, TIMINGS, source_hash
-from causal_nb.runner import PROFILES, notebook_parameters
+from causal_nb.notebook.build import SRC, TIMINGS, source_hash
+from causal_nb.notebook.runner import PROFILES, notebook_parameters
 
 CELLS = (SRC / "02_causal_scoring.py").read_text().split("\n# %%")
 CELL_LIMIT_S = 70  # "no cell over about a minute on 2 cores": 60 s plus the run-to-run spread here (57.0 and 66.8 s for one cell)

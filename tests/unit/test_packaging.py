@@ -17,7 +17,7 @@ CHECK = r"""
 import json, sys
 from pathlib import Path
 import causal_nb
-from causal_nb.runner import RunError, default_notebooks_dir, run_series, series
+from causal_nb.notebook.runner import RunError, default_notebooks_dir, run_series, series
 
 target = Path(sys.argv[1]).resolve()
 assert Path(causal_nb.__file__).resolve().is_relative_to(target), causal_nb.__file__
@@ -68,7 +68,7 @@ def test_wheel_holds_every_module_and_the_data(installed):
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "causal_nb").rglob("*.py")}
     assert modules - names == set(), "pyproject.toml [tool.setuptools] packages misses these"
     for domain in ("python", "cpp", "finance", "medical", "science", "maths"):
-        assert f"causal_nb/data/prompts/{domain}.jsonl" in names
+        assert f"causal_nb/data/prompt_files/{domain}.jsonl" in names
     assert {f"causal_nb/series/{p.name}" for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")} <= names
     assert "causal_nb/zoo/models/code-llama-4l/model.safetensors" in names
     assert not any("/src/" in n or n.endswith(".py") and "series/" in n for n in names)

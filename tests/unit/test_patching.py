@@ -9,7 +9,8 @@ import torch
 from transformer_lens import patching as tlp
 
 import causal_nb as cnb
-from causal_nb.patching import ablate, patch, prepare
+from causal_nb.engine.common import prepare
+from causal_nb.engine.patching import ablate, patch
 
 CLEAN = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "x = [i for i in y]"]
 CORR = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)", "#include <map> ok"]
@@ -164,7 +165,7 @@ def test_nonfinite_metric_is_reported(tiny_model):
 def test_neuron_and_mlp_edits_skip_their_block(tiny_model):
     """The MLP fast path (edit added after the block's MLP) is taken on both architectures,
     and stacking neurons equals one at a time (the plain-loop equality is tested above)."""
-    from causal_nb.engine import _mlp_fast_path, capture
+    from causal_nb.engine.replay import _mlp_fast_path, capture
 
     pb = prepare(tiny_model, CLEAN, N)
     cap = capture(tiny_model, pb.tokens, ["blocks.0.mlp.hook_post"])
@@ -178,7 +179,7 @@ def test_neuron_and_mlp_edits_skip_their_block(tiny_model):
 def test_stack_size_follows_the_memory_budget(tiny_model):
     from types import SimpleNamespace
 
-    from causal_nb.engine import copy_bytes, stack_size
+    from causal_nb.engine.replay import copy_bytes, stack_size
 
     # CPU: no stacking where the rows at the unembedding already fill a weight read (16 x 63)...
     assert stack_size(tiny_model, 16, 64, 63, 8) == 1
@@ -205,7 +206,7 @@ def test_bf16_engine_tracks_fp32(tiny_dirs, arch):
     several interventions in one pass changes nothing beyond bf16 rounding."""
     from scipy import stats
 
-    from causal_nb.engine import _head_fast_path, _mlp_fast_path, capture
+    from causal_nb.engine.replay import _head_fast_path, _mlp_fast_path, capture
 
     fp32 = cnb.load_model(tiny_dirs[arch], device="cpu")
     bf16 = cnb.load_model(tiny_dirs[arch], device="cpu", dtype="bf16")
@@ -225,7 +226,7 @@ def test_bf16_engine_tracks_fp32(tiny_dirs, arch):
 def test_cpu_auto_stacking_gives_the_unstacked_numbers(tiny_model):
     """Few scored rows: the CPU default stacks neurons (one unembedding read per stack) and
     must give what one intervention per pass gives, to float32 rounding."""
-    from causal_nb.engine import stack_size
+    from causal_nb.engine.replay import stack_size
 
     prompts = ["def f(x): return x + 1", "int main() { return 0; }"]
     assert stack_size(tiny_model, 2, 8, 1, tiny_model.cfg.d_mlp) > 1  # the default path stacks here

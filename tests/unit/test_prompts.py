@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.prompts import PromptSetError, parse_jsonl
+from causal_nb.data.prompts import PromptSetError, parse_jsonl
 
 
 def write(tmp_path, lines, name="dom.jsonl"):
@@ -63,7 +63,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="split must be"):
         cnb.load_prompts("python", split="validation")
     with pytest.raises(PromptSetError, match="not a single string"):
-        from causal_nb.prompts import as_prompt_set
+        from causal_nb.data.prompts import as_prompt_set
 
         as_prompt_set("def f(): pass")
     with pytest.raises(PromptSetError, match="non-empty"):
@@ -80,7 +80,7 @@ def test_shipped_prompt_sets_meet_the_counts():
 
 def test_code_prompts_test_split_comes_from_other_files():
     for d in ("python", "cpp"):
-        recs = parse_jsonl(cnb.prompts.prompt_dir() / f"{d}.jsonl")
+        recs = parse_jsonl(cnb.data.prompts.prompt_dir() / f"{d}.jsonl")
         files = {s: {r["source"].split(":")[0] for r in recs if r["split"] == s} for s in ("train", "test")}
         assert files["train"] and files["test"] and not files["train"] & files["test"]
 
@@ -89,7 +89,7 @@ def test_code_prompts_come_from_heldout_files_only():
     from causal_nb.zoo.corpus import is_heldout
 
     for d in ("python", "cpp"):
-        recs = parse_jsonl(cnb.prompts.prompt_dir() / f"{d}.jsonl")
+        recs = parse_jsonl(cnb.data.prompts.prompt_dir() / f"{d}.jsonl")
         assert all(is_heldout(r["source"].split(":")[0]) for r in recs)
 
 

@@ -4,7 +4,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import causal_nb as cnb
-from causal_nb.pruning import prune, save_pruned, select_units
+from causal_nb.pruning.selection import select_units
+from causal_nb.pruning.structure import prune, save_pruned
 
 P = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "int main() { return 0; } // xx"]
 
@@ -163,7 +164,7 @@ def test_mean_fill_equals_mean_ablation_masked_physical_and_saved(tiny_model, tm
 
 
 def test_block_removal_physical_equals_masked_equals_ablation(tiny_model, tmp_path):
-    from causal_nb.pruning import prune_units
+    from causal_nb.pruning.structure import prune_units
 
     tokens = cnb.PromptSet.from_texts(P).tokenize(tiny_model, 8).tokens
     n_l = tiny_model.cfg.n_layers

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats as st
 
 from causal_nb import stats
-from causal_nb.report import FOLD_ROWS, FindingsError, save_findings, validate_findings, write_report
+from causal_nb.notebook.report import FOLD_ROWS, FindingsError, save_findings, validate_findings, write_report
 
 N = 24  # prompts per sweep cell
 RNG = np.random.default_rng(0)
@@ -306,7 +306,7 @@ def test_save_findings_checks_the_schema(tmp_path):
 
 def test_public_names():
     import causal_nb
-    from causal_nb import report, runner
+    from causal_nb.notebook import report, runner
 
     assert runner.write_report is report.write_report  # still importable from the runner
     assert causal_nb.save_findings is report.save_findings
@@ -314,7 +314,7 @@ def test_public_names():
 
 @pytest.mark.slow
 def test_a_failed_run_still_writes_the_report(tmp_path):
-    from causal_nb.runner import RunError, run_series
+    from causal_nb.notebook.runner import RunError, run_series
 
     nbs = tmp_path / "nbs"
     nbs.mkdir()

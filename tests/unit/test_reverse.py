@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.reverse import layer_effects, model_key, tokenizer_fingerprint
+from causal_nb.analyses.reverse import layer_effects, model_key, tokenizer_fingerprint
 
 A = ["def add(a, b): return a + b and more", "class Point: def __init__(self)"]
 B = ["int main() { return 0; } // xx yy z", "std::vector<int> v; v.push_back(1)"]

@@ -3,7 +3,7 @@ import json
 import nbformat
 import pytest
 
-from causal_nb.runner import RunError, notebook_parameters, parse_value, run_series
+from causal_nb.notebook.runner import RunError, notebook_parameters, parse_value, run_series
 
 
 def make_nb(path, params_src, body_src):
@@ -63,7 +63,7 @@ def test_unknown_parameter_and_profile(series_dir, tmp_path):
 def test_report_lists_notebooks_tables_and_figures(tmp_path):
     import json
 
-    from causal_nb.runner import write_report
+    from causal_nb.notebook.runner import write_report
 
     (tmp_path / "run.json").write_text(json.dumps({"profile": "demo", "notebooks": [
         {"notebook": "00_a.ipynb", "seconds": 1.5, "parameters": {"SEED": 0}}]}))
@@ -92,11 +92,11 @@ def test_typos_are_refused_with_the_nearest_name(series_dir, tmp_path):
 
 @pytest.mark.slow
 def test_resume_reports_every_notebook_checks_parameters_and_writes_atomically(series_dir, tmp_path, monkeypatch):
-    import causal_nb.io
+    import causal_nb.core.io
 
     replaced = []
-    real = causal_nb.io.os.replace
-    monkeypatch.setattr(causal_nb.io.os, "replace", lambda a, b: (replaced.append(b), real(a, b)))
+    real = causal_nb.core.io.os.replace
+    monkeypatch.setattr(causal_nb.core.io.os, "replace", lambda a, b: (replaced.append(b), real(a, b)))
     out = tmp_path / "run"
     run_series("demo", {"SEED": 7}, out, only=["01"], notebooks_dir=series_dir, progress=False)
     assert str(out / ".done" / "01_first") in map(str, replaced) and str(out / "run.json") in map(str, replaced)

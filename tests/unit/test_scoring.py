@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import causal_nb as cnb
-from causal_nb.patching import prepare
+from causal_nb.engine.common import prepare
 
 P = ["def add(a, b): return a + b and more", "class Point: def __init__(self)", "int main() { return 0; } // xx"]
 N = 8
@@ -201,9 +201,9 @@ def test_a_layer_subset_is_refused_where_it_cannot_be_used(llama, tmp_path):
     with pytest.raises(ValueError, match=r"cover layers \[0\] only"):
         cnb.prune(llama, part, 0.5)
     # the subset survives a save and a load, and is still refused
-    path = cnb.scoring.save_scores(part, tmp_path, llama, "python")
+    path = cnb.save_scores(part, tmp_path, llama, "python")
     with pytest.raises(ValueError, match=r"cover layers \[0\] only"):
-        cnb.prune(llama, cnb.scoring.load_scores(path), 0.5)
+        cnb.prune(llama, cnb.load_scores(path), 0.5)
     with pytest.raises(ValueError, match="acdc.*every layer"):
         cnb.score(llama, P, "acdc", unit="head", layers=[0])
     with pytest.raises(ValueError, match="do not exist"):

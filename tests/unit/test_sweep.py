@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from causal_nb.sweep import SweepError, load_config, sweep
+from causal_nb.evaluation.sweep import SweepError, load_config, sweep
 
 
 def config(tiny_dirs, out):
@@ -122,7 +122,7 @@ def test_patching_cells_take_prompts_that_fill_n_tokens(tiny_dirs, tmp_path, mon
 
 def test_fingerprint_covers_the_saved_scores_read(tiny_dirs, tmp_path):
     import causal_nb
-    from causal_nb.scoring import save_scores, score
+    from causal_nb.analyses.scoring import save_scores, score
 
     model = causal_nb.load_model(tiny_dirs["llama"], device="cpu")
     prompts = causal_nb.load_prompts("python", n=3)

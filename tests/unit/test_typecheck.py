@@ -16,7 +16,7 @@ from jaxtyping import install_import_hook
 install_import_hook("causal_nb", "beartype.beartype")
 import torch, jaxtyping
 import causal_nb as cnb
-from causal_nb.metrics import masked_mean
+from causal_nb.engine.metrics import masked_mean
 from causal_nb.zoo.tiny import make_tiny_model
 
 try:

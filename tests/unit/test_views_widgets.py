@@ -10,7 +10,7 @@ import torch
 
 import causal_nb as cnb
 from causal_nb import views, widgets
-from causal_nb.patching import prepare
+from causal_nb.engine.common import prepare
 
 TEXTS = ["def add(a, b): return a + b and more text", "class Point: def __init__(self): pass ok",
          "x = [i for i in y if i] + [0] * 3 end", "import os, sys; print(os.getcwd()) done"]

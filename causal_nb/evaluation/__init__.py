@@ -1,0 +1,5 @@
+"""Evaluation: pruned-model quality, statistics, sweeps, findings and the ACDC sweep (imports pruning and below).
+
+Layer order, imports pointing down only (``tests/unit/test_layout.py`` checks it): core <
+models, data, zoo < engine < analyses < pruning < evaluation < notebook < the package root.
+"""

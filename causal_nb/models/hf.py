@@ -1,0 +1,254 @@
+"""The plain Hugging Face model behind a bridge: copying it out, its architecture, slicing it.
+
+What the upper layers need of the Hugging Face model itself: ``plain_hf`` (an editable copy of
+a bridge's model), ``hf_state`` (its Hugging Face state dict), ``hf_arch`` and ``head_width``
+(the decoder layers and one head's width), the slicing helpers structured pruning cuts with,
+``apply_structure`` and ``load_pruned_hf`` (rebuilding a saved pruned model) and
+``quiet_loading`` (silencing weight-loading output). Head widths come from each attention
+module (``head_dim``), not ``hidden_size // n_heads``, which is wrong for Qwen3 and Gemma
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .families import check_supported
+
+__all__ = ["add_bias", "apply_structure", "head_span", "head_width", "hf_arch", "hf_state", "keep_cols", "keep_rows",
+           "load_pruned_hf", "plain_hf", "quiet_loading", "slice_heads", "slice_neurons"]
+
+
+@contextlib.contextmanager
+def quiet_loading(verbose: bool):
+    """Silence weight-loading bars and notices (they go to stderr, which nbval compares)."""
+    if verbose:
+        yield
+        return
+    import transformers  # noqa: PLC0415
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        transformers.logging.enable_progress_bar()
+
+
+def _hf(model):
+    return model.original_model if hasattr(model, "original_model") else model
+
+
+def _no_init():
+    """Skip the random initialisation of a model whose every weight is loaded next (SmolLM2:
+    seconds per copy); a no-op where this transformers version lacks the switch."""
+    try:
+        from transformers.initialization import no_init_weights  # noqa: PLC0415
+    except ImportError:  # older transformers: the weights are initialised, then overwritten
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def plain_hf(model, share: bool = False):
+    """A plain Hugging Face copy of a bridge's model (the bridge wraps the original modules in
+    place, so its ``original_model`` cannot be sliced or saved as is).
+
+    Args:
+        share: hold the bridge's own tensors instead of copies (no memory cost; for read-only
+            uses such as counting parameters or timing a forward, never for editing).
+    """
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    wrapped = _hf(model)
+    p = next(wrapped.parameters())
+    with _no_init():
+        hf = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config), dtype=p.dtype)
+    spec = getattr(wrapped.config, "causal_nb_pruned", None)
+    if spec:
+        apply_structure(hf, spec)
+    # The bridge registers aliases (ln1, attn.q...) beside the original modules: read the
+    # original modules' own tensors, under their Hugging Face names.
+    state = hf_state(wrapped)
+    missing, unexpected = hf.load_state_dict(state, strict=False, assign=share)
+    # the bridge gives bias-free layers a zero bias (lm_head's b_U): dropping a zero bias is exact
+    unexpected = [u for u in unexpected if not (u.endswith(".bias") and not state[u].any())]
+    tied = bool(getattr(hf.config, "tie_word_embeddings", False))
+    missing = [m for m in missing if not (tied and m.startswith("lm_head."))]  # the embedding, when tied
+    if missing or unexpected:
+        raise RuntimeError(f"could not copy the bridge's weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    hf.tie_weights()
+    return hf.to(p.device).eval()
+
+
+def hf_state(wrapped) -> dict[str, torch.Tensor]:
+    """The Hugging Face state dict of a bridge-wrapped model: only its original modules' tensors.
+
+    The bridge replaces each wrapped module by a component that holds it as
+    ``_original_component`` next to bridge-only aliases (``ln1``, ``attn.q``...); walking
+    through the original components alone gives exactly the Hugging Face parameter names.
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(mod: nn.Module, prefix: str) -> None:
+        inner = mod._modules.get("_original_component")
+        if inner is not None:
+            walk(inner, prefix)
+            return
+        for n, t in mod._parameters.items():
+            if t is not None:
+                out[prefix + n] = t
+        for n, t in mod._buffers.items():
+            if t is not None and n not in mod._non_persistent_buffers_set:
+                out[prefix + n] = t
+        for n, c in mod._modules.items():
+            if c is not None:
+                walk(c, f"{prefix}{n}.")
+
+    walk(wrapped, "")
+    return out
+
+
+def hf_arch(hf) -> tuple[str, nn.ModuleList]:
+    check_supported(hf, "pruning")
+    if hasattr(hf, "transformer") and hasattr(hf.transformer, "h"):
+        return "gpt2", hf.transformer.h
+    return "llama", hf.model.layers
+
+
+def head_width(arch: str, layer: nn.Module) -> int:
+    """One head's width, read from the attention module (Qwen3/Gemma set it apart from d_model)."""
+    return layer.attn.head_dim if arch == "gpt2" else layer.self_attn.head_dim
+
+
+def keep_rows(lin: nn.Module, idx: list[int], conv: bool = False) -> nn.Module:
+    """Keep output features ``idx`` (Linear rows; Conv1D columns)."""
+    if conv:
+        new = type(lin)(len(idx), lin.weight.shape[0])
+        new.weight.data = lin.weight.data[:, idx].clone()
+        new.bias.data = lin.bias.data[idx].clone()
+        return new
+    new = nn.Linear(lin.in_features, len(idx), bias=lin.bias is not None, dtype=lin.weight.dtype,
+                    device=lin.weight.device)
+    new.weight.data = lin.weight.data[idx].clone()
+    if lin.bias is not None:
+        new.bias.data = lin.bias.data[idx].clone()
+    return new
+
+
+def keep_cols(lin: nn.Module, idx: list[int], conv: bool = False) -> nn.Module:
+    """Keep input features ``idx`` (Linear columns; Conv1D rows)."""
+    if conv:
+        new = type(lin)(lin.weight.shape[1], len(idx))
+        new.weight.data = lin.weight.data[idx].clone()
+        new.bias.data = lin.bias.data.clone()
+        return new
+    new = nn.Linear(len(idx), lin.out_features, bias=lin.bias is not None, dtype=lin.weight.dtype,
+                    device=lin.weight.device)
+    new.weight.data = lin.weight.data[:, idx].clone()
+    if lin.bias is not None:
+        new.bias.data = lin.bias.data.clone()
+    return new
+
+
+def head_span(heads, dh):
+    return [h * dh + i for h in heads for i in range(dh)]
+
+
+def slice_heads(arch: str, layer: nn.Module, keep: list[int], cfg) -> dict:
+    if arch == "gpt2":
+        att = layer.attn
+        dh, d = att.head_dim, att.embed_dim
+        cols = head_span(keep, dh)
+        att.c_attn = keep_rows(att.c_attn, cols + [d + c for c in cols] + [2 * d + c for c in cols], conv=True)
+        att.c_proj = keep_cols(att.c_proj, cols, conv=True)
+        att.split_size, att.num_heads = len(cols), len(keep)
+        return {"q_heads": keep, "kv_heads": keep, "kv_groups": 1}
+    att = layer.self_attn
+    dh = att.head_dim
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    by_group: dict[int, list[int]] = {}
+    for h in keep:
+        by_group.setdefault(h // group, []).append(h)
+    # repeat_kv needs equal, contiguous groups. Where the kept heads leave groups uneven, the
+    # smaller groups are padded back with some of their removed heads, whose output columns are
+    # zeroed (exactly removal): the key/value heads stay shared, so the model never grows.
+    rep = max(len(v) for v in by_group.values())
+    padded: list[int] = []
+    for g, hs in by_group.items():
+        spare = [h for h in range(g * group, (g + 1) * group) if h not in hs]
+        padded += spare[: rep - len(hs)]
+        by_group[g] = sorted(hs + spare[: rep - len(hs)])
+    q_order = [h for g in sorted(by_group) for h in by_group[g]]
+    kv = sorted(by_group)
+    att.q_proj, att.o_proj = keep_rows(att.q_proj, head_span(q_order, dh)), keep_cols(att.o_proj, head_span(q_order, dh))
+    att.k_proj, att.v_proj = keep_rows(att.k_proj, head_span(kv, dh)), keep_rows(att.v_proj, head_span(kv, dh))
+    with torch.no_grad():
+        att.o_proj.weight[:, head_span([q_order.index(h) for h in padded], dh)] = 0
+    att.num_key_value_groups = rep
+    return {"q_heads": q_order, "kv_heads": kv, "kv_groups": rep, "zeroed_heads": sorted(padded)}
+
+
+def slice_neurons(arch: str, layer: nn.Module, keep: list[int]) -> None:
+    if arch == "gpt2":
+        layer.mlp.c_fc = keep_rows(layer.mlp.c_fc, keep, conv=True)
+        layer.mlp.c_proj = keep_cols(layer.mlp.c_proj, keep, conv=True)
+        return
+    mlp = layer.mlp
+    mlp.gate_proj, mlp.up_proj = keep_rows(mlp.gate_proj, keep), keep_rows(mlp.up_proj, keep)
+    mlp.down_proj = keep_cols(mlp.down_proj, keep)
+
+
+def apply_structure(hf, spec: dict) -> None:
+    """Slice a full-size Hugging Face model in place to a saved pruning spec (for loading)."""
+    arch, layers = hf_arch(hf)
+    for layer, s in zip(layers, spec["layers"]):
+        if s.get("o_bias") and layer.self_attn.o_proj.bias is None:
+            add_bias(layer.self_attn.o_proj, torch.zeros(()))
+        if s.get("down_bias") and layer.mlp.down_proj.bias is None:
+            add_bias(layer.mlp.down_proj, torch.zeros(()))
+        if s.get("q_heads") is not None:
+            # The saved head order is group-contiguous, so slicing by it rebuilds the same layout.
+            slice_heads(arch, layer, s["q_heads"], hf.config)
+        if s.get("neurons") is not None:
+            slice_neurons(arch, layer, s["neurons"])
+
+
+def add_bias(lin: nn.Module, b: torch.Tensor) -> None:
+    if lin.bias is None:  # Llama's projections have none: give this one a bias
+        lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
+    lin.bias.data += b.to(lin.bias.dtype)
+
+
+def load_pruned_hf(folder: Path, dtype=torch.float32):
+    """Rebuild a physically pruned Hugging Face model from ``save_pruned`` output."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+
+    cfg = AutoConfig.from_pretrained(str(folder))
+    spec = json.loads((folder / "config.json").read_text())["causal_nb_pruned"]
+    with _no_init():
+        hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    apply_structure(hf, spec)
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    tied = bool(getattr(hf.config, "tie_word_embeddings", False))
+    missing = [m for m in missing if not (tied and m.startswith("lm_head."))]  # the embedding, when tied
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit the pruned structure (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    hf.tie_weights()
+    return hf.to(dtype).eval()
