@@ -69,6 +69,8 @@ def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), 
         names |= {f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)}
     if any(h.endswith("mlp.hook_post") for h in hooks):
         names |= {f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)}
+    # GPT-NeoX's parallel blocks have no resid_mid: its fast paths' checks then fail (full replay)
+    names = {n for n in names if n in hooks or n in model.hook_dict}
     acts: dict[str, Tensor] = {}
     block_args: dict[int, tuple[tuple, dict]] = {}
 
@@ -110,10 +112,12 @@ def scored_run(model, tokens, hooks: Sequence[str], scored: ScoredBatch, metric:
     return cap, metric(cap.logits, scored).float().cpu()
 
 
-def _expand(v, batch: int, k: int):
+def _expand(v, batch: int, k: int, per_head: bool = False):
     if k == 1:
         return v
-    if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == batch and batch > 1:
+    if isinstance(v, Tensor) and v.dim() >= 1 and (v.shape[0] == batch and batch > 1 or per_head):
+        # per_head: BLOOM's ALiBi bias is [batch * heads, 1, kv], batch-major, so the stacked
+        # copies repeat along its first dimension just like a [batch, ...] argument
         return v.repeat(k, *([1] * (v.dim() - 1)))
     if isinstance(v, tuple):
         return tuple(_expand(x, batch, k) for x in v)
@@ -141,7 +145,8 @@ def run_from(model, cap: Capture, start: int, k: int, positions: Tensor,
         x = x.repeat(k, 1, 1) if k > 1 else x
     for layer in range(start, model.cfg.n_layers):
         args, kwargs = cap.block_args[layer]
-        out = model.blocks[layer](x, *_expand(args[1:], batch, k), **{n: _expand(v, batch, k) for n, v in kwargs.items()})
+        out = model.blocks[layer](x, *_expand(args[1:], batch, k),
+                                  **{n: _expand(v, batch, k, n == "alibi") for n, v in kwargs.items()})
         x = out[0] if isinstance(out, tuple) else out
     return final_logits(model, x, positions)
 

@@ -16,7 +16,7 @@ import copy
 
 from torch import nn
 
-__all__ = ["boot_bridge", "layer_heads"]
+__all__ = ["boot_bridge", "fit_mlp_width", "layer_heads"]
 
 
 def _gpt2_layers(hf) -> nn.ModuleList | None:
@@ -36,7 +36,7 @@ def layer_heads(hf, i: int) -> int:
     if layers is not None:
         att = _orig(_orig(layers[i]).attn)
         return _orig(att.c_proj).weight.shape[0] // att.head_dim
-    att = _orig(_orig(hf.model.layers[i]).self_attn)
+    att = _orig(_orig(_llama_layers(hf)[i]).self_attn)
     return _orig(att.q_proj).weight.shape[0] // att.head_dim
 
 
@@ -70,10 +70,27 @@ def boot_bridge(hf, source, tokenizer, quiet):
                                                      dtype=next(hf.parameters()).dtype)
     for i, att in sliced.items():
         _refit_gpt2_attention(bridge, i, att)
-    if layers is None:
-        for i in range(len(hf.model.layers)):
+    if layers is None and _llama_layers(hf) is not None:
+        for i in range(len(_llama_layers(hf))):
             _fit_llama_attention(bridge, hf, i)
+    fit_mlp_width(bridge)
     return bridge.eval()
+
+
+def fit_mlp_width(bridge) -> None:
+    """Set ``bridge.cfg.d_mlp`` to the dense MLP width of the config: TransformerLens's OPT
+    adapter assumes 4 x d_model, which an OPT config's ``ffn_dim`` need not be."""
+    ffn = getattr(bridge.original_model.config, "ffn_dim", None)
+    if ffn is not None and ffn != bridge.cfg.d_mlp:
+        bridge.cfg.d_mlp = int(ffn)
+
+
+def _llama_layers(hf) -> nn.ModuleList | None:
+    """The decoder layers of a Llama-style model (``model.layers``) or OPT (``model.decoder.layers``)."""
+    inner = getattr(hf, "model", None)
+    if inner is not None and hasattr(inner, "decoder"):
+        inner = inner.decoder
+    return getattr(inner, "layers", None)
 
 
 def _layer_config(ab, n_heads: int, n_kv: int | None):
@@ -87,7 +104,7 @@ def _layer_config(ab, n_heads: int, n_kv: int | None):
 
 
 def _fit_llama_attention(bridge, hf, i: int) -> None:
-    att = _orig(_orig(hf.model.layers[i]).self_attn)
+    att = _orig(_orig(_llama_layers(hf)[i]).self_attn)
     n, kv = layer_heads(hf, i), _orig(att.k_proj).weight.shape[0] // att.head_dim
     ab = bridge.blocks[i].attn
     if (n, kv) != (ab.config.n_heads, getattr(ab.config, "n_key_value_heads", None) or ab.config.n_heads):

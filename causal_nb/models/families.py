@@ -1,28 +1,46 @@
 """Which model families the kit handles, checked once where a model enters it.
 
 A family is a Hugging Face ``config.model_type``. Each one listed here is covered by
-``tests/unit/test_families.py`` on a tiny random-weight model: the engine's head and neuron
-ablations equal a plain one-forward-per-unit hook loop (which in turn equals the Hugging Face
-model with the head zeroed at its output projection's input), and, for the pruning families,
-masked pruning equals zero-ablation and physical pruning equals masked. A family that is not
-listed is refused by name rather than run with silently wrong numbers.
+``tests/unit/test_families.py`` on a tiny random-weight model: ``patch`` and zero/mean
+``ablate`` of heads, neurons, MLPs and blocks equal a plain one-forward-per-unit hook loop
+(which in turn equals the Hugging Face model with the head zeroed at its output projection's
+input), ``score`` runs (magnitude = the Hugging Face weight norms), masked pruning equals
+zero-ablation and, for ``PHYSICAL_FAMILIES``, physical pruning equals masked.
+
+The decoders: GPT-2; the Llama-style q/k/v/o + gate/up/down families (Llama, Mistral, Qwen2,
+Qwen3, Gemma 1/2; explicit ``head_dim``, Qwen3's per-head q/k norms, Gemma's scaled embeddings
+and soft-caps); OPT (pre-LN only: post-LN OPT, and OPT whose ``word_embed_proj_dim`` differs
+from ``hidden_size``, as opt-350m, are refused by name); BLOOM (ALiBi, which the engine passes
+to replayed blocks) and GPT-NeoX/Pythia (parallel or sequential residual; the engine's
+resume-after-a-sublayer fast paths fall back to full block replay), both pruned masked only
+(``MASKED_ONLY`` says why). A family that is not listed is refused by name rather than run
+with silently wrong numbers.
 """
 
 from __future__ import annotations
 
-__all__ = ["ANALYSIS_FAMILIES", "PRUNING_FAMILIES", "UnsupportedModelError", "check_supported", "family"]
+__all__ = ["ANALYSIS_FAMILIES", "MASKED_ONLY", "PHYSICAL_FAMILIES", "PRUNING_FAMILIES", "UnsupportedModelError",
+           "check_supported", "family"]
 
-#: Families whose prunable layers are GPT-2 or Llama-style (q/k/v/o and gate/up/down projections).
-PRUNING_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+#: Families pruned both ways: masked (output weights zeroed) and physical (weights sliced).
+PHYSICAL_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt")
+
+#: Families that can be pruned masked only, with the reason physical slicing is refused.
+MASKED_ONLY: dict[str, str] = {
+    "bloom": "its ALiBi slopes are built per head from the model's one head count, so a layer with fewer heads "
+             "would get the wrong position biases",
+    "gpt_neox": "TransformerLens splits its fused query_key_value by the config's head count, shared by every "
+                "layer, so a layer with sliced heads cannot be booted",
+}
+
+#: Families ``prune`` handles (masked; physical too for ``PHYSICAL_FAMILIES``).
+PRUNING_FAMILIES: tuple[str, ...] = PHYSICAL_FAMILIES + tuple(MASKED_ONLY)
 
 #: Families the analyses (patch, ablate, score, evaluate...) are tested exact on.
 ANALYSIS_FAMILIES: tuple[str, ...] = PRUNING_FAMILIES
 
-_WHY = {
-    "bloom": "its fused query_key_value layout and ALiBi attention are not handled",
-    "opt": "its decoder layout (fc1/fc2, out_proj) is not handled",
-    "gpt_neox": "its parallel attention+MLP residual and fused QKV are not handled",
-}
+#: Why a known family is refused (none at present; shown in the error).
+_WHY: dict[str, str] = {}
 
 
 class UnsupportedModelError(ValueError):
@@ -41,13 +59,29 @@ def check_supported(model, purpose: str = "analysis") -> str:
 
     Args:
         model: a bridge, a Hugging Face model or its config.
-        purpose: ``"analysis"`` (loading, patching, ablation, scoring) or ``"pruning"``.
+        purpose: ``"analysis"`` (loading, patching, ablation, scoring), ``"pruning"`` (masked)
+            or ``"physical"`` (physical pruning).
 
     Returns:
         The family name.
     """
-    allowed = PRUNING_FAMILIES if purpose == "pruning" else ANALYSIS_FAMILIES
+    allowed = {"pruning": PRUNING_FAMILIES, "physical": PHYSICAL_FAMILIES}.get(purpose, ANALYSIS_FAMILIES)
     name = family(model)
+    if purpose == "physical" and name in MASKED_ONLY:
+        raise UnsupportedModelError(
+            f"model family {name!r} cannot be pruned physically: {MASKED_ONLY[name]}; use prune(..., physical=False) "
+            f"(masked: same numbers, same size) or a family of {', '.join(PHYSICAL_FAMILIES)}")
+    cfg = getattr(getattr(model, "original_model", model), "config", model)
+    if name == "opt" and getattr(cfg, "do_layer_norm_before", True) is False:
+        raise UnsupportedModelError(
+            "post-LN OPT (do_layer_norm_before=False, as in opt-350m) is not supported: TransformerLens's OPT "
+            "bridge expects the final layer norm such models lack and fails under hooks; pre-LN OPT models "
+            "(opt-125m, opt-1.3b...) are")
+    if name == "opt" and getattr(cfg, "word_embed_proj_dim", None) not in (None, getattr(cfg, "hidden_size", None)):
+        raise UnsupportedModelError(
+            f"OPT with word_embed_proj_dim {cfg.word_embed_proj_dim} != hidden_size {cfg.hidden_size} (project_in / "
+            "project_out around the decoder, as in opt-350m) is not supported; OPT models whose embedding width "
+            "equals hidden_size (opt-125m, opt-1.3b...) are")
     if name not in allowed:
         why = f" ({_WHY[name]})" if name in _WHY else ""
         what = "cannot be pruned yet" if purpose == "pruning" else "is not supported yet"

@@ -23,8 +23,9 @@ from torch import nn
 
 from .families import check_supported
 
-__all__ = ["add_bias", "apply_structure", "head_span", "head_width", "hf_arch", "hf_state", "keep_cols", "keep_rows",
-           "load_pruned_hf", "plain_hf", "quiet_loading", "slice_heads", "slice_neurons"]
+__all__ = ["add_bias", "apply_structure", "attention", "head_span", "head_width", "hf_arch", "hf_state", "keep_cols",
+           "keep_rows", "layer_list", "load_pruned_hf", "n_neurons", "out_projections", "plain_hf", "quiet_loading",
+           "set_layer_list", "slice_heads", "slice_neurons"]
 
 
 @contextlib.contextmanager
@@ -121,15 +122,55 @@ def hf_state(wrapped) -> dict[str, torch.Tensor]:
 
 
 def hf_arch(hf) -> tuple[str, nn.ModuleList]:
-    check_supported(hf, "pruning")
+    """The layout (``"gpt2"``, ``"llama"``, ``"bloom"``, ``"opt"``, ``"gpt_neox"``) and decoder layers."""
+    name = check_supported(hf, "pruning")
+    if name in ("bloom", "opt", "gpt_neox"):
+        return name, layer_list(name, hf)
     if hasattr(hf, "transformer") and hasattr(hf.transformer, "h"):
         return "gpt2", hf.transformer.h
     return "llama", hf.model.layers
 
 
+def layer_list(arch: str, hf) -> nn.ModuleList:
+    """The decoder layers of a Hugging Face model of layout ``arch``."""
+    return {"gpt2": lambda: hf.transformer.h, "bloom": lambda: hf.transformer.h, "opt": lambda: hf.model.decoder.layers,
+            "gpt_neox": lambda: hf.gpt_neox.layers}.get(arch, lambda: hf.model.layers)()
+
+
+def set_layer_list(arch: str, hf, layers: nn.ModuleList) -> None:
+    """Replace the decoder layers (dropping whole blocks)."""
+    owner, name = {"gpt2": (hf.transformer, "h"), "bloom": (hf.transformer, "h"), "opt": (hf.model.decoder, "layers"),
+                   "gpt_neox": (hf.gpt_neox, "layers")}.get(arch, (getattr(hf, "model", None), "layers"))
+    setattr(owner, name, layers)
+
+
+def attention(arch: str, layer: nn.Module) -> nn.Module:
+    """A decoder layer's attention module."""
+    return getattr(layer, {"gpt2": "attn", "bloom": "self_attention", "gpt_neox": "attention"}.get(arch, "self_attn"))
+
+
+def out_projections(arch: str, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The attention output projection (its input is the heads' concatenated ``z``) and the
+    MLP output projection (its input is the neurons) of an nn.Linear layout (all but GPT-2)."""
+    att = attention(arch, layer)
+    if arch == "bloom" or arch == "gpt_neox":
+        return att.dense, layer.mlp.dense_4h_to_h
+    if arch == "opt":
+        return att.out_proj, layer.fc2
+    return att.o_proj, layer.mlp.down_proj
+
+
+def n_neurons(arch: str, layer: nn.Module) -> int:
+    """MLP neurons of a decoder layer."""
+    if arch == "gpt2":
+        return layer.mlp.c_fc.weight.shape[1]
+    return out_projections(arch, layer)[1].in_features
+
+
 def head_width(arch: str, layer: nn.Module) -> int:
     """One head's width, read from the attention module (Qwen3/Gemma set it apart from d_model)."""
-    return layer.attn.head_dim if arch == "gpt2" else layer.self_attn.head_dim
+    att = attention(arch, layer)
+    return att.head_size if arch == "gpt_neox" else att.head_dim
 
 
 def keep_rows(lin: nn.Module, idx: list[int], conv: bool = False) -> nn.Module:
@@ -175,6 +216,12 @@ def slice_heads(arch: str, layer: nn.Module, keep: list[int], cfg) -> dict:
         att.c_proj = keep_cols(att.c_proj, cols, conv=True)
         att.split_size, att.num_heads = len(cols), len(keep)
         return {"q_heads": keep, "kv_heads": keep, "kv_groups": 1}
+    if arch == "opt":  # separate q/k/v/out projections, no key/value sharing
+        att, cols = layer.self_attn, head_span(keep, layer.self_attn.head_dim)
+        att.q_proj, att.k_proj, att.v_proj = (keep_rows(p, cols) for p in (att.q_proj, att.k_proj, att.v_proj))
+        att.out_proj = keep_cols(att.out_proj, cols)
+        att.num_heads = len(keep)
+        return {"q_heads": keep, "kv_heads": keep, "kv_groups": 1}
     att = layer.self_attn
     dh = att.head_dim
     group = cfg.num_attention_heads // cfg.num_key_value_heads
@@ -205,6 +252,9 @@ def slice_neurons(arch: str, layer: nn.Module, keep: list[int]) -> None:
         layer.mlp.c_fc = keep_rows(layer.mlp.c_fc, keep, conv=True)
         layer.mlp.c_proj = keep_cols(layer.mlp.c_proj, keep, conv=True)
         return
+    if arch == "opt":
+        layer.fc1, layer.fc2 = keep_rows(layer.fc1, keep), keep_cols(layer.fc2, keep)
+        return
     mlp = layer.mlp
     mlp.gate_proj, mlp.up_proj = keep_rows(mlp.gate_proj, keep), keep_rows(mlp.up_proj, keep)
     mlp.down_proj = keep_cols(mlp.down_proj, keep)
@@ -214,10 +264,12 @@ def apply_structure(hf, spec: dict) -> None:
     """Slice a full-size Hugging Face model in place to a saved pruning spec (for loading)."""
     arch, layers = hf_arch(hf)
     for layer, s in zip(layers, spec["layers"]):
-        if s.get("o_bias") and layer.self_attn.o_proj.bias is None:
-            add_bias(layer.self_attn.o_proj, torch.zeros(()))
-        if s.get("down_bias") and layer.mlp.down_proj.bias is None:
-            add_bias(layer.mlp.down_proj, torch.zeros(()))
+        if arch != "gpt2":
+            o_proj, down_proj = out_projections(arch, layer)
+            if s.get("o_bias") and o_proj.bias is None:
+                add_bias(o_proj, torch.zeros(()))
+            if s.get("down_bias") and down_proj.bias is None:
+                add_bias(down_proj, torch.zeros(()))
         if s.get("q_heads") is not None:
             # The saved head order is group-contiguous, so slicing by it rebuilds the same layout.
             slice_heads(arch, layer, s["q_heads"], hf.config)

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..zoo import MODELS_DIR, SPECS, bundled_models, model_card, pretrained
+from .bridge_fit import fit_mlp_width
 from .families import check_supported
 from .hf import load_pruned_hf, quiet_loading
 
@@ -164,7 +165,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
     Args:
         name_or_path: a bundled name (``list_models()``), a local Hugging Face folder, or any
             hub name of a supported family (``causal_nb.models.families.ANALYSIS_FAMILIES``: ``"gpt2"``,
-            Llama, Mistral, Qwen2/3, Gemma 1/2); other families raise ``UnsupportedModelError``.
+            Llama, Mistral, Qwen2/3, Gemma 1/2, OPT, BLOOM, GPT-NeoX); other families raise ``UnsupportedModelError``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
         dtype: parameter dtype; bundled weights are stored in fp16 and upcast to this.
         verbose: show transformers' and TransformerLens's loading bars and notices.
@@ -206,5 +207,6 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
             model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
     model.eval()
     check_supported(model)
+    fit_mlp_width(model)
     model.causal_nb_source = {"kind": kind, "source": source, "name": str(name_or_path)}
     return model

@@ -8,8 +8,9 @@ grouping: where the surviving groups keep different numbers of query heads, the 
 are padded with removed heads whose output weights are zeroed (exact, and never larger than the
 dense layer). The per-layer structure is
 stored in the config (``causal_nb_pruned``) so ``save_pruned`` folders load with ``load_model``.
-Supports the families in ``causal_nb.models.families.PRUNING_FAMILIES`` (GPT-2 and the
-Llama-style q/k/v/o, gate/up/down decoders); others are refused by name. The slicing itself
+Supports the families in ``causal_nb.models.families.PRUNING_FAMILIES`` (GPT-2, the
+Llama-style q/k/v/o, gate/up/down decoders, OPT; BLOOM and GPT-NeoX masked only, see
+``families.MASKED_ONLY``); others are refused by name. The slicing itself
 lives in ``causal_nb.models.hf``. Sliced GPT-2 layers are booted through
 ``bridge_fit.boot_bridge``.
 """
@@ -22,7 +23,22 @@ import torch
 from torch import nn
 
 from ..core.checks import check_sparsity, check_table_fits, require_scores, strict
-from ..models.hf import add_bias, head_span, head_width, hf_arch, plain_hf, quiet_loading, slice_heads, slice_neurons
+from ..models.families import check_supported
+from ..models.hf import (
+    add_bias,
+    attention,
+    head_span,
+    head_width,
+    hf_arch,
+    layer_list,
+    n_neurons,
+    out_projections,
+    plain_hf,
+    quiet_loading,
+    set_layer_list,
+    slice_heads,
+    slice_neurons,
+)
 from .selection import select_units
 
 __all__ = ["prune", "prune_units", "save_pruned"]
@@ -34,12 +50,9 @@ def _zero(arch: str, layer: nn.Module, heads: list[int], neurons: list[int], dh:
             layer.attn.c_proj.weight[head_span(heads, dh)] = 0
             layer.mlp.c_proj.weight[neurons] = 0
         else:
-            layer.self_attn.o_proj.weight[:, head_span(heads, dh)] = 0
-            layer.mlp.down_proj.weight[:, neurons] = 0
-
-
-def _n_neurons(arch, layer) -> int:
-    return layer.mlp.c_fc.weight.shape[1] if arch == "gpt2" else layer.mlp.up_proj.out_features
+            o_proj, down_proj = out_projections(arch, layer)
+            o_proj.weight[:, head_span(heads, dh)] = 0
+            down_proj.weight[:, neurons] = 0
 
 
 @strict
@@ -111,14 +124,16 @@ def _compensate(arch: str, layer: nn.Module, heads: list[int], neurons: list[int
             if arch == "gpt2":
                 add_bias(layer.attn.c_proj, zs @ layer.attn.c_proj.weight[head_span(heads, dh)])
             else:
-                add_bias(layer.self_attn.o_proj, layer.self_attn.o_proj.weight[:, head_span(heads, dh)] @ zs)
+                o_proj = out_projections(arch, layer)[0]
+                add_bias(o_proj, o_proj.weight[:, head_span(heads, dh)] @ zs)
                 flags["o_bias"] = True
         if neurons:
             ps = post[neurons].to(_layer_dtype(layer))
             if arch == "gpt2":
                 add_bias(layer.mlp.c_proj, ps @ layer.mlp.c_proj.weight[neurons])
             else:
-                add_bias(layer.mlp.down_proj, layer.mlp.down_proj.weight[:, neurons] @ ps)
+                down_proj = out_projections(arch, layer)[1]
+                add_bias(down_proj, down_proj.weight[:, neurons] @ ps)
                 flags["down_bias"] = True
     return flags
 
@@ -129,7 +144,7 @@ def _layer_dtype(layer: nn.Module) -> torch.dtype:
 
 def _zero_block(arch: str, layer: nn.Module) -> None:
     """Zero a block's attention and MLP outputs (biases too): the residual stream passes through."""
-    outs = (layer.attn.c_proj, layer.mlp.c_proj) if arch == "gpt2" else (layer.self_attn.o_proj, layer.mlp.down_proj)
+    outs = (layer.attn.c_proj, layer.mlp.c_proj) if arch == "gpt2" else out_projections(arch, layer)
     with torch.no_grad():
         for lin in outs:
             lin.weight.zero_()
@@ -139,11 +154,10 @@ def _zero_block(arch: str, layer: nn.Module) -> None:
 
 def _drop_blocks(arch: str, hf, keep: list[int]) -> None:
     """Delete the other decoder layers; renumber the kept ones and the config to match."""
-    owner, name = (hf.transformer, "h") if arch == "gpt2" else (hf.model, "layers")
-    layers = getattr(owner, name)
-    setattr(owner, name, nn.ModuleList([layers[i] for i in keep]))
-    for new, layer in enumerate(getattr(owner, name)):
-        att = layer.attn if arch == "gpt2" else layer.self_attn
+    layers = layer_list(arch, hf)
+    set_layer_list(arch, hf, nn.ModuleList([layers[i] for i in keep]))
+    for new, layer in enumerate(layer_list(arch, hf)):
+        att = attention(arch, layer)
         if hasattr(att, "layer_idx"):
             att.layer_idx = new  # indexes the KV cache when generating
     if getattr(hf.config, "layer_types", None):
@@ -180,6 +194,8 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
 
     hf = plain_hf(model)
     arch, layers = hf_arch(hf)
+    if physical:
+        check_supported(hf, "physical")
     cfg = hf.config
     if getattr(cfg, "causal_nb_pruned", None):
         # its layer indices, head counts and added biases would need composing with the new cut
@@ -189,7 +205,7 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     remove = {"head": {i: [] for i in range(n_layers)}, "neuron": {i: [] for i in range(n_layers)}}
     for kind, given in (("head", heads), ("neuron", neurons)):
         for layer, idx in (given or {}).items():
-            n = n_heads if kind == "head" else _n_neurons(arch, layers[0])
+            n = n_heads if kind == "head" else n_neurons(arch, layers[0])
             if not 0 <= int(layer) < n_layers or any(not 0 <= int(i) < n for i in idx):
                 raise ValueError(f"{kind}s {list(idx)} of layer {layer} do not exist (the model has {n_layers} layers "
                                  f"of {n} {kind}s)")
@@ -205,7 +221,7 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
                 spec["layers"].append({"removed_heads": [], "removed_neurons": [], "fill": fill, "removed_block": True})
             continue  # physical: the layer is dropped below, and the spec lists kept layers only
         keep_h = [h for h in range(n_heads) if h not in set(remove["head"][i])]
-        keep_n = [j for j in range(_n_neurons(arch, layer)) if j not in set(remove["neuron"][i])]
+        keep_n = [j for j in range(n_neurons(arch, layer)) if j not in set(remove["neuron"][i])]
         entry = {"removed_heads": remove["head"][i], "removed_neurons": remove["neuron"][i], "fill": fill}
         dh = head_width(arch, layer)
         if fill == "mean":

@@ -20,7 +20,16 @@ _TEXT = (
 TINY_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "opt", "gpt_neox")
 
 
-def _config(arch: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int | None, d_mlp: int,
+def _config(*args, overrides: dict | None = None):
+    cfg = _base_config(*args)
+    for k, v in (overrides or {}).items():
+        if not hasattr(cfg, k):
+            raise ValueError(f"{type(cfg).__name__} has no option {k!r}")
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _base_config(arch: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int | None, d_mlp: int,
             head_dim: int | None, n_ctx: int, common: dict):
     import transformers  # noqa: PLC0415
 
@@ -53,7 +62,8 @@ def _config(arch: str, n_layers: int, d_model: int, n_heads: int, n_kv_heads: in
 
 def make_tiny_model(folder: str | Path, arch: str = "gpt2", n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
                     n_kv_heads: int | None = None, d_mlp: int = 64, vocab_size: int = 300, n_ctx: int = 128,
-                    seed: int = 0, head_dim: int | None = None, init_std: float | None = None) -> Path:
+                    seed: int = 0, head_dim: int | None = None, init_std: float | None = None,
+                    config: dict | None = None) -> Path:
     """Write a random-init model folder of one of ``TINY_ARCHS`` with a small byte-level BPE tokenizer.
 
     Args:
@@ -67,6 +77,8 @@ def make_tiny_model(folder: str | Path, arch: str = "gpt2", n_layers: int = 2, d
         init_std: redraw every weight from N(0, init_std) (vectors: 2 x init_std, norm
             scales around 1), so norms and biases are not the library's identity init and a
             test sees them; default keeps the library's init.
+        config: further config options, set on the family's config (e.g. OPT's
+            ``do_layer_norm_before=False``, GPT-NeoX's ``use_parallel_residual=False``).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
@@ -83,7 +95,7 @@ def make_tiny_model(folder: str | Path, arch: str = "gpt2", n_layers: int = 2, d
     tok.train_from_iterator([_TEXT] * 4, trainer=trainer)
     vocab = tok.get_vocab_size()
     common = {"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-    cfg = _config(arch, n_layers, d_model, n_heads, n_kv_heads, d_mlp, head_dim, n_ctx, common)
+    cfg = _config(arch, n_layers, d_model, n_heads, n_kv_heads, d_mlp, head_dim, n_ctx, common, overrides=config)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     if init_std:
