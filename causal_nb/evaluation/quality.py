@@ -165,15 +165,15 @@ def flops_per_token(model, n_tokens: int = 128) -> float:
             continue
         if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D":
             flops += 2.0 * w.numel()
-    from ..models.hf import hf_arch  # noqa: PLC0415
+    from ..models.hf import hf_arch, out_projections  # noqa: PLC0415
 
     arch, layers = hf_arch(hf)
     ctx = (n_tokens + 1) / 2
     for layer in layers:
         if arch == "gpt2":
             q_width = layer.attn.c_attn.weight.shape[1] // 3
-        else:
-            q_width = layer.self_attn.q_proj.weight.shape[0]
+        else:  # the output projection reads the concatenated heads: the query width
+            q_width = out_projections(arch, layer)[0].in_features
         flops += 2 * 2 * q_width * ctx
     return flops
 

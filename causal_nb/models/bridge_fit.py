@@ -1,8 +1,8 @@
 """Boot a TransformerBridge on a Hugging Face model whose layers have different head counts.
 
-TransformerLens's GPT-2 bridge splits each layer's fused QKV projection (``c_attn``) and
-reshapes the attention by the config's head count, shared by every layer, so it cannot boot
-a GPT-2 whose heads were sliced per layer. ``boot_bridge`` boots it on full-width stand-ins
+TransformerLens's GPT-2 and GPT-NeoX bridges split each layer's fused QKV projection
+(``c_attn``, ``query_key_value``) and reshape the attention by the config's head count,
+shared by every layer, so they cannot boot a model whose heads were sliced per layer. ``boot_bridge`` boots it on full-width stand-ins
 for the sliced attention modules and then refits each of those layers: the sliced module
 goes back in, the layer's attention bridge gets its own config copy with that layer's head
 count (as TransformerLens already does for Llama-style blocks, whose configs are cloned
@@ -13,8 +13,11 @@ need none of this: their bridge reads head counts from the projection widths.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 from torch import nn
+
+from .hf import keep_alibi_heads
 
 __all__ = ["boot_bridge", "fit_mlp_width", "layer_heads"]
 
@@ -64,17 +67,39 @@ def boot_bridge(hf, source, tokenizer, quiet):
                 sliced[i] = layer.attn
                 with torch.device(p.device):
                     layer.attn = GPT2Attention(hf.config, layer_idx=i).to(p.dtype)
+    fused = _fused_layers(hf)
+    if fused is not None:
+        layers_, name, make = fused
+        p = next(hf.parameters())
+        for i, layer in enumerate(layers_):
+            if getattr(layer, name).dense.in_features != hf.config.hidden_size:
+                sliced[i] = getattr(layer, name)
+                with torch.device(p.device):
+                    setattr(layer, name, make(hf.config, i).to(p.dtype))
     with quiet():
         bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tokenizer,
                                                      device=str(next(hf.parameters()).device),
                                                      dtype=next(hf.parameters()).dtype)
     for i, att in sliced.items():
-        _refit_gpt2_attention(bridge, i, att)
+        _refit_joint_qkv_attention(bridge, i, att, "c_attn" if layers is not None else "query_key_value")
     if layers is None and _llama_layers(hf) is not None:
         for i in range(len(_llama_layers(hf))):
             _fit_llama_attention(bridge, hf, i)
     fit_mlp_width(bridge)
     return bridge.eval()
+
+
+def _fused_layers(hf):
+    """(layers, attention attribute, stand-in factory) for GPT-NeoX and BLOOM, else None."""
+    if hasattr(hf, "gpt_neox"):
+        from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention  # noqa: PLC0415
+
+        return hf.gpt_neox.layers, "attention", lambda cfg, i: GPTNeoXAttention(cfg, layer_idx=i)
+    if getattr(hf.config, "model_type", None) == "bloom":
+        from transformers.models.bloom.modeling_bloom import BloomAttention  # noqa: PLC0415
+
+        return hf.transformer.h, "self_attention", lambda cfg, i: BloomAttention(cfg, layer_idx=i)
+    return None
 
 
 def fit_mlp_width(bridge) -> None:
@@ -111,22 +136,36 @@ def _fit_llama_attention(bridge, hf, i: int) -> None:
         ab.config = _layer_config(ab, n, kv)
 
 
-def _refit_gpt2_attention(bridge, i: int, att: nn.Module) -> None:
-    """Put the sliced GPT-2 attention ``att`` into layer ``i`` of ``bridge``."""
+def _refit_joint_qkv_attention(bridge, i: int, att: nn.Module, fused: str) -> None:
+    """Put the sliced GPT-2 or GPT-NeoX attention ``att`` (fused QKV projection ``fused``) into
+    layer ``i`` of ``bridge``."""
     ab = bridge.blocks[i].attn
     stand_in = ab.original_component
-    # the stand-in's c_attn is wrapped by the bridge's qkv LinearBridge: rewrap the sliced one
-    qkv = stand_in.c_attn
-    qkv.set_original_component(att.c_attn)
-    att.c_attn = qkv
-    ab.config = _layer_config(ab, att.c_proj.weight.shape[0] // att.head_dim, None)
-    # blocks share the template's bound split function, which reads the template's config
+    # the stand-in's fused QKV is wrapped by the bridge's qkv LinearBridge: rewrap the sliced one
+    qkv = getattr(stand_in, fused)
+    qkv.set_original_component(getattr(att, fused))
+    setattr(att, fused, qkv)
+    if fused == "c_attn":
+        n_heads = att.c_proj.weight.shape[0] // att.head_dim
+    else:
+        n_heads = att.dense.in_features // (getattr(att, "head_size", None) or att.head_dim)
+        # TransformerLens rewires the output projection only for GPT-2's c_proj: rewrap dense too
+        o = stand_in.dense
+        o.set_original_component(att.dense)
+        att.dense = o
+    ab.config = _layer_config(ab, n_heads, None)
+    # blocks share the template's bound split function, which reads the template's config (GPT-2)
+    # or the architecture adapter's (GPT-NeoX: its split reads only ``self.cfg``)
     split = getattr(ab.split_qkv_matrix, "__func__", None)
     if split is not None and split.__name__ == "_default_split_qkv_matrix":
         ab.split_qkv_matrix = split.__get__(ab)
+    elif split is not None:
+        ab.split_qkv_matrix = split.__get__(SimpleNamespace(cfg=ab.config))
     ab.set_original_component(att)  # re-splits Q/K/V from the sliced c_attn, rewires o to c_proj
     ab.qkv_conversion_rule = ab._create_qkv_conversion_rule()
     for lin in (ab.q, ab.k, ab.v):
         lin.hook_out.hook_conversion = ab.qkv_conversion_rule
     ab._hf_forward_wrapped = False
     ab.setup_hook_compatibility()
+    if hasattr(att, "causal_nb_alibi_heads"):  # BLOOM: the bridge's attention takes the ALiBi rows of its heads
+        keep_alibi_heads(ab, *att.causal_nb_alibi_heads)

@@ -10,11 +10,11 @@ zero-ablation and, for ``PHYSICAL_FAMILIES``, physical pruning equals masked.
 The decoders: GPT-2; the Llama-style q/k/v/o + gate/up/down families (Llama, Mistral, Qwen2,
 Qwen3, Gemma 1/2; explicit ``head_dim``, Qwen3's per-head q/k norms, Gemma's scaled embeddings
 and soft-caps); OPT (pre-LN only: post-LN OPT, and OPT whose ``word_embed_proj_dim`` differs
-from ``hidden_size``, as opt-350m, are refused by name); BLOOM (ALiBi, which the engine passes
-to replayed blocks) and GPT-NeoX/Pythia (parallel or sequential residual; the engine's
-resume-after-a-sublayer fast paths fall back to full block replay), both pruned masked only
-(``MASKED_ONLY`` says why). A family that is not listed is refused by name rather than run
-with silently wrong numbers.
+from ``hidden_size``, as opt-350m, are refused by name); GPT-NeoX/Pythia (fused per-head QKV,
+partial rotary; parallel or sequential residual: the engine's resume-after-a-sublayer fast
+paths fall back to full block replay); BLOOM (ALiBi, which the engine passes to replayed
+blocks and slices to a sliced layer's kept heads). A family that is not listed is
+refused by name rather than run with silently wrong numbers.
 """
 
 from __future__ import annotations
@@ -23,15 +23,12 @@ __all__ = ["ANALYSIS_FAMILIES", "MASKED_ONLY", "PHYSICAL_FAMILIES", "PRUNING_FAM
            "check_supported", "family"]
 
 #: Families pruned both ways: masked (output weights zeroed) and physical (weights sliced).
-PHYSICAL_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt")
+PHYSICAL_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt",
+                                        "gpt_neox", "bloom")
 
-#: Families that can be pruned masked only, with the reason physical slicing is refused.
-MASKED_ONLY: dict[str, str] = {
-    "bloom": "its ALiBi slopes are built per head from the model's one head count, so a layer with fewer heads "
-             "would get the wrong position biases",
-    "gpt_neox": "TransformerLens splits its fused query_key_value by the config's head count, shared by every "
-                "layer, so a layer with sliced heads cannot be booted",
-}
+#: Families that can be pruned masked only, with the reason physical slicing is refused (none
+#: at present: the route for a family whose slicing is not yet exact).
+MASKED_ONLY: dict[str, str] = {}
 
 #: Families ``prune`` handles (masked; physical too for ``PHYSICAL_FAMILIES``).
 PRUNING_FAMILIES: tuple[str, ...] = PHYSICAL_FAMILIES + tuple(MASKED_ONLY)
@@ -84,7 +81,7 @@ def check_supported(model, purpose: str = "analysis") -> str:
             "equals hidden_size (opt-125m, opt-1.3b...) are")
     if name not in allowed:
         why = f" ({_WHY[name]})" if name in _WHY else ""
-        what = "cannot be pruned yet" if purpose == "pruning" else "is not supported yet"
+        what = "cannot be pruned yet" if purpose in ("pruning", "physical") else "is not supported yet"
         raise UnsupportedModelError(
             f"model family {name!r} {what}{why} (supported: {', '.join(allowed)}); a family is added once "
             "tests/unit/test_families.py shows it exact (see causal_nb/models/families.py)")

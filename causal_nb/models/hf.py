@@ -23,8 +23,8 @@ from torch import nn
 
 from .families import check_supported
 
-__all__ = ["add_bias", "apply_structure", "attention", "head_span", "head_width", "hf_arch", "hf_state", "keep_cols",
-           "keep_rows", "layer_list", "load_pruned_hf", "n_neurons", "out_projections", "plain_hf", "quiet_loading",
+__all__ = ["add_bias", "apply_structure", "attention", "head_span", "head_width", "hf_arch", "hf_state",
+           "keep_alibi_heads", "keep_cols", "keep_rows", "layer_list", "load_pruned_hf", "n_neurons", "out_projections", "plain_hf", "quiet_loading",
            "set_layer_list", "slice_heads", "slice_neurons"]
 
 
@@ -139,9 +139,11 @@ def layer_list(arch: str, hf) -> nn.ModuleList:
 
 def set_layer_list(arch: str, hf, layers: nn.ModuleList) -> None:
     """Replace the decoder layers (dropping whole blocks)."""
-    owner, name = {"gpt2": (hf.transformer, "h"), "bloom": (hf.transformer, "h"), "opt": (hf.model.decoder, "layers"),
-                   "gpt_neox": (hf.gpt_neox, "layers")}.get(arch, (getattr(hf, "model", None), "layers"))
-    setattr(owner, name, layers)
+    if arch in ("gpt2", "bloom"):
+        hf.transformer.h = layers
+    else:
+        owner = hf.model.decoder if arch == "opt" else hf.gpt_neox if arch == "gpt_neox" else hf.model
+        owner.layers = layers
 
 
 def attention(arch: str, layer: nn.Module) -> nn.Module:
@@ -216,6 +218,20 @@ def slice_heads(arch: str, layer: nn.Module, keep: list[int], cfg) -> dict:
         att.c_proj = keep_cols(att.c_proj, cols, conv=True)
         att.split_size, att.num_heads = len(cols), len(keep)
         return {"q_heads": keep, "kv_heads": keep, "kv_groups": 1}
+    if arch == "bloom":  # fused query_key_value, per head [q | k | v] rows; ALiBi sliced to the kept heads
+        att = layer.self_attention
+        dh = att.head_dim
+        att.query_key_value = keep_rows(att.query_key_value, head_span(keep, 3 * dh))
+        att.dense = keep_cols(att.dense, head_span(keep, dh))
+        att.num_heads = len(keep)
+        keep_alibi_heads(att, keep, cfg.n_head)
+        return {"q_heads": keep, "kv_heads": keep, "kv_groups": 1}
+    if arch == "gpt_neox":  # fused query_key_value, laid out per head as [q | k | v] rows
+        att = layer.attention
+        dh = att.head_size
+        att.query_key_value = keep_rows(att.query_key_value, head_span(keep, 3 * dh))
+        att.dense = keep_cols(att.dense, head_span(keep, dh))
+        return {"q_heads": keep, "kv_heads": keep, "kv_groups": 1}
     if arch == "opt":  # separate q/k/v/out projections, no key/value sharing
         att, cols = layer.self_attn, head_span(keep, layer.self_attn.head_dim)
         att.q_proj, att.k_proj, att.v_proj = (keep_rows(p, cols) for p in (att.q_proj, att.k_proj, att.v_proj))
@@ -247,6 +263,22 @@ def slice_heads(arch: str, layer: nn.Module, keep: list[int], cfg) -> dict:
     return {"q_heads": q_order, "kv_heads": kv, "kv_groups": rep, "zeroed_heads": sorted(padded)}
 
 
+def keep_alibi_heads(att: nn.Module, keep: list[int], n_heads: int) -> None:
+    """Make a BLOOM attention module (or its bridge) with heads ``keep`` take their rows of the
+    ALiBi bias, which the model builds for all ``n_heads`` heads ([batch * n_heads, 1, kv])."""
+    att.causal_nb_alibi_heads = (list(keep), n_heads)
+
+    def pre(mod, args, kwargs):
+        alibi = kwargs.get("alibi")  # the model's, built for every head: it reaches each layer unsliced
+        if alibi is None:
+            return None
+        rest = alibi.shape[1:]
+        kwargs["alibi"] = alibi.view(-1, n_heads, *rest)[:, keep].reshape(-1, *rest)
+        return args, kwargs
+
+    att.register_forward_pre_hook(pre, with_kwargs=True)
+
+
 def slice_neurons(arch: str, layer: nn.Module, keep: list[int]) -> None:
     if arch == "gpt2":
         layer.mlp.c_fc = keep_rows(layer.mlp.c_fc, keep, conv=True)
@@ -254,6 +286,10 @@ def slice_neurons(arch: str, layer: nn.Module, keep: list[int]) -> None:
         return
     if arch == "opt":
         layer.fc1, layer.fc2 = keep_rows(layer.fc1, keep), keep_cols(layer.fc2, keep)
+        return
+    if arch in ("gpt_neox", "bloom"):
+        mlp = layer.mlp
+        mlp.dense_h_to_4h, mlp.dense_4h_to_h = keep_rows(mlp.dense_h_to_4h, keep), keep_cols(mlp.dense_4h_to_h, keep)
         return
     mlp = layer.mlp
     mlp.gate_proj, mlp.up_proj = keep_rows(mlp.gate_proj, keep), keep_rows(mlp.up_proj, keep)
@@ -283,6 +319,10 @@ def add_bias(lin: nn.Module, b: torch.Tensor) -> None:
     lin.bias.data += b.to(lin.bias.dtype)
 
 
+#: Checkpoint name prefixes save_pretrained writes -> the module names (GPT-NeoX's output layer).
+_SAVED_NAMES = {"gpt_neox": {"embed_out.": "lm_head."}}
+
+
 def load_pruned_hf(folder: Path, dtype=torch.float32):
     """Rebuild a physically pruned Hugging Face model from ``save_pruned`` output."""
     from safetensors.torch import load_file  # noqa: PLC0415
@@ -296,6 +336,9 @@ def load_pruned_hf(folder: Path, dtype=torch.float32):
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))
+    # save_pretrained writes some families' checkpoint names, which from_pretrained renames back
+    for old, new in _SAVED_NAMES.get(getattr(cfg, "model_type", ""), {}).items():
+        state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))
     missing = [m for m in missing if not (tied and m.startswith("lm_head."))]  # the embedding, when tied

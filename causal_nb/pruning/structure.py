@@ -9,9 +9,9 @@ are padded with removed heads whose output weights are zeroed (exact, and never 
 dense layer). The per-layer structure is
 stored in the config (``causal_nb_pruned``) so ``save_pruned`` folders load with ``load_model``.
 Supports the families in ``causal_nb.models.families.PRUNING_FAMILIES`` (GPT-2, the
-Llama-style q/k/v/o, gate/up/down decoders, OPT; BLOOM and GPT-NeoX masked only, see
-``families.MASKED_ONLY``); others are refused by name. The slicing itself
-lives in ``causal_nb.models.hf``. Sliced GPT-2 layers are booted through
+Llama-style q/k/v/o, gate/up/down decoders, OPT, GPT-NeoX and BLOOM, whose sliced layers
+take their kept heads' rows of the ALiBi bias); others are refused by name. The slicing itself
+lives in ``causal_nb.models.hf``. Sliced GPT-2, GPT-NeoX and BLOOM layers are booted through
 ``bridge_fit.boot_bridge``.
 """
 

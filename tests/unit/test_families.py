@@ -7,7 +7,8 @@ key/value heads); Qwen3 and Gemma get a head width (32) that is not d_model / n_
 real checkpoints of those families do. BLOOM (ALiBi, fused per-head query_key_value), OPT
 (learned positions offset by 2; pre-LN: post-LN OPT is refused by name) and GPT-NeoX
 (partial rotary; parallel attention + MLP and the sequential variant) are the other
-decoders; BLOOM and GPT-NeoX are pruned masked only (``families.MASKED_ONLY``). Weights,
+decoders, pruned physically too (BLOOM's sliced layers take their heads' rows of the ALiBi
+bias). Weights,
 norms and biases are redrawn (``init_std``) so that no norm is the identity.
 """
 
@@ -22,6 +23,7 @@ import causal_nb as cnb
 from causal_nb.engine.common import prepare
 from causal_nb.engine.patching import ablate, patch
 from causal_nb.evaluation.quality import evaluate
+from causal_nb.models import families
 from causal_nb.models.families import (
     ANALYSIS_FAMILIES,
     MASKED_ONLY,
@@ -164,11 +166,13 @@ def n_hf_params(model):
 def removed_params(arch, model):
     """What HEADS and NEURONS remove, from the config alone (biases included where the family has them)."""
     hf = plain_hf(model).config
+    D = hf.hidden_size  # noqa: N806 - BLOOM's is not the module's D
     dh = getattr(hf, "head_dim", None) or D // H
     n_heads, n_neurons = sum(map(len, HEADS.values())), sum(map(len, NEURONS.values()))
     if arch == "gpt2":  # c_attn: q, k, v columns and biases; c_proj: rows
         return n_heads * (3 * (D * dh + dh) + dh * D) + n_neurons * (D + 1 + D)
-    if arch == "opt":  # q, k, v rows with biases and out_proj columns per head; fc1 row + bias, fc2 column
+    if arch in ("opt", "gpt_neox", "bloom"):  # q, k, v rows with biases, output projection columns per head; the MLP's
+        # input row and bias, output column per neuron
         return n_heads * (3 * (D * dh + dh) + dh * D) + n_neurons * (D + 1 + D)
     bias = dh if arch == "qwen2" else 0  # Qwen2 has q/k/v biases
     kv_groups = 1  # HEADS removes the whole first group of layer 1: its key and value heads go too
@@ -186,13 +190,6 @@ def test_pruning_masked_physical_and_saved(fam, tmp_path):
         masked = prune_units(model, HEADS, NEURONS, physical=False)
         assert rel_close(masked(tokens), want), (arch, (masked(tokens) - want).abs().max())
     assert n_hf_params(masked) == n_hf_params(model)
-    if arch in MASKED_ONLY:
-        with pytest.raises(UnsupportedModelError, match=f"{arch!r} cannot be pruned physically.*physical=False"):
-            prune_units(model, HEADS, NEURONS, physical=True)
-        back = cnb.load_model(save_pruned(masked, tmp_path / "masked"), device="cpu")
-        with torch.no_grad():
-            assert rel_close(back(tokens), masked(tokens))
-        return
     with torch.no_grad():
         phys = prune_units(model, HEADS, NEURONS, physical=True)
         assert rel_close(phys(tokens), masked(tokens)), (arch, (phys(tokens) - masked(tokens)).abs().max())
@@ -206,8 +203,6 @@ def test_physically_pruned_model_is_analysed_per_layer(fam, tmp_path):
     """ablate/patch on a physically pruned model see each layer's own head and neuron counts
     and equal a plain hook loop on it; evaluate runs."""
     arch, _, model = fam
-    if arch in MASKED_ONLY:
-        pytest.skip(f"{arch} is pruned masked only (test_pruning_masked_physical_and_saved checks the refusal)")
     phys = prune_units(model, HEADS, NEURONS, physical=True)
     heads = {la: H - len(HEADS.get(la, [])) for la in range(2)}
     neurons = {la: model.cfg.d_mlp - len(NEURONS.get(la, [])) for la in range(2)}
@@ -257,7 +252,18 @@ def test_other_families_are_refused_by_name(tmp_path):
                              config={"do_layer_norm_before": False})
     with pytest.raises(UnsupportedModelError, match="post-LN OPT"):
         cnb.load_model(folder, device="cpu")
-    assert set(PHYSICAL_FAMILIES).isdisjoint(MASKED_ONLY)
+
+
+def test_masked_only_family_refuses_physical_pruning(tmp_path, monkeypatch):
+    """A family listed in MASKED_ONLY (none at present) is pruned masked, and physical=True is
+    refused naming the reason and the masked route."""
+    folder = make_tiny_model(tmp_path / "opt", "opt", n_layers=1, d_model=D, n_heads=H, d_mlp=D_MLP)
+    model = cnb.load_model(folder, device="cpu")
+    monkeypatch.setitem(MASKED_ONLY, "opt", "a reason")
+    monkeypatch.setattr(families, "PHYSICAL_FAMILIES", tuple(f for f in PHYSICAL_FAMILIES if f != "opt"))
+    prune_units(model, heads={0: [1]}, physical=False)
+    with pytest.raises(UnsupportedModelError, match="'opt' cannot be pruned physically: a reason; use prune"):
+        prune_units(model, heads={0: [1]}, physical=True)
 
 
 def test_patch_and_ablate_every_unit_kind_equal_a_plain_loop(fam):
@@ -335,3 +341,17 @@ def test_scores_run_and_magnitude_matches_the_hf_weights(fam):
         df = cnb.score(model, P, "magnitude", unit="neuron", n_tokens=N, progress=False)
         got = float(df[(df.layer == layer) & (df.neuron == neuron)].score.iloc[0])
         assert abs(got - want) <= 1e-4 * want, (arch, got, want)
+
+
+def test_block_pruning_equals_block_zero_ablation(fam):
+    """A removed block (masked: outputs zeroed; physical: the layer deleted) passes the residual
+    stream through, as zeroing its attention and MLP outputs does."""
+    arch, _, model = fam
+    tokens = prepare(model, P, N).tokens
+    zero = [(f"blocks.0.{h}", zero_hook(slice(None))) for h in ("hook_attn_out", "hook_mlp_out")]
+    with torch.no_grad():
+        want = model.run_with_hooks(tokens, fwd_hooks=zero)
+        masked = prune_units(model, blocks=[0], physical=False)
+        assert rel_close(masked(tokens), want), (arch, (masked(tokens) - want).abs().max())
+        phys = prune_units(model, blocks=[0], physical=True)
+        assert phys.cfg.n_layers == 1 and rel_close(phys(tokens), want), arch
