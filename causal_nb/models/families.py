@@ -77,8 +77,9 @@ def check_supported(model, purpose: str = "analysis") -> str:
     if name == "opt" and getattr(cfg, "word_embed_proj_dim", None) not in (None, getattr(cfg, "hidden_size", None)):
         raise UnsupportedModelError(
             f"OPT with word_embed_proj_dim {cfg.word_embed_proj_dim} != hidden_size {cfg.hidden_size} (project_in / "
-            "project_out around the decoder, as in opt-350m) is not supported; OPT models whose embedding width "
-            "equals hidden_size (opt-125m, opt-1.3b...) are")
+            "project_out around the decoder, as in opt-350m) is not supported: the engine unembeds a replayed "
+            "residual without project_out; OPT models whose embedding width equals hidden_size (opt-125m, "
+            "opt-1.3b...) are")
     if name not in allowed:
         why = f" ({_WHY[name]})" if name in _WHY else ""
         what = "cannot be pruned yet" if purpose in ("pruning", "physical") else "is not supported yet"

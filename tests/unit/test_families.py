@@ -41,9 +41,9 @@ N = 8
 D, H, DH_WIDE = 64, 4, 32
 FAMILIES = {"gpt2": {}, "llama": {"n_kv_heads": 2}, "mistral": {"n_kv_heads": 2}, "qwen2": {"n_kv_heads": 2},
             "qwen3": {"n_kv_heads": 2, "head_dim": DH_WIDE}, "gemma": {"n_kv_heads": 2, "head_dim": DH_WIDE},
-            "gemma2": {"n_kv_heads": 2}, "bloom": {"d_model": 32}, "opt": {},
+            "gemma2": {"n_kv_heads": 2}, "bloom": {"d_model": 16}, "opt": {},
             "gpt_neox": {}, "gpt_neox_seq": {"config": {"use_parallel_residual": False}}}
-D_MLP = 16  # BLOOM's MLP is always 4 x d_model (so its d_model is 32 here: 128 neurons)
+D_MLP = 16  # BLOOM's MLP is always 4 x d_model (so its d_model is 16 here: 64 neurons)
 # layer 0 loses one head of each GQA group (the groups stay even), layer 1 a whole group
 HEADS = {0: [0, 2], 1: [0, 1]}
 NEURONS = {0: [1, 2, 5, 12], 1: [7]}
