@@ -102,8 +102,9 @@ def test_decoder_analyses_refuse_an_encoder(bert):
         cnb.patch(bert, ["a man is playing"], ["a dog is playing"], n_tokens=4)
     with pytest.raises(UnsupportedModelError, match=msg):
         cnb.ablate(bert, ["a man is playing"], n_tokens=4)
-    with pytest.raises(UnsupportedModelError, match=msg):
-        cnb.score(bert, ["a man is playing"], method="ablation", n_tokens=4)
+    for method in ("ablation", "magnitude", "random"):  # the last two read weights only, yet are decoder-tested
+        with pytest.raises(UnsupportedModelError, match=msg):
+            cnb.score(bert, ["a man is playing"], method=method, n_tokens=4)
     with pytest.raises(UnsupportedModelError, match=msg):
         cnb.models.families.check_supported(bert, "pruning")
 
