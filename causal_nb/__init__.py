@@ -45,12 +45,22 @@ from .core.env import progress_enabled, setup
 from .core.io import load_json, save_json
 from .core.version import __version__ as __version__  # re-exported: the one place the version is written
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
+from .data.sentences import (
+                             SentenceDataError,
+                             load_jcola,
+                             load_jsts,
+                             load_marc_ja,
+                             load_sentence_labels,
+                             load_sentence_pairs,
+)
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .engine.patching import ablate, patch
 from .evaluation import stats
 from .evaluation.acdc_sweep import acdc_sweep
+from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
+from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
 from .notebook.report import save_findings
@@ -65,6 +75,7 @@ __all__ = [
     "PromptSet",
     "PromptSetError",
     "ScoredBatch",
+    "SentenceDataError",
     "SweepConfig",
     "TokenBatch",
     "TokenSet",
@@ -87,11 +98,16 @@ __all__ = [
     "ioi_logit_diff",
     "ioi_prompts",
     "list_models",
+    "load_jcola",
     "load_json",
+    "load_jsts",
+    "load_marc_ja",
     "load_results",
     "load_scores",
     "load_model",
     "load_prompts",
+    "load_sentence_labels",
+    "load_sentence_pairs",
     "logit_diff",
     "logprob_mass",
     "model_card",
@@ -102,6 +118,7 @@ __all__ = [
     "prompt_losses",
     "prompt_set_summary",
     "prune",
+    "probe_eval",
     "prune_units",
     "repeated_tokens",
     "reverse_intervention",
@@ -111,7 +128,9 @@ __all__ = [
     "save_scores",
     "score",
     "scores_path",
+    "sentence_embeddings",
     "setup",
+    "similarity_eval",
     "stats",
     "sweep",
     "token_set_mass",

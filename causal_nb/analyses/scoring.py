@@ -23,6 +23,7 @@ from ..engine.metrics import get_metric
 from ..engine.patching import ablate, patch
 from ..engine.replay import capture
 from ..engine.units import enumerate_units, unit_columns
+from ..models.families import refuse_encoder
 
 __all__ = ["METHODS", "OPTION_USERS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path", "uses"]
 
@@ -182,6 +183,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             raise ValueError("method='acdc' scores every layer: its walk tests each unit together with the units it "
                              "removed before, so a layer subset would change the scores; drop layers=")
         attrs["layers"] = sorted({int(x) for x in layers})
+    refuse_encoder(model, "score")  # here too: "magnitude" and "random" never reach prepare's check
     every = enumerate_units(model, unit)
     units = enumerate_units(model, unit, layers)
     # the whole-model methods below compute every unit; `pick` keeps the requested layers' rows

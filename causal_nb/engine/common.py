@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..core.checks import check_n_tokens, strict
 from ..data.prompts import PromptSetError, TokenBatch, as_prompt_set
+from ..models.families import refuse_encoder
 from .metrics import ScoredBatch
 from .replay import capture
 from .units import unit_columns
@@ -36,6 +37,7 @@ def prepare(model, prompts, n_tokens: int | None = None, pad: bool = True) -> To
     A ``TokenBatch`` (already tokenised, e.g. synthetic corruptions) passes through unchanged.
     """
     check_n_tokens(n_tokens)
+    refuse_encoder(model)  # every analysis tokenises here; an encoder has no next-token logits to read
     if isinstance(prompts, TokenBatch):
         if len(prompts) == 0:
             raise PromptSetError("the token batch is empty")

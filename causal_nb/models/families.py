@@ -19,8 +19,8 @@ refused by name rather than run with silently wrong numbers.
 
 from __future__ import annotations
 
-__all__ = ["ANALYSIS_FAMILIES", "MASKED_ONLY", "PHYSICAL_FAMILIES", "PRUNING_FAMILIES", "UnsupportedModelError",
-           "check_supported", "family"]
+__all__ = ["ANALYSIS_FAMILIES", "ENCODER_FAMILIES", "MASKED_ONLY", "PHYSICAL_FAMILIES", "PRUNING_FAMILIES",
+           "UnsupportedModelError", "check_loadable", "check_supported", "family", "refuse_encoder"]
 
 #: Families pruned both ways: masked (output weights zeroed) and physical (weights sliced).
 PHYSICAL_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt",
@@ -62,6 +62,7 @@ def check_supported(model, purpose: str = "analysis") -> str:
     Returns:
         The family name.
     """
+    refuse_encoder(model, purpose)
     allowed = {"pruning": PRUNING_FAMILIES, "physical": PHYSICAL_FAMILIES}.get(purpose, ANALYSIS_FAMILIES)
     name = family(model)
     if purpose == "physical" and name in MASKED_ONLY:
@@ -87,3 +88,27 @@ def check_supported(model, purpose: str = "analysis") -> str:
             f"model family {name!r} {what}{why} (supported: {', '.join(allowed)}); a family is added once "
             "tests/unit/test_families.py shows it exact (see causal_nb/models/families.py)")
     return name
+
+
+#: Encoder families: they load (``load_model``) for sentence embeddings
+#: (``causal_nb.models.embeddings``), but the decoder-LM analyses refuse them (``refuse_encoder``).
+ENCODER_FAMILIES: tuple[str, ...] = ("bert",)
+
+
+def refuse_encoder(model, what: str = "analysis") -> None:
+    """Raise ``UnsupportedModelError`` for an encoder: patch, ablate, score, evaluate and prune read
+    next-token logits, which an encoder does not predict (a BERT booted for masked LM has a
+    random head when the checkpoint is an embedding model)."""
+    name = family(model)
+    if name in ENCODER_FAMILIES:
+        raise UnsupportedModelError(
+            f"model family {name!r} is an encoder: the {what} reads next-token logits, and encoder tasks "
+            "(embedding similarity, probes, masked tokens) are not in the engine yet. Use "
+            "cnb.sentence_embeddings / similarity_eval / probe_eval with it, or a decoder family "
+            f"({', '.join(ANALYSIS_FAMILIES)})")
+
+
+def check_loadable(model) -> str:
+    """``check_supported`` for loading: an encoder family loads too (for embeddings)."""
+    name = family(model)
+    return name if name in ENCODER_FAMILIES else check_supported(model)

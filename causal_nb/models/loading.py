@@ -21,7 +21,7 @@ import torch
 
 from ..zoo import MODELS_DIR, SPECS, bundled_models, model_card, pretrained
 from .bridge_fit import fit_mlp_width
-from .families import check_supported
+from .families import check_loadable
 from .hf import load_pruned_hf, quiet_loading
 
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
@@ -165,7 +165,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
     Args:
         name_or_path: a bundled name (``list_models()``), a local Hugging Face folder, or any
             hub name of a supported family (``causal_nb.models.families.ANALYSIS_FAMILIES``: ``"gpt2"``,
-            Llama, Mistral, Qwen2/3, Gemma 1/2, OPT, BLOOM, GPT-NeoX); other families raise ``UnsupportedModelError``.
+            Llama, Mistral, Qwen2/3, Gemma 1/2, OPT, BLOOM, GPT-NeoX) or an encoder family
+            (``ENCODER_FAMILIES``: BERT, for ``sentence_embeddings``); other families raise
+            ``UnsupportedModelError``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
         dtype: parameter dtype; bundled weights are stored in fp16 and upcast to this.
         verbose: show transformers' and TransformerLens's loading bars and notices.
@@ -206,7 +208,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
         else:
             model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
     model.eval()
-    check_supported(model)
+    check_loadable(model)
     fit_mlp_width(model)
     model.causal_nb_source = {"kind": kind, "source": source, "name": str(name_or_path)}
     return model

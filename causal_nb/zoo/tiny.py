@@ -108,3 +108,52 @@ def make_tiny_model(folder: str | Path, arch: str = "gpt2", n_layers: int = 2, d
     model.save_pretrained(str(folder), safe_serialization=True)
     save_hf_tokenizer(tok, folder, model_max_length=n_ctx)
     return folder
+
+
+#: Sentences the tiny BERT's WordPiece vocabulary is trained on (and good test inputs).
+BERT_TEXT = ("a man is playing a guitar . someone plays an instrument . the stock market fell sharply today . "
+             "the cat sat on the mat . a dog runs in the park . is it raining ? she reads a book .")
+
+
+def make_tiny_bert(folder: str | Path, n_layers: int = 2, d_model: int = 32, n_heads: int = 4, d_mlp: int = 64,
+                   seed: int = 0, sentence_transformers: bool = True) -> Path:
+    """Write a random-init BERT (``BertForMaskedLM``) folder with a small WordPiece tokenizer.
+
+    Args:
+        sentence_transformers: also write the sentence-transformers files (``modules.json`` with
+            a Normalize module, ``1_Pooling/config.json`` with mean pooling,
+            ``sentence_bert_config.json`` with ``max_seq_length`` 32), as all-MiniLM-L6-v2 has.
+    """
+    import json  # noqa: PLC0415
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers  # noqa: PLC0415
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast  # noqa: PLC0415
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator([BERT_TEXT] * 4, trainer=trainers.WordPieceTrainer(vocab_size=200, special_tokens=special,
+                                                                                show_progress=False))
+    vocab = tok.get_vocab()
+    # a BERT tokenizer built from the vocabulary adds [CLS] ... [SEP] as BERT's own does
+    fast = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=d_model, num_hidden_layers=n_layers,
+                     num_attention_heads=n_heads, intermediate_size=d_mlp, max_position_embeddings=64,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
+    torch.manual_seed(seed)
+    BertForMaskedLM(cfg).save_pretrained(str(folder), safe_serialization=True)
+    fast.save_pretrained(str(folder))
+    if sentence_transformers:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": d_model, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+             "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}))
+        (folder / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": False}))
+    return folder

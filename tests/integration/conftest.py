@@ -22,3 +22,13 @@ def smol():
     if "smollm2-135m" not in available_pretrained():
         pytest.fail(f"{pretrained_card('smollm2-135m')['install']} is part of the set-up (requirements-models.txt)")
     return cnb.load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 from its pip package (used in place), loaded once per session, read-only."""
+    from causal_nb.zoo.pretrained import available_pretrained, pretrained_card  # noqa: PLC0415
+
+    if "all-minilm-l6-v2" not in available_pretrained():
+        pytest.fail(f"{pretrained_card('all-minilm-l6-v2')['install']} is part of the set-up (requirements-models.txt)")
+    return cnb.load_model("all-minilm-l6-v2", device="cpu")

@@ -23,7 +23,8 @@ target = Path(sys.argv[1]).resolve()
 assert Path(causal_nb.__file__).resolve().is_relative_to(target), causal_nb.__file__
 out = {"python": len(causal_nb.load_prompts("python", split="all")), "domains": causal_nb.available_domains(),
        "models": sorted(causal_nb.list_models()), "series": [p.name for p in series()],
-       "notebooks_dir": str(default_notebooks_dir())}
+       "notebooks_dir": str(default_notebooks_dir()),
+       "pairs": len(causal_nb.load_sentence_pairs("tatoeba-paraphrase", "test"))}
 model = causal_nb.load_model("code-gpt2-2l", device="cpu")
 out["loss"] = causal_nb.evaluate(model, causal_nb.load_prompts("python", n=2), n_tokens=16, latency_batches=())["loss"]
 try:  # reads the packaged notebooks' parameters cells (refused before any kernel starts)
@@ -71,6 +72,9 @@ def test_wheel_holds_every_module_and_the_data(installed):
         assert f"causal_nb/data/prompt_files/{domain}.jsonl" in names
     assert {f"causal_nb/series/{p.name}" for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")} <= names
     assert "causal_nb/zoo/models/code-llama-4l/model.safetensors" in names
+    for f in ("tatoeba_paraphrase_train.jsonl", "tatoeba_paraphrase_test.jsonl", "tatoeba_questions_train.jsonl",
+              "tatoeba_questions_test.jsonl", "build_info.json", "PROVENANCE.md"):
+        assert f"causal_nb/data/sentence_files/{f}" in names, f
     assert not any("/src/" in n or n.endswith(".py") and "series/" in n for n in names)
 
 
@@ -85,6 +89,7 @@ def test_installed_package_loads_prompts_models_and_finds_the_notebooks(installe
     assert out["series"] == sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert Path(out["notebooks_dir"]).is_relative_to(tmp / "site")
     assert 0 < out["loss"] < 20
+    assert out["pairs"] == 1000  # the shipped sentence sets load from the installed package
     assert "MODLE (did you mean" in out["typo"] and "'MODEL'" in out["typo"].split("did you mean")[1]
     assert sorted(p.name for p in (tmp / "work" / "mine").glob("*.ipynb")) == out["series"]
     assert out["copy"] == [0, 1] and "already holds" in r.stderr  # a second copy overwrites nothing
