@@ -28,6 +28,10 @@ API vocabulary (one meaning per name, everywhere):
   next-token predictions the metric reads; ``layers``: 0..n_layers-1.
 - ``sparsity``: the share of units removed, in [0, 1) (not a percent).
 - ``metric``: a name in ``METRICS`` or a callable ``(logits, ScoredBatch) -> Tensor[batch]``.
+- ``task=`` (``patch``/``ablate``/``score``): what the inputs are and what the metric reads
+  (``engine.tasks``). None is the decoder LM (``LMTask``); ``SentencePairTask(pairs)`` reads a
+  sentence encoder's pooled embeddings and scores each pair's cosine (``"cosine"``), one value
+  per pair where the LM has one per prompt.
 - ``answers=`` (``patch``/``ablate``): per-prompt answer token ids (correct first); the metric
   then reads each prompt's last real token (``"answer_logit_diff"``: correct minus wrong).
 - Keywords: a misspelled one is a ``TypeError`` naming the nearest valid one; an option the
@@ -55,6 +59,7 @@ from .data.sentences import (
 )
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .engine.patching import ablate, patch
+from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .evaluation import stats
 from .evaluation.acdc_sweep import acdc_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
@@ -69,13 +74,16 @@ from .pruning.structure import prune, prune_units, save_pruned
 __all__ = [
     "FullModelRun",
     "IOIPrompts",
+    "LMTask",
     "METHODS",
     "METRICS",
     "ModelNotAvailableError",
+    "PairBatch",
     "PromptSet",
     "PromptSetError",
     "ScoredBatch",
     "SentenceDataError",
+    "SentencePairTask",
     "SweepConfig",
     "TokenBatch",
     "TokenSet",

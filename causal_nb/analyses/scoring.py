@@ -22,8 +22,8 @@ from ..engine.common import prepare, scored_batch
 from ..engine.metrics import get_metric
 from ..engine.patching import ablate, patch
 from ..engine.replay import capture
-from ..engine.units import enumerate_units, unit_columns
-from ..models.families import refuse_encoder
+from ..engine.tasks import LMTask, as_task
+from ..engine.units import unit_columns
 
 __all__ = ["METHODS", "OPTION_USERS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path", "uses"]
 
@@ -49,6 +49,10 @@ _WHY = {**{("metric", m): "it scores the loss" for m in _GRADIENT},
         ("kind", "patching"): "it patches in corrupted= activations",
         **{("corrupted", m): "it needs no second prompt set" for m in METHODS if m not in ("patching", "eap-ig")}}
 _HIGHER_IS_WORSE = {"kl", "loss"}
+#: The methods that take a task other than the LM (``task=SentencePairTask(...)``); the others
+#: read next-token logits or paired corrupted prompts (patching, EAP-IG, ACDC, duplication's head
+#: outputs, activation's block outputs).
+TASK_METHODS = ("ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude", "random")
 
 
 def _table(units, unit: str, scores: np.ndarray, per_prompt: np.ndarray | None, prompt_ids, attrs: dict) -> pd.DataFrame:
@@ -61,10 +65,10 @@ def _table(units, unit: str, scores: np.ndarray, per_prompt: np.ndarray | None, 
     return df
 
 
-def _damage(values: np.ndarray, baseline: np.ndarray, metric) -> np.ndarray:
-    """Turn metric values into damage (higher = more important), per prompt."""
+def _damage(values: np.ndarray, baseline: np.ndarray, metric, worse=_HIGHER_IS_WORSE) -> np.ndarray:
+    """Turn metric values into damage (higher = more important), per prompt (or pair)."""
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "")
-    return values - baseline if name in _HIGHER_IS_WORSE else baseline - values
+    return values - baseline if name in worse else baseline - values
 
 
 def _weight_norms(model, unit: str, p: int) -> np.ndarray:
@@ -121,10 +125,10 @@ def uses(method: str, option: str) -> bool:
 
 
 @strict
-def score(model, prompts, method: str, unit: str = "head", metric=None, kind: str | None = None, corrupted=None,
-          n_tokens: int | None = None, steps: int | None = None, p: int | None = None, seed: int = 0,
+def score(model, prompts=None, method: str | None = None, unit: str = "head", metric=None, kind: str | None = None,
+          corrupted=None, n_tokens: int | None = None, steps: int | None = None, p: int | None = None, seed: int = 0,
           progress: bool | None = None, threshold: float | None = None, batch_size: int | None = None,
-          memory_budget_mb: float | None = None, layers=None) -> pd.DataFrame:
+          memory_budget_mb: float | None = None, layers=None, task=None) -> pd.DataFrame:
     """Importance of every unit of a kind by one method; higher = more important.
 
     Args:
@@ -158,6 +162,11 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
             of a real model on a layer sample; recorded in ``attrs["layers"]``. Such a table
             covers part of the model, so ``prune`` refuses it. Not ACDC (its walk tests each
             unit with the units it removed before, across all layers).
+        task: None, the decoder LM; ``cnb.SentencePairTask(pairs)`` (then no ``prompts``): a
+            sentence encoder scored on the pairs' cosine, for the methods in ``TASK_METHODS``.
+            ``ablation`` damage is the clean cosine minus the ablated one, per pair (default
+            metric ``"cosine"``); ``attribution`` its first-order estimate; ``taylor``/``fisher``
+            take the cosine's gradient.
 
     Returns:
         DataFrame ``layer``, ``head``/``neuron``, ``score``; ``attrs["per_prompt"]`` (unit x
@@ -167,8 +176,15 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         ValueError: unknown method or unit (the message lists the valid ones); an option the
             method doesn't use (the message lists the methods that do).
     """
+    if method is None:
+        raise TypeError(f"score needs method=, one of {list(METHODS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {list(METHODS)}")
+    task = as_task(task)
+    lm = isinstance(task, LMTask)
+    if not lm and method not in TASK_METHODS:
+        raise ValueError(f"method={method!r} is not available with {task!r} (it reads next-token logits or paired "
+                         f"corrupted prompts); methods with this task: {list(TASK_METHODS)}")
     if unit not in SCORE_UNITS:
         raise ValueError(f"unknown unit {unit!r}; valid units: {list(SCORE_UNITS)}")
     reject_unused(method, {"metric": metric, "kind": kind, "corrupted": corrupted, "steps": steps, "p": p,
@@ -177,15 +193,15 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
     kind = kind or "mean"
     steps = 5 if steps is None else steps
     p = 2 if p is None else p
-    attrs = {"method": method, "unit": unit}
+    attrs = {"method": method, "unit": unit} if lm else {"method": method, "unit": unit, "task": repr(task)}
     if layers is not None:
         if method == "acdc":
             raise ValueError("method='acdc' scores every layer: its walk tests each unit together with the units it "
                              "removed before, so a layer subset would change the scores; drop layers=")
         attrs["layers"] = sorted({int(x) for x in layers})
-    refuse_encoder(model, "score")  # here too: "magnitude" and "random" never reach prepare's check
-    every = enumerate_units(model, unit)
-    units = enumerate_units(model, unit, layers)
+    task.check_model(model, "score")  # here too: "magnitude" and "random" never reach prepare's check
+    every = task.units(model, unit)
+    units = task.units(model, unit, layers)
     # the whole-model methods below compute every unit; `pick` keeps the requested layers' rows
     pick = np.array([u.layer in set(attrs.get("layers", range(model.cfg.n_layers))) for u in every])
     if method == "random":
@@ -193,7 +209,7 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         return _table(units, unit, rng.random(len(every))[pick], None, (), {**attrs, "seed": seed})
     if method == "magnitude":
         return _table(units, unit, _weight_norms(model, unit, p)[pick], None, (), {**attrs, "p": p})
-    pb = prepare(model, prompts, n_tokens)
+    pb = task.prepare(model, prompts, n_tokens)
     if method == "duplication":
         if unit != "head":
             raise ValueError("method='duplication' scores attention heads only (unit='head')")
@@ -202,13 +218,13 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         sim = head_similarity(model, pb, kind="cosine")
         return _table(units, unit, uniqueness(sim)[pick], None, (), {**attrs, "similarity": "cosine"})
     if method == "ablation":
-        metric = metric or "kl"
-        df = ablate(model, pb, unit=unit, kind=kind, metric=metric, seed=seed if kind == "resample" else None,
-                    n_tokens=n_tokens, progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
-                    layers=layers)
+        metric = metric or task.ablation_metric
+        df = ablate(model, pb if lm else None, unit=unit, kind=kind, metric=metric,
+                    seed=seed if kind == "resample" else None, n_tokens=n_tokens, progress=progress,
+                    batch_size=batch_size, memory_budget_mb=memory_budget_mb, layers=layers, task=None if lm else task)
         per = df.attrs["per_prompt"].to_numpy()
-        dmg = _damage(per, np.asarray(df.attrs["baseline_per_prompt"]), metric)
-        return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "kind": kind, "metric": str(metric)})
+        dmg = _damage(per, np.asarray(df.attrs["baseline_per_prompt"]), metric, task.higher_is_worse)
+        return _table(units, unit, dmg.mean(1), dmg, task.ids(pb), {**attrs, "kind": kind, "metric": str(metric)})
     if method == "acdc":
         from .acdc import acdc_scores  # noqa: PLC0415
 
@@ -227,8 +243,13 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "metric": str(metric)})
     # activation norms are read for every layer (then picked); the gradient methods hook only `units`
     hooks = sorted({e.hook for u in (every if method == "activation" else units) for e in u.edits})
-    scored = scored_batch(pb)
-    loss = get_metric("loss")
+    if lm:
+        scored, loss = scored_batch(pb), get_metric("loss")
+    else:  # the task's own metric; its gradient's sign is flipped below where higher is better
+        scored, loss = task.scoring(model, pb), task.metric(task.gradient_metric)
+    gtask = None if lm else task
+    # the estimate of a metric change becomes a damage (loss increase, or cosine drop)
+    sign = 1.0 if task.gradient_metric in task.higher_is_worse else -1.0
     if method == "activation":
         with torch.no_grad():
             cap = capture(model, pb.tokens, hooks)
@@ -238,26 +259,31 @@ def score(model, prompts, method: str, unit: str = "head", metric=None, kind: st
         return _table(units, unit, per.mean(1), per, pb.ids, attrs)
     if method in ("taylor", "fisher"):
         # the gradient pass's own activations: no separate forward
-        grads, acts, _ = metric_gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True)
-        per = unit_sums({h: (acts[h] * grads[h]).double() for h in hooks}, units).numpy()
+        grads, acts, _ = metric_gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True,
+                                          task=gtask)
+        per = task.per_value(unit_sums({h: (acts[h] * grads[h]).double() for h in hooks}, units)).numpy()
         # a.g is dL/dm for a mask m scaling the unit's output, at m = 1
         per = np.abs(per) if method == "taylor" else per**2
-        return _table(units, unit, per.mean(1), per, pb.ids, attrs)
+        return _table(units, unit, per.mean(1), per, task.ids(pb),
+                      attrs if lm else {**attrs, "metric": str(loss.__name__)})
     # attribution / eap-ig: first-order estimate of the ablation's loss increase
     from ..engine.attribution import attribution_scores  # noqa: PLC0415
     from ..engine.common import ablation_sources, masked_means  # noqa: PLC0415
 
     if method != "eap-ig":
         # one forward + backward gives the activations, their mean and the gradients
-        grads, acts, _ = metric_gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True)
+        grads, acts, _ = metric_gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True,
+                                          task=gtask)
         with torch.no_grad():
             sources = masked_means(acts, pb.mask, hooks) if kind == "mean" else \
-                ablation_sources(model, kind, pb, hooks, None, n_tokens, seed)
+                ablation_sources(model, kind, pb, hooks, None, n_tokens, seed, task=gtask)
         est, _ = attribution_scores(model, pb.tokens, sources, acts, units, loss, scored, 0, grads=grads)
-        per = est.numpy()  # estimated loss increase per prompt
+        # estimated loss increase per prompt (cosine drop per pair)
+        per = est.numpy() if lm else sign * task.per_value(est).numpy()
         if method == "attribution-abs":
             per = np.abs(per)
-        return _table(units, unit, per.mean(1), per, pb.ids, {**attrs, "kind": kind, "metric": "loss"})
+        return _table(units, unit, per.mean(1), per, task.ids(pb),
+                      {**attrs, "kind": kind, "metric": "loss" if lm else str(loss.__name__)})
     # eap-ig: integrated gradients on the way from the prompts to a source input
     if corrupted is None:
         if kind == "resample":

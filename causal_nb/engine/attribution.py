@@ -25,8 +25,11 @@ __all__ = ["attribute", "attribution_scores", "metric_gradients", "unit_sums"]
 
 
 def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[torch.Tensor, torch.Tensor, float] | None,
-               keep_acts: bool = False):
+               keep_acts: bool = False, task=None):
     """Per-prompt metric gradients w.r.t. activations at ``hooks`` (a forward + backward).
+
+    ``task``: the forward and readout the metric reads (None: the LM's logits at the scored
+    positions, as ``engine.tasks.LMTask``).
 
     Returns (grads, metric values) or, with ``keep_acts``, (grads, detached activations, values).
     """
@@ -50,7 +53,8 @@ def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: 
 
     fwd = [(first, start)] + [(n, save(n)) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
-        logits = model(tokens, return_type="logits")[:, scored.positions]
+        logits = model(tokens, return_type="logits")[:, scored.positions] if task is None else \
+            task.run(model, tokens, scored)
         vals = metric(logits, scored)
         if not names:
             return ({}, {}, vals.detach()) if keep_acts else ({}, vals.detach())

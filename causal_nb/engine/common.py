@@ -77,14 +77,16 @@ def unit_table(units, values: torch.Tensor, kind: str, per_position: bool, promp
 
 
 @torch.no_grad()
-def mean_activations(model, batch: TokenBatch, hooks) -> dict[str, Tensor]:
+def mean_activations(model, batch: TokenBatch, hooks, task=None) -> dict[str, Tensor]:
     """Each hook's activation averaged over prompts and real (unpadded) positions.
+
+    ``task``: the forward to run (None: the LM's; ``SentencePairTask`` passes the attention mask).
 
     Returns:
         hook name -> tensor of shape [1, 1, ...] (the activation's trailing dims), float32,
         broadcastable against [batch, pos, ...].
     """
-    return masked_means(capture(model, batch.tokens, hooks).acts, batch.mask, hooks)
+    return masked_means(capture(model, batch.tokens, hooks, task=task).acts, batch.mask, hooks)
 
 
 def masked_means(acts: dict[str, Tensor], mask: Tensor, hooks) -> dict[str, Tensor]:
@@ -98,9 +100,21 @@ def masked_means(acts: dict[str, Tensor], mask: Tensor, hooks) -> dict[str, Tens
     return out
 
 
-def ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_tokens, seed: int):
+def ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_tokens, seed: int, task=None):
+    """Replacement activations per hook for a zero, mean or resample ablation of ``pb``.
+
+    With a task that carries its inputs (``SentencePairTask``) the mean runs its forward and a
+    ``reference`` goes through its ``reference_batch``; resample ablation is LM-only.
+    """
     if kind == "zero":
         return {h: torch.zeros(1) for h in hooks}
+    if task is not None and getattr(task, "carries_inputs", False):
+        if kind != "mean":
+            raise ValueError(f"{kind} ablation is not available with {task!r}: another sentence's activations "
+                             "don't line up position by position (sentences differ in length); use kind='zero' or "
+                             "'mean'")
+        return mean_activations(model, pb if reference is None else task.reference_batch(model, reference), hooks,
+                                task=task)
     if kind == "mean":
         return mean_activations(model, pb if reference is None else prepare(model, reference, n_tokens), hooks)
     if kind == "resample":

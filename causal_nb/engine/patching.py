@@ -19,6 +19,7 @@ from .attribution import attribute
 from .common import ablation_sources, prepare, scored_batch, unit_table
 from .metrics import ScoredBatch, get_metric
 from .replay import evaluate_units, scored_run, stack_size
+from .tasks import LMTask, as_task
 from .units import enumerate_units
 
 __all__ = ["ABLATION_KINDS", "ablate", "patch"]
@@ -42,10 +43,10 @@ def _check_pair(clean: TokenBatch, corrupted: TokenBatch) -> None:
                              "that fill n_tokens) or a smaller n_tokens")
 
 
-def _stack(model, tb: TokenBatch, scored: ScoredBatch, units, batch_size, memory_budget_mb) -> int:
+def _stack(model, tb: TokenBatch, scored: ScoredBatch, units, batch_size, memory_budget_mb, task=None) -> int:
     per_layer = max(sum(u.layer == layer for u in units) for layer in {u.layer for u in units})
-    return stack_size(model, len(tb), tb.tokens.shape[1], len(scored.positions), per_layer, batch_size,
-                      memory_budget_mb)
+    n_scored = len(scored.positions) if task is None else task.n_scored(tb, scored)
+    return stack_size(model, len(tb), tb.tokens.shape[1], n_scored, per_layer, batch_size, memory_budget_mb)
 
 
 @strict
@@ -53,7 +54,7 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
           direction: str = "denoise", positions=None, per_position: bool = False, layers=None,
           scored_positions=None, n_tokens: int | None = None, batch_size: int | None = None,
           memory_budget_mb: float | None = None, progress: bool | None = None, steps: int | None = None,
-          answers=None) -> pd.DataFrame:
+          answers=None, task=None) -> pd.DataFrame:
     """Patch each unit between clean and corrupted runs and measure the metric.
 
     Args:
@@ -78,6 +79,9 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
             wrong ones): score each prompt's last real token against them (e.g.
             ``metric="answer_logit_diff"``; ``"logprob"`` is then the correct answer's
             log-prob), instead of next tokens inside the prompt. Not with ``scored_positions``.
+        task: the task (``engine.tasks``); None or ``LMTask()``: the decoder LM. Patching
+            needs paired clean/corrupted inputs, which only the LM task has so far
+            (``SentencePairTask`` is refused: use ``ablate``).
 
     Raises:
         ValueError: an option the method doesn't use (``steps`` without EAP-IG, ``batch_size``
@@ -90,6 +94,11 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         baselines (means; ``clean_per_prompt``/``corrupted_per_prompt`` per prompt) and the
         settings.
     """
+    task = as_task(task)
+    if not isinstance(task, LMTask):
+        raise ValueError(f"patch with {task!r}: patching needs paired clean/corrupted inputs, which a sentence-pair "
+                         "task does not have yet; use ablate(model, task=..., kind='zero'|'mean') or "
+                         "score(model, task=..., method='ablation')")
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if method not in ("exact", "attribution", "eap-ig"):
@@ -135,28 +144,40 @@ ABLATION_KINDS = ("zero", "mean", "resample")
 
 
 @strict
-def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", reference=None, positions=None,
+def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=None, reference=None, positions=None,
            per_position: bool = False, layers=None, scored_positions=None, n_tokens: int | None = None,
            batch_size: int | None = None, memory_budget_mb: float | None = None, seed: int | None = None,
-           progress: bool | None = None, answers=None) -> pd.DataFrame:
+           progress: bool | None = None, answers=None, task=None) -> pd.DataFrame:
     """Ablate each unit (zero, mean over ``reference``, or resample) and measure the metric.
 
     Args:
-        prompts: PromptSet or list of strings.
+        prompts: PromptSet or list of strings (the LM task; a task that carries its inputs,
+            as ``SentencePairTask(pairs)``, takes none).
         kind: ``"zero"``, ``"mean"`` (mean over reference prompts and positions; default
             reference: ``prompts``) or ``"resample"`` (another prompt's activations: a seeded
             derangement of ``prompts``, or ``reference`` prompts in turn).
-        metric: as in ``patch``; ``"kl"`` (default) is the KL divergence to the unablated model.
-        reference: prompts for ``kind="mean"`` or ``"resample"`` (not used by ``"zero"``).
+        metric: as in ``patch``; ``"kl"`` (the LM default) is the KL divergence to the unablated
+            model. With ``SentencePairTask``: ``"cosine"`` (the default), each pair's cosine.
+        reference: prompts for ``kind="mean"`` or ``"resample"`` (not used by ``"zero"``); with
+            ``SentencePairTask``, pairs or sentences for ``"mean"`` (no resample).
         seed: the derangement's seed for ``kind="resample"`` without ``reference`` (default 0).
         batch_size, memory_budget_mb: interventions stacked per forward, as in ``patch``.
         progress: a progress bar (default: ``causal_nb.progress_enabled()``).
         answers: score each prompt's last real token against these token ids, as in ``patch``.
+        task: what the inputs are and what the metric reads (``engine.tasks``): None, the decoder
+            LM; ``cnb.SentencePairTask(pairs)``, a sentence encoder's pooled embeddings, one
+            value per pair (``per_prompt`` columns are the pairs).
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
         metric of the unablated model (``baseline_per_prompt``: per prompt).
     """
+    task = as_task(task)
+    task.check_model(model, "ablate")
+    if metric is None:
+        metric = task.ablation_metric
+    if not isinstance(task, LMTask) and answers is not None:
+        raise ValueError(f"answers= reads next-token logits; {task!r} reads sentence embeddings: drop answers=")
     if kind not in ABLATION_KINDS:
         raise ValueError(f"unknown ablation kind {kind!r}; valid: {', '.join(map(repr, ABLATION_KINDS))}")
     reject_unused(kind, {"reference": reference, "seed": seed}, {"reference": ("mean", "resample"), "seed": ("resample",)},
@@ -166,18 +187,21 @@ def ablate(model, prompts, unit: str = "head", kind: str = "zero", metric="kl", 
     if seed is not None and reference is not None:
         raise ValueError("seed= is not used with reference=: resample ablation then takes the reference prompts in "
                          "turn (the seed draws the derangement of prompts without a reference)")
-    metric_fn = get_metric(metric)
-    pb = prepare(model, prompts, n_tokens)
+    metric_fn = task.metric(metric)
+    pb = task.prepare(model, prompts, n_tokens)
     positions = check_positions(positions, pb.tokens.shape[1])
-    units = enumerate_units(model, unit, layers, positions, per_position)
+    units = task.units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
-    scored = scored_batch(pb, scored_positions) if answers is None else _answer_scoring(model, pb, answers,
-                                                                                        scored_positions)
-    base, baseline = scored_run(model, pb.tokens, hooks, scored, metric_fn, reference=True)
+    scored = task.scoring(model, pb, scored_positions) if answers is None else \
+        _answer_scoring(model, pb, answers, scored_positions)
+    base, baseline = scored_run(model, pb.tokens, hooks, scored, metric_fn, reference=True, task=task)
     with torch.no_grad():
-        sources = ablation_sources(model, kind, pb, hooks, reference, n_tokens, 0 if seed is None else seed)
-    k = _stack(model, pb, scored, units, batch_size, memory_budget_mb)
-    values = evaluate_units(model, base, sources, units, metric_fn, scored, k, progress, desc=f"{kind}-ablate {unit}")
+        sources = ablation_sources(model, kind, pb, hooks, reference, n_tokens, 0 if seed is None else seed, task=task)
+    k = _stack(model, pb, scored, units, batch_size, memory_budget_mb, task)
+    values = evaluate_units(model, base, sources, units, metric_fn, scored, k, progress, desc=f"{kind}-ablate {unit}",
+                            task=task)
     attrs = {"method": f"{kind}-ablation", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
              "baseline": float(baseline.nanmean()), "baseline_per_prompt": tuple(baseline.double().tolist())}
-    return unit_table(units, values, unit, per_position, pb.ids, attrs)
+    if not isinstance(task, LMTask):
+        attrs["task"] = repr(task)
+    return unit_table(units, values, unit, per_position, task.ids(pb), attrs)

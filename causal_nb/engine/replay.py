@@ -36,6 +36,7 @@ class Capture:
         block_args: layer -> (args, kwargs) the block was called with (caches stripped).
         logits: the run's logits at the scored positions [batch, scored, vocab], if asked.
         checks: results of the fast paths' identity checks on this run, by (path, layer).
+        fast_paths: whether the task allows the fast paths at all (``Task.fast_paths``).
     """
 
     tokens: Int[Tensor, "batch pos"]
@@ -43,6 +44,7 @@ class Capture:
     block_args: dict[int, tuple[tuple, dict]]
     logits: Float[Tensor, "batch scored vocab"] | None = None
     checks: dict = field(default_factory=dict)
+    fast_paths: bool = True
 
     def resid_pre(self, layer: int) -> Float[Tensor, "batch pos d_model"]:
         return self.acts[f"blocks.{layer}.hook_resid_pre"]
@@ -55,12 +57,15 @@ def _strip_cache(v):
 
 
 def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), positions: Tensor | None = None,
-            grad: bool = False) -> Capture:
+            grad: bool = False, task=None, scored=None) -> Capture:
     """Run the model once, caching ``hooks``, every block's ``resid_pre`` and call arguments.
 
     Args:
-        positions: when given, also keep the logits at these positions.
+        positions: when given, also keep the logits at these positions (no ``task``).
         grad: keep the graph (for attribution); activations are then not detached.
+        task: an ``engine.tasks`` task: its ``run`` does the forward (an encoder's attention
+            mask) and, given ``scored``, its readout is kept in ``Capture.logits``. None: the
+            LM forward, as ``LMTask``.
     """
     names = set(hooks) | {f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)}
     if any(h.endswith(("attn.hook_z", "mlp.hook_post", "hook_mlp_out")) for h in hooks):
@@ -93,22 +98,31 @@ def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), 
         handles.append(blk.register_forward_pre_hook(pre, with_kwargs=True))
     try:
         with torch.set_grad_enabled(grad), model.hooks(fwd_hooks=[(n, save(n)) for n in sorted(names)]):
-            logits = model(tokens, return_type="logits")
+            if task is None:
+                logits = model(tokens, return_type="logits")
+                kept = logits[:, positions] if positions is not None else None
+            else:
+                kept = task.run(model, tokens, scored)
     finally:
         for h in handles:
             h.remove()
-    kept = logits[:, positions] if positions is not None else None
-    return Capture(tokens, acts, block_args, kept if grad or kept is None else kept.detach())
+    return Capture(tokens, acts, block_args, kept if grad or kept is None else kept.detach(),
+                   fast_paths=getattr(task, "fast_paths", True))
 
 
 @torch.no_grad()
 def scored_run(model, tokens, hooks: Sequence[str], scored: ScoredBatch, metric: Callable,
-               reference: bool = False) -> tuple[Capture, Tensor]:
+               reference: bool = False, task=None) -> tuple[Capture, Tensor]:
     """Capture an unmodified run and its per-prompt metric; with ``reference`` it also becomes
-    the run that KL and top-1 agreement compare against."""
-    cap = capture(model, tokens, hooks, scored.positions)
-    if reference:
-        scored.ref_logprobs = torch.log_softmax(cap.logits.float(), -1)
+    the run that KL and top-1 agreement (or the task's own reference metrics) compare against."""
+    if task is None:
+        cap = capture(model, tokens, hooks, scored.positions)
+        if reference:
+            scored.ref_logprobs = torch.log_softmax(cap.logits.float(), -1)
+    else:
+        cap = capture(model, tokens, hooks, task=task, scored=scored)
+        if reference:
+            task.set_reference(scored, cap.logits)
     return cap, metric(cap.logits, scored).float().cpu()
 
 
@@ -134,10 +148,11 @@ def final_logits(model, resid: Float[Tensor, "batch pos d_model"], positions: Te
 
 
 def run_from(model, cap: Capture, start: int, k: int, positions: Tensor,
-             x: Tensor | None = None) -> Float[Tensor, "batchk scored vocab"]:
+             x: Tensor | None = None, task=None, scored=None) -> Float[Tensor, "batchk scored vocab"]:
     """Replay blocks ``start..`` from the cached residual (or from ``x``, already stacked),
     the batch stacked ``k`` times; hooks active on the model (``model.hooks``) fire as in a
-    full forward.
+    full forward. The readout is ``final_logits`` at ``positions``, or with ``task`` its
+    ``readout`` (``scored`` already stacked ``k`` times).
     """
     batch = cap.tokens.shape[0]
     if x is None:
@@ -148,7 +163,7 @@ def run_from(model, cap: Capture, start: int, k: int, positions: Tensor,
         out = model.blocks[layer](x, *_expand(args[1:], batch, k),
                                   **{n: _expand(v, batch, k, n == "alibi") for n, v in kwargs.items()})
         x = out[0] if isinstance(out, tuple) else out
-    return final_logits(model, x, positions)
+    return final_logits(model, x, positions) if task is None else task.readout(model, x, scored)
 
 
 def _mlp_half(model, layer: int, x):
@@ -206,7 +221,7 @@ def _head_fast_path(model, base: Capture, layer: int) -> bool:
 
 
 def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
-                    positions: Tensor) -> Tensor:
+                    positions: Tensor, task=None, scored=None) -> Tensor:
     hook = f"blocks.{layer}.attn.hook_z"
     z_base = base.acts[hook]
     z_src = sources[hook].to(z_base.dtype).expand_as(z_base)
@@ -218,7 +233,8 @@ def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sou
         return (z_src[:, pos, h] - z_base[:, pos, h]) @ w_o[h]
 
     mids = [mid + d for d in _deltas(group, mid, change)]
-    return run_from(model, base, layer + 1, len(group), positions, x=_mlp_half(model, layer, torch.cat(mids)))
+    return run_from(model, base, layer + 1, len(group), positions, x=_mlp_half(model, layer, torch.cat(mids)),
+                    task=task, scored=scored)
 
 
 def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
@@ -246,7 +262,7 @@ def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
 
 
 def _run_mlp_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
-                  positions: Tensor) -> Tensor:
+                  positions: Tensor, task=None, scored=None) -> Tensor:
     mid, out = base.acts[f"blocks.{layer}.hook_resid_mid"], base.acts[f"blocks.{layer}.hook_mlp_out"]
 
     def change(e, pos):
@@ -259,7 +275,7 @@ def _run_mlp_fast(model, base: Capture, layer: int, group: Sequence[Unit], sourc
 
     # the edited MLP output first, then the residual add: the same rounding as a real forward
     xs = [mid + (out + d) for d in _deltas(group, out, change)]
-    return run_from(model, base, layer + 1, len(group), positions, x=torch.cat(xs))
+    return run_from(model, base, layer + 1, len(group), positions, x=torch.cat(xs), task=task, scored=scored)
 
 
 def edit_slice(e: Edit) -> tuple:
@@ -364,17 +380,19 @@ def _mlp_group(group: Sequence[Unit], layer: int) -> bool:
 @torch.no_grad()
 def evaluate_units(model, base: Capture, sources: dict[str, Tensor], units: Sequence[Unit],
                    metric: Callable, scored: ScoredBatch, batch_size: int = 1,
-                   progress: bool | None = None, desc: str = "interventions") -> Float[Tensor, "unit batch"]:
+                   progress: bool | None = None, desc: str = "interventions", task=None) -> Float[Tensor, "unit batch"]:
     """Metric per prompt for each unit replaced by its source values, one unit at a time.
 
     Args:
         base: the cached run being intervened on (corrupted prompts when denoising).
         sources: hook name -> replacement activations for every hook the units touch.
         units: the interventions; units of one layer are stacked ``batch_size`` at a time.
-        metric: ``(logits [batch, scored, vocab], ScoredBatch) -> [batch]``.
+        metric: ``(logits [batch, scored, vocab], ScoredBatch) -> [batch]``, or the task's
+            ``(readout, scored) -> [values]`` (a sentence-pair task: one value per pair).
+        task: the task whose readout the metric reads (None: the LM's ``final_logits``).
 
     Returns:
-        [unit, batch] metric values, in the order of ``units``.
+        [unit, value] metric values, in the order of ``units`` (a value per prompt for the LM).
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -382,25 +400,30 @@ def evaluate_units(model, base: Capture, sources: dict[str, Tensor], units: Sequ
     if missing:
         raise KeyError(f"no source activations for hooks {sorted(missing)}")
     batch = base.tokens.shape[0]
-    out = torch.empty(len(units), batch, dtype=torch.float64)
+    out = None  # [unit, values per copy]: known after the first metric call (pairs: batch / 2)
     order = sorted(range(len(units)), key=lambda i: units[i].layer)
     bar = tqdm(total=len(units), desc=desc, disable=not progress_enabled(progress), leave=False)
+    positions = getattr(scored, "positions", None)
     i = 0
     while i < len(order):
         layer = units[order[i]].layer
         group_idx = [j for j in order[i : i + batch_size] if units[j].layer == layer]
         group = [units[j] for j in group_idx]
+        stacked = scored.repeat(len(group)) if len(group) > 1 else scored
         if all(e.hook == f"blocks.{layer}.attn.hook_z" and len(e.index) == 1 for u in group for e in u.edits) \
-                and _head_fast_path(model, base, layer):
-            logits = _run_heads_fast(model, base, layer, group, sources, scored.positions)
-        elif _mlp_group(group, layer) and _mlp_fast_path(model, base, layer, any(u.edits[0].index for u in group)):
-            logits = _run_mlp_fast(model, base, layer, group, sources, scored.positions)
+                and base.fast_paths and _head_fast_path(model, base, layer):
+            logits = _run_heads_fast(model, base, layer, group, sources, positions, task, stacked)
+        elif _mlp_group(group, layer) and base.fast_paths \
+                and _mlp_fast_path(model, base, layer, any(u.edits[0].index for u in group)):
+            logits = _run_mlp_fast(model, base, layer, group, sources, positions, task, stacked)
         else:
             with model.hooks(fwd_hooks=_hooks_for(group, sources, batch)):
-                logits = run_from(model, base, layer, len(group), scored.positions)
-        vals = metric(logits, scored.repeat(len(group)) if len(group) > 1 else scored)
-        out[group_idx] = vals.double().cpu().view(len(group), batch)
+                logits = run_from(model, base, layer, len(group), positions, task=task, scored=stacked)
+        vals = metric(logits, stacked)
+        if out is None:
+            out = torch.empty(len(units), vals.numel() // len(group), dtype=torch.float64)
+        out[group_idx] = vals.double().cpu().view(len(group), -1)
         i += len(group_idx)
         bar.update(len(group_idx))
     bar.close()
-    return out
+    return torch.empty(0, batch, dtype=torch.float64) if out is None else out

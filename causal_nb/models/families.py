@@ -96,16 +96,18 @@ ENCODER_FAMILIES: tuple[str, ...] = ("bert",)
 
 
 def refuse_encoder(model, what: str = "analysis") -> None:
-    """Raise ``UnsupportedModelError`` for an encoder: patch, ablate, score, evaluate and prune read
-    next-token logits, which an encoder does not predict (a BERT booted for masked LM has a
-    random head when the checkpoint is an embedding model)."""
+    """Raise ``UnsupportedModelError`` for an encoder under the LM task: patch, ablate, score,
+    evaluate and prune then read next-token logits, which an encoder does not predict (a BERT
+    booted for masked LM has a random head when the checkpoint is an embedding model). The
+    encoder route is ``task=SentencePairTask(pairs)`` (``engine.tasks``) for ablate and score."""
     name = family(model)
     if name in ENCODER_FAMILIES:
         raise UnsupportedModelError(
-            f"model family {name!r} is an encoder: the {what} reads next-token logits, and encoder tasks "
-            "(embedding similarity, probes, masked tokens) are not in the engine yet. Use "
-            "cnb.sentence_embeddings / similarity_eval / probe_eval with it, or a decoder family "
-            f"({', '.join(ANALYSIS_FAMILIES)})")
+            f"model family {name!r} is an encoder: the {what} with the default LM task reads next-token logits, "
+            "which an encoder does not predict. Pass an encoder task instead: task=cnb.SentencePairTask(pairs) "
+            "(ablate and score read the pooled sentence embeddings, cosine per pair); probes and prune/evaluate "
+            "are not in the engine yet (use cnb.sentence_embeddings / similarity_eval / probe_eval), or use a "
+            f"decoder family ({', '.join(ANALYSIS_FAMILIES)})")
 
 
 def check_loadable(model) -> str:

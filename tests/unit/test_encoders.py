@@ -97,7 +97,7 @@ def test_bad_texts_are_named(bert):
 
 
 def test_decoder_analyses_refuse_an_encoder(bert):
-    msg = r"'bert' is an encoder: .* encoder tasks .* are not in the engine yet"
+    msg = r"'bert' is an encoder: .* with the default LM task .* task=cnb\.SentencePairTask\(pairs\)"
     with pytest.raises(UnsupportedModelError, match=msg):
         cnb.patch(bert, ["a man is playing"], ["a dog is playing"], n_tokens=4)
     with pytest.raises(UnsupportedModelError, match=msg):
