@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import torch
@@ -39,7 +40,64 @@ from .metrics import METRICS, ScoredBatch, get_metric
 from .replay import final_logits
 from .units import Edit, Unit, enumerate_units
 
-__all__ = ["LM_TASK", "PAIR_METRICS", "LMTask", "PairBatch", "SentencePairTask", "as_task", "pair_cosine"]
+__all__ = ["LM_TASK", "PAIR_METRICS", "LMTask", "PairBatch", "SentencePairTask", "Task", "as_task", "pair_cosine"]
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the engine asks of a task (``LMTask`` and ``SentencePairTask`` implement it).
+
+    Attributes:
+        name: a short name.
+        carries_inputs: the task holds its own inputs (then calls take no ``prompts``).
+        fast_paths: whether the replay may use its resume-after-a-sublayer shortcuts (each is
+            still checked numerically per layer); False replays whole blocks.
+        ablation_metric, patch_metric, gradient_metric: default metric names per use.
+        higher_is_worse: metric names whose increase is damage (``score`` turns values into
+            damage with it).
+    """
+
+    name: str
+    carries_inputs: bool
+    fast_paths: bool
+    ablation_metric: str
+    patch_metric: str
+    gradient_metric: str
+    higher_is_worse: frozenset
+
+    def check_model(self, model, what: str = "analysis") -> None:
+        """Raise a clear error when the model can't serve this task."""
+
+    def prepare(self, model, prompts, n_tokens: int | None = None) -> TokenBatch:
+        """The inputs as a TokenBatch on the model's device."""
+
+    def scoring(self, model, batch: TokenBatch, scored_positions=None):
+        """What the metric needs besides the readout; has ``repeat(k)`` for stacked copies."""
+
+    def run(self, model, tokens, scored):
+        """The full forward on ``tokens`` (hooks active on the model apply); its readout, or
+        None when ``scored`` is None (a capture that only wants activations)."""
+
+    def readout(self, model, resid, scored):
+        """The readout from the residual stream after the last block."""
+
+    def set_reference(self, scored, readout) -> None:
+        """Keep the unmodified run's readout in ``scored`` (what KL-like metrics compare with)."""
+
+    def metric(self, metric) -> Callable:
+        """A metric name or callable -> ``(readout, scored) -> Tensor[values]``."""
+
+    def units(self, model, kind: str, layers=None, positions=None, per_position: bool = False) -> list:
+        """The units of a kind, as ``engine.units.enumerate_units`` gives them for this task."""
+
+    def n_scored(self, batch: TokenBatch, scored) -> int:
+        """Readout rows per input (``stack_size``'s work estimate)."""
+
+    def ids(self, batch: TokenBatch) -> tuple:
+        """One id per metric value (the ``per_prompt`` columns)."""
+
+    def per_value(self, rows: Tensor) -> Tensor:
+        """[unit, input rows] first-order terms -> [unit, metric values]."""
 
 
 class LMTask:
@@ -357,11 +415,12 @@ def _checked_pair_metric(fn: Callable) -> Callable:
     return metric
 
 
-def as_task(task):
-    """``None`` -> the LM task; a task passes through; anything else is a clear error."""
+def as_task(task) -> Task:
+    """``None`` -> the LM task; a task (anything with ``Task``'s interface) passes through;
+    anything else is a clear error."""
     if task is None:
         return LM_TASK
-    if isinstance(task, (LMTask, SentencePairTask)):
+    if isinstance(task, Task):
         return task
-    raise TypeError(f"task= must be a task (cnb.SentencePairTask(pairs), or None for the LM task), got "
-                    f"{type(task).__name__}")
+    raise TypeError(f"task= must be a task (cnb.SentencePairTask(pairs), or None for the LM task; see "
+                    f"causal_nb.engine.tasks.Task), got {type(task).__name__}")

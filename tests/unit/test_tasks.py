@@ -118,7 +118,10 @@ def test_ablate_on_sentence_pairs_equals_a_plain_hook_loop(bert, task, unit, kin
 
 
 def test_stacked_interventions_equal_one_at_a_time(bert, task):
+    counts = {n: len(h._forward_hooks) for n, h in bert.hook_dict.items()}
     one = cnb.ablate(bert, task=task, unit="neuron", kind="mean", layers=[0], batch_size=1)
+    cnb.score(bert, task=task, method="attribution", unit="head")
+    assert {n: len(h._forward_hooks) for n, h in bert.hook_dict.items()} == counts  # no hook left behind
     many = cnb.ablate(bert, task=task, unit="neuron", kind="mean", layers=[0], batch_size=16)
     assert np.abs(one.attrs["per_prompt"].to_numpy() - many.attrs["per_prompt"].to_numpy()).max() < 1e-6
 
@@ -209,7 +212,8 @@ def test_attribution_tracks_exact_ablation(bert, task, unit, kind):
     est = cnb.score(bert, task=task, method="attribution", unit=unit, kind=kind)
     # damage = clean cosine - ablated cosine; exact is its mean over pairs
     ab = cnb.ablate(bert, task=task, unit=unit, kind=kind)
-    assert np.allclose(exact.score, ab.attrs["baseline"] - ab["value"], atol=1e-9)
+    drop = np.asarray(ab.attrs["baseline_per_prompt"])[None, :] - ab.attrs["per_prompt"].to_numpy()
+    assert np.allclose(exact.score, drop.mean(1), atol=1e-9)
     rho = spearmanr(exact.score, est.score).statistic
     assert rho > 0.8, rho  # measured: 1.00 (heads), 1.00 (neurons) on this tiny model
     assert np.sign(est.score).tolist().count(1) > 0
