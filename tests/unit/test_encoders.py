@@ -127,6 +127,11 @@ def test_similarity_eval_against_scipy_and_sklearn(bert, bert_folder):
     cos = (e1 * e2).sum(1).numpy()
     r = cnb.similarity_eval(bert, pairs, n_boot=200)
     assert np.allclose(r["cosine"], cos, atol=1e-5)
+    # A random tiny BERT's cosines lie within ~1e-5 of each other, so their ranks (and with them
+    # Spearman and AUC) flip under float noise between two computations (the hand pool and the
+    # bridge give other last bits depending on which tests ran before): the cosines were checked
+    # against the hand pool above; the statistics are checked on the kit's own cosines.
+    cos = np.asarray(r["cosine"], dtype=float)
     assert r["spearman"] == pytest.approx(spearmanr(cos, pairs.score).statistic, abs=1e-6)
     lo, hi = r["spearman_ci"]
     assert lo <= r["spearman"] <= hi and r["n_pairs"] == 12
