@@ -37,3 +37,18 @@ def tiny_model(request, tiny_dirs):
 
     torch.manual_seed(0)
     return causal_nb.load_model(tiny_dirs[request.param], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def bert_folder(tmp_path_factory):
+    """A tiny random-config sentence-transformers BERT folder (tests/unit/test_encoders.py, test_tasks.py)."""
+    from causal_nb.zoo.tiny import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def bert(bert_folder):
+    import causal_nb as cnb
+
+    return cnb.load_model(bert_folder, device="cpu")

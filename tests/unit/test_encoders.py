@@ -17,16 +17,6 @@ TEXTS = ["a man is playing a guitar .", "someone plays an instrument .", "the st
          "the cat sat on the mat .", "a dog runs in the park .", "is it raining ?", "she reads a book ."]
 
 
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
-
-
-@pytest.fixture(scope="module")
-def bert(bert_folder):
-    return cnb.load_model(bert_folder, device="cpu")
-
-
 def hand_mean_pool(folder, texts, normalize=True, max_length=32):
     """Mean over real tokens of a plain transformers BertModel's last hidden state."""
     from transformers import AutoTokenizer, BertModel

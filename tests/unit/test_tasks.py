@@ -15,7 +15,6 @@ import torch
 import causal_nb as cnb
 from causal_nb.engine.replay import _head_fast_path, _mlp_fast_path, capture, run_from
 from causal_nb.models.families import UnsupportedModelError
-from causal_nb.zoo.tiny import make_tiny_bert
 
 # sentences of different lengths, so every batch is padded
 PAIRS = [("a man is playing a guitar .", "someone plays an instrument ."),
@@ -23,16 +22,6 @@ PAIRS = [("a man is playing a guitar .", "someone plays an instrument ."),
          ("a dog runs in the park and then it runs home again .", "she reads a book ."),
          ("the stock market fell sharply today .", "a man is playing .")]
 N_LAYERS = 2
-
-
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
-
-
-@pytest.fixture(scope="module")
-def bert(bert_folder):
-    return cnb.load_model(bert_folder, device="cpu")
 
 
 @pytest.fixture(scope="module")
