@@ -264,3 +264,30 @@ def test_a_custom_pair_metric_and_a_mean_reference(bert, task):
     other = cnb.ablate(bert, task=task, unit="mlp", kind="mean", reference=["is it raining ?", "a dog runs ."])
     own = cnb.ablate(bert, task=task, unit="mlp", kind="mean")
     assert not np.allclose(other["value"], own["value"], atol=1e-7)
+
+
+GOLD = [1.0, 0.0, 0.0, 1.0]  # pairs 0 and 3 called paraphrases (the tiny model is random: only the arithmetic matters)
+
+
+def test_separation_is_the_gap_between_paraphrase_and_other_cosines(bert):
+    """metric='separation' (mean over pairs) = mean cosine of gold-1 pairs - mean cosine of
+    gold-0 pairs, per unit ablated, computed here from the hand cosines; graded gold gives the
+    least-squares slope of cosine on gold (numpy's polyfit)."""
+    pairs = pd.DataFrame({"sentence1": [a for a, _ in PAIRS], "sentence2": [b for _, b in PAIRS], "score": GOLD})
+    t = cnb.SentencePairTask(pairs)
+    df = cnb.ablate(bert, task=t, unit="head", metric="separation")
+    want, clean = hook_loop(bert, "head", "zero", 4)
+    pos, neg = np.array(GOLD) == 1, np.array(GOLD) == 0
+    assert np.allclose(df["value"], want[:, pos].mean(1) - want[:, neg].mean(1), atol=1e-5)
+    assert df.attrs["baseline"] == pytest.approx(clean[pos].mean() - clean[neg].mean(), abs=1e-5)
+    sc = cnb.score(bert, task=t, method="ablation", unit="head", kind="zero", metric="separation")
+    assert np.allclose(sc.sort_values(["layer", "head"])["score"], df.attrs["baseline"] - df["value"], atol=1e-5)
+    graded = pairs.assign(score=[0.9, 0.1, 0.4, 0.7])
+    g = cnb.ablate(bert, task=cnb.SentencePairTask(graded), unit="mlp", metric="separation")
+    want_mlp, _ = hook_loop(bert, "mlp", "zero", 1)
+    slopes = [np.polyfit(graded["score"], row, 1)[0] for row in want_mlp]
+    assert np.allclose(g["value"], slopes, atol=1e-5)
+    with pytest.raises(ValueError, match="needs gold scores that vary"):
+        cnb.ablate(bert, task=cnb.SentencePairTask(PAIRS), unit="mlp", metric="separation")
+    with pytest.raises(ValueError, match="needs gold scores that vary"):
+        cnb.ablate(bert, task=cnb.SentencePairTask(pairs.assign(score=1.0)), unit="mlp", metric="separation")
