@@ -44,7 +44,7 @@ from .analyses.acdc import acdc
 from .analyses.induction import induction_ablation, induction_losses, induction_scores, repeated_tokens
 from .analyses.ioi import IOIPrompts, head_roles, ioi_head_patching, ioi_logit_diff, ioi_prompts, patching_summary
 from .analyses.reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path
-from .analyses.scoring import METHODS, load_scores, save_scores, score, scores_path
+from .analyses.scoring import METHODS, load_scores, save_scores, score, score_methods, scores_path
 from .core.env import progress_enabled, setup
 from .core.io import load_json, save_json
 from .core.version import __version__ as __version__  # re-exported: the one place the version is written
@@ -135,6 +135,7 @@ __all__ = [
     "save_pruned",
     "save_scores",
     "score",
+    "score_methods",
     "scores_path",
     "sentence_embeddings",
     "setup",
