@@ -220,6 +220,10 @@ def _pairs_of(pairs) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     return tuple(rows), ids
 
 
+def _column(pairs, name: str) -> tuple | None:
+    return tuple(pairs[name].tolist()) if isinstance(pairs, pd.DataFrame) and name in pairs.columns else None
+
+
 class SentencePairTask:
     """Sentence pairs read through a sentence encoder's pooled embeddings.
 
@@ -249,6 +253,10 @@ class SentencePairTask:
         normalize: L2-normalise the embeddings (cosine is unchanged by it).
         max_length: truncate sentences to this many tokens (default: the folder's
             ``max_seq_length``, else the tokenizer's limit), as ``sentence_embeddings`` does.
+
+    Attributes:
+        gold, kinds: a pairs table's ``score`` and ``kind`` columns as tuples (None without
+            them); ``evaluate(model, task=...)`` reports Spearman / ROC AUC against ``gold``.
     """
 
     name = "sentence-pairs"
@@ -263,6 +271,9 @@ class SentencePairTask:
 
     def __init__(self, pairs, normalize: bool = True, max_length: int | None = None):
         self.pairs, self.pair_ids = _pairs_of(pairs)
+        # the gold score and negative kind per pair, where a pairs table has them (evaluate reads them)
+        self.gold = _column(pairs, "score")
+        self.kinds = _column(pairs, "kind")
         self.normalize = bool(normalize)
         self.max_length = max_length
 
