@@ -28,7 +28,7 @@ API vocabulary (one meaning per name, everywhere):
   next-token predictions the metric reads; ``layers``: 0..n_layers-1.
 - ``sparsity``: the share of units removed, in [0, 1) (not a percent).
 - ``metric``: a name in ``METRICS`` or a callable ``(logits, ScoredBatch) -> Tensor[batch]``.
-- ``task=`` (``patch``/``ablate``/``score``): what the inputs are and what the metric reads
+- ``task=`` (``patch``/``ablate``/``score``/``prune``/``evaluate``): what the inputs are and what the metric reads
   (``engine.tasks``). None is the decoder LM (``LMTask``); ``SentencePairTask(pairs)`` reads a
   sentence encoder's pooled embeddings and scores each pair's cosine (``"cosine"``), one value
   per pair where the LM has one per prompt.
@@ -62,6 +62,7 @@ from .engine.patching import ablate, patch
 from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .evaluation import stats
 from .evaluation.acdc_sweep import acdc_sweep
+from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
@@ -94,6 +95,7 @@ __all__ = [
     "answer_token_diff",
     "available_domains",
     "domain_losses",
+    "encoder_sweep",
     "evaluate",
     "full_model_run",
     "head_roles",

@@ -220,7 +220,7 @@ def pair_separation(emb: Float[Tensor, "batch d_model"], batch: PairBatch) -> Fl
     the attribution methods and paired tests apply). Higher = better separated."""
     if batch.weight is None:
         raise ValueError("metric='separation' needs gold scores that vary: pass SentencePairTask a pairs DataFrame "
-                         "with a 'score' column holding both paraphrases and non-paraphrases (cnb.load_sentence_pairs), "
+                         "with a 'score' column (a number for every pair) holding both paraphrases and non-paraphrases (cnb.load_sentence_pairs), "
                          "or use metric='cosine'")
     return pair_cosine(emb, batch) * batch.weight.to(emb.device)
 
@@ -253,6 +253,10 @@ def _pairs_of(pairs) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         if not isinstance(a, str) or not isinstance(b, str) or not a.strip() or not b.strip():
             raise ValueError(f"pair {ids[i]} is not two non-empty strings: {(a, b)!r}")
     return tuple(rows), ids
+
+
+def _column(pairs, name: str) -> tuple | None:
+    return tuple(pairs[name].tolist()) if isinstance(pairs, pd.DataFrame) and name in pairs.columns else None
 
 
 class SentencePairTask:
@@ -288,6 +292,10 @@ class SentencePairTask:
         normalize: L2-normalise the embeddings (cosine is unchanged by it).
         max_length: truncate sentences to this many tokens (default: the folder's
             ``max_seq_length``, else the tokenizer's limit), as ``sentence_embeddings`` does.
+
+    Attributes:
+        gold, kinds: a pairs table's ``score`` and ``kind`` columns as tuples (None without
+            them); ``evaluate(model, task=...)`` reports Spearman / ROC AUC against ``gold``.
     """
 
     name = "sentence-pairs"
@@ -302,9 +310,10 @@ class SentencePairTask:
 
     def __init__(self, pairs, normalize: bool = True, max_length: int | None = None):
         self.pairs, self.pair_ids = _pairs_of(pairs)
-        # gold scores, when the pairs carry them: metric="separation" weighs each pair's cosine by them
-        has_gold = isinstance(pairs, pd.DataFrame) and "score" in pairs.columns
-        self.gold = tuple(float(x) for x in pairs["score"]) if has_gold else None
+        # the gold score and negative kind per pair, where a pairs table has them (evaluate reads them;
+        # metric="separation" weighs each pair's cosine by the gold)
+        self.gold = _column(pairs, "score")
+        self.kinds = _column(pairs, "kind")
         self.normalize = bool(normalize)
         self.max_length = max_length
 
@@ -365,8 +374,9 @@ class SentencePairTask:
         if scored_positions is not None:
             raise ValueError("scored_positions= is not used with SentencePairTask: the readout pools every real token")
         weight = None
-        if self.gold is not None and len(set(self.gold)) > 1:
-            weight = separation_weights(self.gold).to(batch.mask.device)
+        gold = None if self.gold is None else torch.tensor([float(g) for g in self.gold], dtype=torch.float64)
+        if gold is not None and bool(torch.isfinite(gold).all()) and gold.unique().numel() > 1:
+            weight = separation_weights(gold).to(batch.mask.device)  # else metric="separation" explains
         return PairBatch(batch.mask, pooling_config(model)["mode"], self.normalize, weight=weight)
 
     def run(self, model, tokens, scored: PairBatch | None):
