@@ -202,7 +202,10 @@ def separation_weights(gold) -> Float[Tensor, " pairs"]:
     """Per-pair weights ``w_i = N (s_i - mean s) / sum_j (s_j - mean s)^2`` of gold scores ``s``:
     the mean over pairs of ``w_i * cos_i`` is the least-squares slope of cosine on gold, which
     for binary gold is mean cosine of the positives minus mean cosine of the negatives."""
-    s = torch.as_tensor(list(gold), dtype=torch.float64)
+    try:
+        s = torch.tensor([float(g) for g in gold], dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise ValueError("gold scores must be numbers (the pairs table's 'score' column)") from None
     if not torch.isfinite(s).all():
         raise ValueError("a gold score is missing or not finite; every pair needs one for metric='separation'")
     c = s - s.mean()
@@ -292,6 +295,9 @@ class SentencePairTask:
         normalize: L2-normalise the embeddings (cosine is unchanged by it).
         max_length: truncate sentences to this many tokens (default: the folder's
             ``max_seq_length``, else the tokenizer's limit), as ``sentence_embeddings`` does.
+        metric: the metric every method of ``ablate``/``score`` reads by default, the gradient
+            methods (attribution, Taylor, Fisher) included: ``"cosine"`` or ``"separation"``
+            (needs a ``score`` column with both kinds of pair; checked here).
 
     Attributes:
         gold, kinds: a pairs table's ``score`` and ``kind`` columns as tuples (None without
@@ -308,7 +314,7 @@ class SentencePairTask:
     higher_is_worse = frozenset()
     units_kinds = ("head", "neuron", "mlp", "attn", "block")
 
-    def __init__(self, pairs, normalize: bool = True, max_length: int | None = None):
+    def __init__(self, pairs, normalize: bool = True, max_length: int | None = None, metric: str = "cosine"):
         self.pairs, self.pair_ids = _pairs_of(pairs)
         # the gold score and negative kind per pair, where a pairs table has them (evaluate reads them;
         # metric="separation" weighs each pair's cosine by the gold)
@@ -316,9 +322,19 @@ class SentencePairTask:
         self.kinds = _column(pairs, "kind")
         self.normalize = bool(normalize)
         self.max_length = max_length
+        if metric not in PAIR_METRICS:
+            raise ValueError(f"unknown metric {metric!r} for SentencePairTask; valid: {sorted(PAIR_METRICS)}")
+        if metric == "separation":
+            if self.gold is None:
+                raise ValueError("metric='separation' needs gold scores: pass a pairs DataFrame with a 'score' column "
+                                 "(cnb.load_sentence_pairs), or use metric='cosine'")
+            separation_weights(self.gold)  # missing or constant gold: a clear error now, not mid-run
+        # the instance's default for every use (the gradient methods read gradient_metric)
+        self.ablation_metric = self.patch_metric = self.gradient_metric = metric
 
     def __repr__(self) -> str:
-        return f"SentencePairTask({len(self.pairs)} pairs)"
+        extra = "" if self.ablation_metric == "cosine" else f", metric={self.ablation_metric!r}"
+        return f"SentencePairTask({len(self.pairs)} pairs{extra})"
 
     def __len__(self) -> int:
         return len(self.pairs)
