@@ -51,6 +51,7 @@ from .core.version import __version__ as __version__  # re-exported: the one pla
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .data.sentences import (
                              SentenceDataError,
+                             balanced_pairs,
                              load_jcola,
                              load_jsts,
                              load_marc_ja,
@@ -94,6 +95,7 @@ __all__ = [
     "acdc_sweep",
     "answer_token_diff",
     "available_domains",
+    "balanced_pairs",
     "domain_losses",
     "encoder_sweep",
     "evaluate",
