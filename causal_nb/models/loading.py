@@ -23,6 +23,7 @@ from ..zoo import MODELS_DIR, SPECS, bundled_models, model_card, pretrained
 from .bridge_fit import fit_mlp_width
 from .families import check_loadable
 from .hf import load_pruned_hf, quiet_loading
+from .t5 import load_pruned_t5
 
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
 
@@ -203,7 +204,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
 
             from .bridge_fit import boot_bridge  # noqa: PLC0415
 
-            hf = load_pruned_hf(Path(source), dtype).to(dev)
+            t5 = json.loads((Path(source) / "config.json").read_text()).get("model_type") == "t5"
+            hf = (load_pruned_t5 if t5 else load_pruned_hf)(Path(source), dtype).to(dev)
             model = boot_bridge(hf, source, AutoTokenizer.from_pretrained(source), contextlib.nullcontext)
         else:
             model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..core.checks import check_sparsity, check_table_fits, require_scores, strict
-from ..models.families import check_supported
+from ..models.families import SEQ2SEQ_FAMILIES, check_supported, family
 from ..models.hf import (
     add_bias,
     attention,
@@ -40,6 +40,7 @@ from ..models.hf import (
     slice_neurons,
 )
 from .selection import select_units
+from .seq2seq import prune_seq2seq, save_pruned_seq2seq
 
 __all__ = ["prune", "prune_units", "save_pruned"]
 
@@ -73,9 +74,17 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
             mean-ablation of the removed units, masked or physical alike.
         reference: prompts for ``fill="mean"``.
 
+    A T5 takes ``score(..., task=Seq2SeqTask(...))`` tables of ``enc_head``, ``dec_head``,
+    ``cross_head``, ``enc_neuron`` or ``dec_neuron`` (one per kind; ``fill="zero"`` only), and
+    ``sparsity`` applies to each kind (``pruning.seq2seq``).
+
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
     """
+    if family(model) in SEQ2SEQ_FAMILIES:  # a T5: heads of three attention kinds, two stacks
+        if fill != "zero" or reference is not None:
+            raise ValueError("a T5 is pruned with fill='zero' only (no reference=) so far")
+        return prune_seq2seq(model, scores, sparsity, physical, budget)
     sparsity = check_sparsity(sparsity)
     tables = scores if isinstance(scores, (list, tuple)) else [scores]
     cfg = model.cfg
@@ -179,6 +188,10 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     """
     from ..models.bridge_fit import boot_bridge  # noqa: PLC0415
 
+    if family(model) in SEQ2SEQ_FAMILIES:
+        raise ValueError("prune_units takes a decoder LM's layer -> indices; a T5's units have a stack and an "
+                         "attention kind: use causal_nb.pruning.seq2seq.prune_seq2seq_units(model, "
+                         "{'enc_head': {layer: [heads]}, 'cross_head': ..., 'dec_neuron': ...})")
     if fill not in ("zero", "mean"):
         raise ValueError(f"fill must be 'zero' or 'mean', got {fill!r}")
     blocks = sorted({int(b) for b in blocks or []})
@@ -253,6 +266,8 @@ def _quiet():
 
 def save_pruned(model, folder: str | Path) -> Path:
     """``save_pretrained`` a (pruned) bridge's Hugging Face model and tokenizer to ``folder``."""
+    if family(model) in SEQ2SEQ_FAMILIES:
+        return save_pruned_seq2seq(model, folder)
     folder = Path(folder)
     hf = plain_hf(model)
     hf.save_pretrained(str(folder), safe_serialization=True)
