@@ -230,6 +230,19 @@ def test_bad_input(t5, tiny_dirs):
         cnb.ablate(t5, task=task, unit="dec_head", layers=[2])
     with pytest.raises(ValueError, match="not available"):
         cnb.score(t5, task=task, method="taylor", unit="enc_head")
+    with pytest.raises(ValueError, match="resample ablation is not available"):
+        cnb.ablate(t5, task=task, unit="enc_head", kind="resample")
+    with pytest.raises(TypeError, match="reference= for Seq2SeqTask"):
+        cnb.ablate(t5, task=task, unit="enc_head", kind="mean", reference=["the cat"])
+    scores = cnb.score(t5, task=task, method="magnitude", unit="enc_head")
+    with pytest.raises(ValueError, match="fill='zero' only"):
+        cnb.prune(t5, scores, 0.5, fill="mean", reference=task)
+    with pytest.raises(ValueError, match="score tables of"):
+        cnb.prune(t5, scores.assign(score=1.0).pipe(lambda d: d.attrs.update(unit="enc_block") or d), 0.5)
+    from causal_nb.pruning.seq2seq import prune_seq2seq_units
+
+    with pytest.raises(ValueError, match="lose every head"):
+        prune_seq2seq_units(t5, {"cross_head": {0: [0, 1, 2, 3]}})
 
 
 REMOVED = {"enc_head": {0: [1], 1: [0, 2]}, "dec_head": {0: [3]}, "cross_head": {1: [1, 2]},
@@ -299,3 +312,34 @@ def test_prune_from_scores(t5):
     assert sorted(zip(low["layer"], low["head"])) == sorted((int(la), h) for la, v in removed["cross_head"].items() for h in v)
     with pytest.raises(ValueError, match="stack"):
         cnb.prune_units(t5, heads={0: [1]})
+
+
+@pytest.mark.parametrize("variant", [{"d_kv": 6}, {"gated": True}], ids=["d_kv6", "gated"])
+def test_other_shapes(tmp_path, variant):
+    """A head width apart from d_model / n_heads (T5's d_kv), and Flan-T5's gated MLP (wi_0/wi_1)."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    folder = make_tiny_t5(tmp_path / "t5", seed=5, **variant)
+    model = cnb.load_model(folder, device="cpu")
+    hf = T5ForConditionalGeneration.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    src, tgt = tok(SOURCES, padding=True, return_tensors="pt"), tok(TARGETS, padding=True, return_tensors="pt")
+    ref = {"hf": hf, "src": src["input_ids"], "src_mask": src["attention_mask"], "tgt": tgt["input_ids"],
+           "tgt_mask": tgt["attention_mask"].bool(), "dec": hf._shift_right(tgt["input_ids"])}
+    task = cnb.Seq2SeqTask(SOURCES, TARGETS)
+    for kind, layers in (("enc_head", [0, 1]), ("dec_neuron", [1])):
+        df = cnb.ablate(model, task=task, unit=kind, kind="zero", metric="kl", layers=layers)
+        np.testing.assert_allclose(df.attrs["per_prompt"].to_numpy(), _reference(ref, kind, "zero", layers)["kl"],
+                                   atol=1e-5, rtol=0)
+    got = cnb.score(model, task=task, method="magnitude", unit="dec_neuron")["score"].to_numpy()[:64]
+    ff = hf.decoder.block[0].layer[2].DenseReluDense
+    ins = [ff.wi_0, ff.wi_1] if variant.get("gated") else [ff.wi]
+    want = [sum(float(w.weight.detach()[i].norm()) for w in ins) + float(ff.wo.weight.detach()[:, i].norm())
+            for i in range(64)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    from causal_nb.pruning.seq2seq import prune_seq2seq_units
+
+    phys = prune_seq2seq_units(model, {"enc_head": {0: [1]}, "dec_neuron": {1: [0, 3]}})
+    masked = prune_seq2seq_units(model, {"enc_head": {0: [1]}, "dec_neuron": {1: [0, 3]}},
+                                 physical=False)
+    torch.testing.assert_close(_run(phys), _run(masked), atol=1e-5, rtol=1e-5)
