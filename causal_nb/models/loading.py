@@ -167,7 +167,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
         name_or_path: a bundled name (``list_models()``), a local Hugging Face folder, or any
             hub name of a supported family (``causal_nb.models.families.ANALYSIS_FAMILIES``: ``"gpt2"``,
             Llama, Mistral, Qwen2/3, Gemma 1/2, OPT, BLOOM, GPT-NeoX) or an encoder family
-            (``ENCODER_FAMILIES``: BERT, for ``sentence_embeddings``); other families raise
+            (``ENCODER_FAMILIES``: BERT, for ``sentence_embeddings``) or an encoder-decoder
+            (``SEQ2SEQ_FAMILIES``: T5, read with ``Seq2SeqTask``); other families raise
             ``UnsupportedModelError``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
         dtype: parameter dtype; bundled weights are stored in fp16 and upcast to this.
