@@ -343,3 +343,23 @@ def test_other_shapes(tmp_path, variant):
     masked = prune_seq2seq_units(model, {"enc_head": {0: [1]}, "dec_neuron": {1: [0, 3]}},
                                  physical=False)
     torch.testing.assert_close(_run(phys), _run(masked), atol=1e-5, rtol=1e-5)
+
+
+def test_pruned_generation_with_cache(t5, ref, tmp_path):
+    """Incremental decoding (KV cache; the position bias of step t only) on the sliced model gives
+    the masked model's scores at every step."""
+    from transformers import T5ForConditionalGeneration
+
+    from causal_nb.models.t5 import load_pruned_t5
+    from causal_nb.pruning.seq2seq import prune_seq2seq_units
+
+    phys = load_pruned_t5(cnb.save_pruned(prune_seq2seq_units(t5, REMOVED), tmp_path / "p"))
+    masked = T5ForConditionalGeneration.from_pretrained(
+        cnb.save_pruned(prune_seq2seq_units(t5, REMOVED, physical=False), tmp_path / "m")).eval()
+    x = {"input_ids": ref["src"], "attention_mask": ref["src_mask"]}
+    with torch.no_grad():
+        a, b = (m.generate(**x, max_new_tokens=8, min_new_tokens=8, do_sample=False, output_scores=True,
+                           return_dict_in_generate=True) for m in (phys, masked))
+    assert torch.equal(a.sequences, b.sequences)
+    for sa, sb in zip(a.scores, b.scores):
+        torch.testing.assert_close(sa, sb, atol=1e-5, rtol=1e-5)
