@@ -31,7 +31,10 @@ API vocabulary (one meaning per name, everywhere):
 - ``task=`` (``patch``/``ablate``/``score``/``prune``/``evaluate``): what the inputs are and what the metric reads
   (``engine.tasks``). None is the decoder LM (``LMTask``); ``SentencePairTask(pairs)`` reads a
   sentence encoder's pooled embeddings and scores each pair's cosine (``"cosine"``), one value
-  per pair where the LM has one per prompt.
+  per pair where the LM has one per prompt; ``Seq2SeqTask(sources, targets)`` reads an
+  encoder-decoder (T5) through its teacher-forced target log-probs (``"target_logprob"``,
+  ``"kl"``, ``"top1"``), with units per stack (``"enc_head"``, ``"dec_head"``,
+  ``"cross_head"``, ``"enc_neuron"``, ``"dec_neuron"``...).
 - ``answers=`` (``patch``/``ablate``): per-prompt answer token ids (correct first); the metric
   then reads each prompt's last real token (``"answer_logit_diff"``: correct minus wrong).
 - Keywords: a misspelled one is a ``TypeError`` naming the nearest valid one; an option the
@@ -60,6 +63,7 @@ from .data.sentences import (
 )
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .engine.patching import ablate, patch
+from .engine.seq2seq import Seq2SeqTask
 from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .evaluation import stats
 from .evaluation.acdc_sweep import acdc_sweep
@@ -86,6 +90,7 @@ __all__ = [
     "ScoredBatch",
     "SentenceDataError",
     "SentencePairTask",
+    "Seq2SeqTask",
     "SweepConfig",
     "TokenBatch",
     "TokenSet",

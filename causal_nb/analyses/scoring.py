@@ -183,11 +183,14 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
         raise ValueError(f"unknown method {method!r}; valid methods: {list(METHODS)}")
     task = as_task(task)
     lm = isinstance(task, LMTask)
-    if not lm and method not in TASK_METHODS:
+    # a task may narrow the methods and name its own units (Seq2SeqTask: "enc_head", "cross_head"...)
+    task_methods = getattr(task, "score_methods", TASK_METHODS)
+    if not lm and method not in task_methods:
         raise ValueError(f"method={method!r} is not available with {task!r} (it reads next-token logits or paired "
-                         f"corrupted prompts); methods with this task: {list(TASK_METHODS)}")
-    if unit not in SCORE_UNITS:
-        raise ValueError(f"unknown unit {unit!r}; valid units: {list(SCORE_UNITS)}")
+                         f"corrupted prompts); methods with this task: {list(task_methods)}")
+    score_units = getattr(task, "score_units", SCORE_UNITS)
+    if unit not in score_units:
+        raise ValueError(f"unknown unit {unit!r}; valid units: {list(score_units)}")
     reject_unused(method, {"metric": metric, "kind": kind, "corrupted": corrupted, "steps": steps, "p": p,
                            "threshold": threshold, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb},
                   OPTION_USERS, _WHY)
@@ -204,12 +207,13 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
     every = task.units(model, unit)
     units = task.units(model, unit, layers)
     # the whole-model methods below compute every unit; `pick` keeps the requested layers' rows
-    pick = np.array([u.layer in set(attrs.get("layers", range(model.cfg.n_layers))) for u in every])
+    pick = np.array([u.layer in set(attrs["layers"]) if "layers" in attrs else True for u in every])
     if method == "random":
         rng = np.random.default_rng(seed)
         return _table(units, unit, rng.random(len(every))[pick], None, (), {**attrs, "seed": seed})
     if method == "magnitude":
-        return _table(units, unit, _weight_norms(model, unit, p)[pick], None, (), {**attrs, "p": p})
+        norms = task.weight_norms(model, unit, p) if hasattr(task, "weight_norms") else _weight_norms(model, unit, p)
+        return _table(units, unit, norms[pick], None, (), {**attrs, "p": p})
     pb = task.prepare(model, prompts, n_tokens)
     if method == "duplication":
         if unit != "head":

@@ -113,8 +113,10 @@ def ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_token
             raise ValueError(f"{kind} ablation is not available with {task!r}: another sentence's activations "
                              "don't line up position by position (sentences differ in length); use kind='zero' or "
                              "'mean'")
-        return mean_activations(model, pb if reference is None else task.reference_batch(model, reference), hooks,
-                                task=task)
+        batch = pb if reference is None else task.reference_batch(model, reference)
+        if hasattr(task, "mean_activations"):  # a task whose hooks differ in positions (engine.seq2seq)
+            return task.mean_activations(model, batch, hooks)
+        return mean_activations(model, batch, hooks, task=task)
     if kind == "mean":
         return mean_activations(model, pb if reference is None else prepare(model, reference, n_tokens), hooks)
     if kind == "resample":

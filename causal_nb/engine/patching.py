@@ -96,8 +96,8 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     """
     task = as_task(task)
     if not isinstance(task, LMTask):
-        raise ValueError(f"patch with {task!r}: patching needs paired clean/corrupted inputs, which a sentence-pair "
-                         "task does not have yet; use ablate(model, task=..., kind='zero'|'mean') or "
+        raise ValueError(f"patch with {task!r}: patching needs paired clean/corrupted inputs, which only the LM "
+                         "task has so far; use ablate(model, task=..., kind='zero'|'mean') or "
                          "score(model, task=..., method='ablation')")
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")

@@ -65,8 +65,11 @@ def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), 
         grad: keep the graph (for attribution); activations are then not detached.
         task: an ``engine.tasks`` task: its ``run`` does the forward (an encoder's attention
             mask) and, given ``scored``, its readout is kept in ``Capture.logits``. None: the
-            LM forward, as ``LMTask``.
+            LM forward, as ``LMTask``. A task with its own ``capture`` (an encoder-decoder's two
+            stacks: ``engine.seq2seq``) does the whole capture.
     """
+    if task is not None and hasattr(task, "capture"):
+        return task.capture(model, tokens, hooks, grad=grad, scored=scored)
     names = set(hooks) | {f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)}
     if any(h.endswith(("attn.hook_z", "mlp.hook_post", "hook_mlp_out")) for h in hooks):
         # head and MLP edits can resume after the edited sublayer (see _head_fast_path, _mlp_fast_path)
@@ -399,6 +402,8 @@ def evaluate_units(model, base: Capture, sources: dict[str, Tensor], units: Sequ
     missing = {e.hook for u in units for e in u.edits} - set(sources)
     if missing:
         raise KeyError(f"no source activations for hooks {sorted(missing)}")
+    if task is not None and hasattr(task, "evaluate_units"):  # a task with its own replay (engine.seq2seq)
+        return task.evaluate_units(model, base, sources, units, metric, scored, batch_size, progress, desc)
     batch = base.tokens.shape[0]
     out = None  # [unit, values per copy]: known after the first metric call (pairs: batch / 2)
     order = sorted(range(len(units)), key=lambda i: units[i].layer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["UNIT_KINDS", "Edit", "Unit", "enumerate_units", "layer_shape", "unit_columns"]
+__all__ = ["STACK_UNIT_KINDS", "UNIT_KINDS", "Edit", "Unit", "enumerate_units", "layer_shape", "unit_columns"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,28 @@ UNIT_KINDS: dict[str, tuple[tuple[str, ...], str | None, str]] = {
 }
 
 
+#: The units of an encoder-decoder (T5, read with ``engine.seq2seq.Seq2SeqTask``), one kind per
+#: stack and sublayer: kind -> (stack, hook templates, index axis or None, description). Layers
+#: count within their stack (``enc_head`` layer 0 is the first encoder block, ``dec_head`` layer 0
+#: the first decoder block); the hooks are the T5 bridge's.
+STACK_UNIT_KINDS: dict[str, tuple[str, tuple[str, ...], str | None, str]] = {
+    "enc_head": ("encoder", ("encoder_blocks.{l}.attn.hook_z",), "head", "encoder self-attention head (z, before o)"),
+    "dec_head": ("decoder", ("decoder_blocks.{l}.self_attn.hook_z",), "head",
+                 "decoder self-attention head (z, before o)"),
+    "cross_head": ("decoder", ("decoder_blocks.{l}.cross_attn.hook_z",), "head",
+                   "decoder cross-attention head (z, before o)"),
+    "enc_neuron": ("encoder", ("encoder_blocks.{l}.mlp.hook_post",), "neuron", "encoder MLP neuron (input of wo)"),
+    "dec_neuron": ("decoder", ("decoder_blocks.{l}.mlp.hook_post",), "neuron", "decoder MLP neuron (input of wo)"),
+    "enc_mlp": ("encoder", ("encoder_blocks.{l}.mlp.hook_out",), None, "encoder MLP output (before its residual add)"),
+    "dec_mlp": ("decoder", ("decoder_blocks.{l}.mlp.hook_out",), None, "decoder MLP output (before its residual add)"),
+    "enc_block": ("encoder", ("encoder_blocks.{l}.attn.hook_out", "encoder_blocks.{l}.mlp.hook_out"), None,
+                  "a whole encoder block (its sublayers' outputs before their residual adds)"),
+    "dec_block": ("decoder", ("decoder_blocks.{l}.self_attn.hook_out", "decoder_blocks.{l}.cross_attn.hook_out",
+                              "decoder_blocks.{l}.mlp.hook_out"), None,
+                  "a whole decoder block (its three sublayers' outputs before their residual adds)"),
+}
+
+
 def layer_shape(model, layer: int) -> dict[str, int]:
     """Query heads, key/value heads and MLP neurons of one layer.
 
@@ -87,7 +109,7 @@ def _count(model, axis: str | None, layer: int) -> int:
 
 def unit_columns(kind: str, per_position: bool = False) -> list[str]:
     """The coordinate columns of a unit kind's tidy table."""
-    axis = UNIT_KINDS[kind][1]
+    axis = UNIT_KINDS[kind][1] if kind in UNIT_KINDS else STACK_UNIT_KINDS[kind][2]
     cols = ["layer"]
     if axis in ("head", "kv_head"):
         cols.append("head")
@@ -109,6 +131,10 @@ def enumerate_units(model, kind: str, layers=None, positions=None, per_position:
     Raises:
         ValueError: unknown kind, or a layer the model doesn't have.
     """
+    if kind in STACK_UNIT_KINDS:
+        raise ValueError(f"unit {kind!r} ({STACK_UNIT_KINDS[kind][3]}) is a unit of an encoder-decoder model (T5, "
+                         "with task=cnb.Seq2SeqTask(sources, targets)); this model (or task) has no encoder-decoder "
+                         f"stacks: its units are {sorted(UNIT_KINDS)}")
     if kind not in UNIT_KINDS:
         raise ValueError(f"unknown unit {kind!r}; valid units: {sorted(UNIT_KINDS)}")
     n_layers = model.cfg.n_layers

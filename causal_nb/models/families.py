@@ -15,12 +15,17 @@ partial rotary; parallel or sequential residual: the engine's resume-after-a-sub
 paths fall back to full block replay); BLOOM (ALiBi, which the engine passes to replayed
 blocks and slices to a sliced layer's kept heads). A family that is not listed is
 refused by name rather than run with silently wrong numbers.
+
+The encoder-decoder T5 (``SEQ2SEQ_FAMILIES``) is tested in ``tests/unit/test_t5.py``: it loads
+as a bridge and is read with ``engine.seq2seq.Seq2SeqTask`` (ablate, score), its units per stack
+and attention kind; ``prune`` slices its heads and neurons (``pruning.seq2seq``).
 """
 
 from __future__ import annotations
 
-__all__ = ["ANALYSIS_FAMILIES", "ENCODER_FAMILIES", "ENCODER_TASK_CALLS", "MASKED_ONLY", "PHYSICAL_FAMILIES", "PRUNING_FAMILIES",
-           "UnsupportedModelError", "check_loadable", "check_supported", "family", "refuse_encoder"]
+__all__ = ["ANALYSIS_FAMILIES", "ENCODER_FAMILIES", "ENCODER_TASK_CALLS", "MASKED_ONLY", "PHYSICAL_FAMILIES",
+           "PRUNING_FAMILIES", "SEQ2SEQ_FAMILIES", "UnsupportedModelError", "check_loadable", "check_supported", "family",
+           "refuse_encoder", "refuse_seq2seq"]
 
 #: Families pruned both ways: masked (output weights zeroed) and physical (weights sliced).
 PHYSICAL_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt",
@@ -107,6 +112,7 @@ def refuse_encoder(model, what: str = "analysis") -> None:
     booted for masked LM has a random head when the checkpoint is an embedding model). The
     encoder route is ``task=SentencePairTask(pairs)`` (``engine.tasks``) for the calls in
     ``ENCODER_TASK_CALLS``."""
+    refuse_seq2seq(model, what)
     name = family(model)
     if name in ENCODER_FAMILIES:
         raise UnsupportedModelError(
@@ -118,7 +124,25 @@ def refuse_encoder(model, what: str = "analysis") -> None:
             f"({', '.join(ANALYSIS_FAMILIES)})")
 
 
-def check_loadable(model) -> str:
-    """``check_supported`` for loading: an encoder family loads too (for embeddings)."""
+#: Encoder-decoder families: they load (``load_model``) and are read by
+#: ``engine.seq2seq.Seq2SeqTask`` (ablate, score); the decoder-LM analyses and prune refuse them.
+SEQ2SEQ_FAMILIES: tuple[str, ...] = ("t5",)
+
+
+def refuse_seq2seq(model, what: str = "analysis") -> None:
+    """Raise ``UnsupportedModelError`` for an encoder-decoder under a task that is not seq2seq:
+    the LM task feeds one token sequence and reads next-token logits of it, while T5 needs
+    source tokens for its encoder and target tokens for its decoder."""
     name = family(model)
-    return name if name in ENCODER_FAMILIES else check_supported(model)
+    if name in SEQ2SEQ_FAMILIES:
+        raise UnsupportedModelError(
+            f"model family {name!r} is an encoder-decoder: the {what} with the default LM task (or a sentence-pair "
+            "task) feeds one token sequence, while it needs source and target sequences. Pass "
+            "task=cnb.Seq2SeqTask(sources, targets) to ablate or score (units 'enc_head', 'dec_head', 'cross_head', "
+            "'enc_neuron', 'dec_neuron'...); patch, prune and evaluate do not take encoder-decoders yet")
+
+
+def check_loadable(model) -> str:
+    """``check_supported`` for loading: an encoder or encoder-decoder family loads too."""
+    name = family(model)
+    return name if name in ENCODER_FAMILIES + SEQ2SEQ_FAMILIES else check_supported(model)

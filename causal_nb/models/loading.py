@@ -24,6 +24,7 @@ from .bridge_fit import fit_mlp_width
 from .families import check_loadable
 from .hf import load_pruned_hf, quiet_loading
 from .hf_encoders import ENCODER_ARCH, fit_encoder_heads, load_pruned_encoder
+from .t5 import load_pruned_t5
 
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
 
@@ -167,7 +168,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
         name_or_path: a bundled name (``list_models()``), a local Hugging Face folder, or any
             hub name of a supported family (``causal_nb.models.families.ANALYSIS_FAMILIES``: ``"gpt2"``,
             Llama, Mistral, Qwen2/3, Gemma 1/2, OPT, BLOOM, GPT-NeoX) or an encoder family
-            (``ENCODER_FAMILIES``: BERT, for ``sentence_embeddings``); other families raise
+            (``ENCODER_FAMILIES``: BERT, for ``sentence_embeddings``) or an encoder-decoder
+            (``SEQ2SEQ_FAMILIES``: T5, read with ``Seq2SeqTask``); other families raise
             ``UnsupportedModelError``.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
         dtype: parameter dtype; bundled weights are stored in fp16 and upcast to this.
@@ -204,8 +206,11 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
 
             from .bridge_fit import boot_bridge  # noqa: PLC0415
 
-            spec = json.loads((Path(source) / "config.json").read_text())["causal_nb_pruned"]
-            if spec.get("arch") == ENCODER_ARCH:  # a pruned BERT: its own rebuild, per-layer head counts
+            spec = json.loads((Path(source) / "config.json").read_text())
+            if spec.get("model_type") == "t5":  # a pruned T5: per-layer heads, the position bias rebuilt
+                hf = load_pruned_t5(Path(source), dtype).to(dev)
+                model = boot_bridge(hf, source, AutoTokenizer.from_pretrained(source), contextlib.nullcontext)
+            elif spec["causal_nb_pruned"].get("arch") == ENCODER_ARCH:  # a pruned BERT: per-layer head counts
                 hf = load_pruned_encoder(Path(source), dtype).to(dev)
                 model = boot_bridge(hf, source, AutoTokenizer.from_pretrained(source), contextlib.nullcontext)
                 fit_encoder_heads(model)

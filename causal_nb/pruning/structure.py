@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.checks import check_sparsity, check_table_fits, require_scores, strict
 from ..engine.tasks import as_task
-from ..models.families import check_supported
+from ..models.families import SEQ2SEQ_FAMILIES, check_supported, family
 from ..models.hf import (
     add_bias,
     attention,
@@ -44,6 +44,7 @@ from ..models.hf import (
 from ..models.hf_encoders import copy_sentence_files, is_encoder, plain_encoder
 from .encoders import prune_encoder_units
 from .selection import select_units
+from .seq2seq import prune_seq2seq, save_pruned_seq2seq
 
 __all__ = ["prune", "prune_units", "save_pruned"]
 
@@ -81,9 +82,17 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
             (``pruning.encoders``: heads, neurons and blocks as that task's units; an encoder
             without it is refused).
 
+    A T5 takes ``score(..., task=Seq2SeqTask(...))`` tables of ``enc_head``, ``dec_head``,
+    ``cross_head``, ``enc_neuron`` or ``dec_neuron`` (one per kind; ``fill="zero"`` only), and
+    ``sparsity`` applies to each kind (``pruning.seq2seq``).
+
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
     """
+    if family(model) in SEQ2SEQ_FAMILIES:  # a T5: heads of three attention kinds, two stacks
+        if fill != "zero" or reference is not None:
+            raise ValueError("a T5 is pruned with fill='zero' only (no reference=) so far")
+        return prune_seq2seq(model, scores, sparsity, physical, budget)
     task = as_task(task)
     task.check_model(model, "prune")  # an encoder needs its task; a pair task needs an encoder
     sparsity = check_sparsity(sparsity)
@@ -193,6 +202,10 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     """
     from ..models.bridge_fit import boot_bridge  # noqa: PLC0415
 
+    if family(model) in SEQ2SEQ_FAMILIES:
+        raise ValueError("prune_units takes a decoder LM's layer -> indices; a T5's units have a stack and an "
+                         "attention kind: use causal_nb.pruning.seq2seq.prune_seq2seq_units(model, "
+                         "{'enc_head': {layer: [heads]}, 'cross_head': ..., 'dec_neuron': ...})")
     task = as_task(task)
     task.check_model(model, "prune_units")
     if fill not in ("zero", "mean"):
@@ -272,6 +285,8 @@ def _quiet():
 def save_pruned(model, folder: str | Path) -> Path:
     """``save_pretrained`` a (pruned) bridge's Hugging Face model and tokenizer to ``folder``
     (an encoder's sentence-transformers pooling files too, so it pools as before)."""
+    if family(model) in SEQ2SEQ_FAMILIES:
+        return save_pruned_seq2seq(model, folder)
     folder = Path(folder)
     hf = plain_encoder(model) if is_encoder(model) else plain_hf(model)
     hf.save_pretrained(str(folder), safe_serialization=True)
