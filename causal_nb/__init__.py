@@ -31,7 +31,9 @@ API vocabulary (one meaning per name, everywhere):
 - ``task=`` (``patch``/``ablate``/``score``): what the inputs are and what the metric reads
   (``engine.tasks``). None is the decoder LM (``LMTask``); ``SentencePairTask(pairs)`` reads a
   sentence encoder's pooled embeddings and scores each pair's cosine (``"cosine"``), one value
-  per pair where the LM has one per prompt.
+  per pair where the LM has one per prompt; ``ImageClassificationTask(images, labels)`` reads a ViT's
+  class logits on the CLS token (``"label_logprob"``, ``"kl"``, ``"accuracy"``, ``"top1"``), one
+  value per image (``patch`` too: ``patch(vit, corrupted=images, task=...)``).
 - ``answers=`` (``patch``/``ablate``): per-prompt answer token ids (correct first); the metric
   then reads each prompt's last real token (``"answer_logit_diff"``: correct minus wrong).
 - Keywords: a misspelled one is a ``TypeError`` naming the nearest valid one; an option the
@@ -48,6 +50,7 @@ from .analyses.scoring import METHODS, load_scores, save_scores, score, scores_p
 from .core.env import progress_enabled, setup
 from .core.io import load_json, save_json
 from .core.version import __version__ as __version__  # re-exported: the one place the version is written
+from .data.images import FASHION_MNIST_CLASSES, ImageDataError, ImageSet, load_fashion_mnist
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .data.sentences import (
                              SentenceDataError,
@@ -60,6 +63,7 @@ from .data.sentences import (
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .engine.patching import ablate, patch
 from .engine.tasks import LMTask, PairBatch, SentencePairTask
+from .engine.vision import ImageClassificationTask
 from .evaluation import stats
 from .evaluation.acdc_sweep import acdc_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
@@ -72,8 +76,12 @@ from .notebook.report import save_findings
 from .pruning.structure import prune, prune_units, save_pruned
 
 __all__ = [
+    "FASHION_MNIST_CLASSES",
     "FullModelRun",
     "IOIPrompts",
+    "ImageClassificationTask",
+    "ImageDataError",
+    "ImageSet",
     "LMTask",
     "METHODS",
     "METRICS",
@@ -106,6 +114,7 @@ __all__ = [
     "ioi_logit_diff",
     "ioi_prompts",
     "list_models",
+    "load_fashion_mnist",
     "load_jcola",
     "load_json",
     "load_jsts",

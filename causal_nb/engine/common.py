@@ -109,6 +109,8 @@ def ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_token
     if kind == "zero":
         return {h: torch.zeros(1) for h in hooks}
     if task is not None and getattr(task, "carries_inputs", False):
+        if kind == "resample" and hasattr(task, "resample_tokens"):  # images: another image's activations
+            return capture(model, task.resample_tokens(model, pb, reference, seed), hooks, task=task).acts
         if kind != "mean":
             raise ValueError(f"{kind} ablation is not available with {task!r}: another sentence's activations "
                              "don't line up position by position (sentences differ in length); use kind='zero' or "

@@ -31,7 +31,7 @@ class Capture:
     """One cached run: activations at chosen hooks and each block's call arguments.
 
     Attributes:
-        tokens: the input, [batch, pos].
+        tokens: the input, [batch, pos] token ids (or a ViT's pixel values, [batch, channels, height, width]).
         acts: hook name -> activation [batch, pos, ...] (detached).
         block_args: layer -> (args, kwargs) the block was called with (caches stripped).
         logits: the run's logits at the scored positions [batch, scored, vocab], if asked.
@@ -39,7 +39,7 @@ class Capture:
         fast_paths: whether the task allows the fast paths at all (``Task.fast_paths``).
     """
 
-    tokens: Int[Tensor, "batch pos"]
+    tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch channel height width"]  # token ids, or pixel values
     acts: dict[str, Tensor]
     block_args: dict[int, tuple[tuple, dict]]
     logits: Float[Tensor, "batch scored vocab"] | None = None
@@ -56,7 +56,7 @@ def _strip_cache(v):
     return None if name.endswith("Cache") else v
 
 
-def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), positions: Tensor | None = None,
+def capture(model, tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch channel height width"], hooks: Sequence[str] = (), positions: Tensor | None = None,
             grad: bool = False, task=None, scored=None) -> Capture:
     """Run the model once, caching ``hooks``, every block's ``resid_pre`` and call arguments.
 

@@ -39,6 +39,7 @@ from ..models.hf import (
     slice_heads,
     slice_neurons,
 )
+from ..models.hf_vision import is_vision
 from .selection import select_units
 
 __all__ = ["prune", "prune_units", "save_pruned"]
@@ -71,7 +72,8 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
             output over ``reference`` prompts, folded into the output projection's bias (the
             "bias compensation" of FLAP, An et al. 2024), so the pruned model equals
             mean-ablation of the removed units, masked or physical alike.
-        reference: prompts for ``fill="mean"``.
+        reference: prompts for ``fill="mean"`` (a ViT: images, an ``ImageSet`` or an
+            ``ImageClassificationTask``; the mean is over images and token positions).
 
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
@@ -109,8 +111,14 @@ def _unit_means(model, reference, n_tokens: int, heads: dict, neurons: dict) -> 
     hooks += [f"blocks.{la}.mlp.hook_post" for la, v in (neurons or {}).items() if v]
     if not hooks:
         return {}
+    if is_vision(model):  # reference images (a tensor, ImageSet or ImageClassificationTask); positions averaged too
+        from ..engine.vision import image_batch  # noqa: PLC0415
+
+        batch = image_batch(model, reference, what="reference images")
+    else:
+        batch = prepare(model, reference, n_tokens)
     with torch.no_grad():
-        means = mean_activations(model, prepare(model, reference, n_tokens), hooks)
+        means = mean_activations(model, batch, hooks)
     return {h: m[0, 0] for h, m in means.items()}
 
 
@@ -256,7 +264,8 @@ def save_pruned(model, folder: str | Path) -> Path:
     folder = Path(folder)
     hf = plain_hf(model)
     hf.save_pretrained(str(folder), safe_serialization=True)
-    model.tokenizer.save_pretrained(str(folder))
+    if model.tokenizer is not None:  # a ViT has none
+        model.tokenizer.save_pretrained(str(folder))
     return folder
 
 
