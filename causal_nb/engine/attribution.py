@@ -24,7 +24,7 @@ from .units import Unit
 __all__ = ["attribute", "attribution_scores", "metric_gradients", "unit_sums"]
 
 
-def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[torch.Tensor, torch.Tensor, float] | None,
+def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch | object, interp: tuple[torch.Tensor, torch.Tensor, float] | None,
                keep_acts: bool = False, task=None):
     """Per-prompt metric gradients w.r.t. activations at ``hooks`` (a forward + backward).
 
@@ -66,7 +66,7 @@ def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: 
 
 
 def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor], base_acts: dict[str, torch.Tensor],
-                       units: list[Unit], metric, scored: ScoredBatch, steps: int = 0,
+                       units: list[Unit], metric, scored: ScoredBatch | object, steps: int = 0,
                        source_tokens=None, grads: dict | None = None
                        ) -> tuple[Float[torch.Tensor, "unit batch"], Float[torch.Tensor, " batch"] | None]:
     """First-order effect per unit and prompt: sum over the unit's slice of (source - base) * grad.

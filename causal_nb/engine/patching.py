@@ -43,7 +43,7 @@ def _check_pair(clean: TokenBatch, corrupted: TokenBatch) -> None:
                              "that fill n_tokens) or a smaller n_tokens")
 
 
-def _stack(model, tb: TokenBatch, scored: ScoredBatch, units, batch_size, memory_budget_mb, task=None) -> int:
+def _stack(model, tb: TokenBatch, scored: ScoredBatch | object, units, batch_size, memory_budget_mb, task=None) -> int:
     per_layer = max(sum(u.layer == layer for u in units) for layer in {u.layer for u in units})
     n_scored = len(scored.positions) if task is None else task.n_scored(tb, scored)
     return stack_size(model, len(tb), tb.mask.shape[1], n_scored, per_layer, batch_size, memory_budget_mb)

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ..data.prompts import TokenBatch
 from ..models.families import VISION_FAMILIES, UnsupportedModelError, family
 from .units import Unit, enumerate_units
 
@@ -36,9 +37,10 @@ __all__ = ["IMAGE_METRICS", "ImageBatch", "ImageClassificationTask", "LabelBatch
 
 
 @dataclass(frozen=True)
-class ImageBatch:
+class ImageBatch(TokenBatch):
     """Images as the engine carries them: ``tokens`` holds the pixel values (the field every
     engine input has), ``mask`` marks the ViT's token positions (CLS and patches, all real).
+    A ``TokenBatch`` subclass, so the engine's functions that take a batch take it too.
 
     Attributes:
         tokens: pixel values [batch, channels, height, width] in the model's dtype.
