@@ -38,6 +38,11 @@ def prepare(model, prompts, n_tokens: int | None = None, pad: bool = True) -> To
     """
     check_n_tokens(n_tokens)
     refuse_encoder(model)  # every analysis tokenises here; an encoder has no next-token logits to read
+    if isinstance(prompts, Tensor) or hasattr(prompts, "images") or \
+            (isinstance(prompts, TokenBatch) and prompts.tokens.is_floating_point()):
+        raise PromptSetError("these prompts are images (a float tensor / ImageSet), but the LM task reads text: pass "
+                             "a list of strings or a PromptSet; images go to a vision transformer with "
+                             "task=cnb.ImageClassificationTask(images, labels)")
     if isinstance(prompts, TokenBatch):
         if len(prompts) == 0:
             raise PromptSetError("the token batch is empty")

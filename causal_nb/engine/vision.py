@@ -17,6 +17,12 @@ label) and ``"top1"`` (1 where the top class is the unmodified run's, as the LM'
 Units: ``"head"`` (``attn.hook_z``), ``"neuron"`` (``mlp.hook_post``), ``"mlp"``
 (``hook_mlp_out``), ``"attn"`` (``hook_attn_out``), ``"block"`` (both), optionally at chosen
 token positions (0 is the CLS token, 1.. the patches in raster order).
+
+Ablation: ``"zero"``; ``"mean"``, the activation averaged over the reference images (default:
+the task's own) and over every token position, CLS included, as the LM's mean is over prompts
+and positions; ``"resample"``, another image's activations (a seeded derangement of the
+images, or ``reference=`` images in turn). ``patch(vit, corrupted=images, task=...)`` patches
+clean (the task's images) into corrupted ones, or back with ``direction="noise"``; exact only.
 """
 
 from __future__ import annotations

@@ -392,8 +392,11 @@ def test_bad_input_is_named(vit, task):
         cnb.ablate(vit, task=task, unit="mlp", metric=lambda lg, b: lg.sum())
 
 
-def test_an_lm_refuses_the_image_task(tiny_dirs):
+def test_an_lm_refuses_the_image_task_and_images_as_prompts(tiny_dirs, task, vit):
     gpt2 = cnb.load_model(tiny_dirs["gpt2"], device="cpu")
+    for images in (IMAGES, task.prepare(vit)):
+        with pytest.raises(cnb.PromptSetError, match=r"prompts are images.*LM task reads text.*ImageClassificationTask"):
+            cnb.ablate(gpt2, images, unit="mlp")
     with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not a vision model.*drop task="):
         cnb.ablate(gpt2, task=cnb.ImageClassificationTask(IMAGES, LABELS))
     with pytest.raises(UnsupportedModelError, match="not a vision model"):
