@@ -313,8 +313,15 @@ def test_masked_pruning_equals_hf_zeroing_and_physical_equals_masked(vit, ref, t
     with torch.no_grad():
         assert (back(IMAGES, return_type="logits") - got_p).abs().max() < 1e-6
     t = cnb.ImageClassificationTask(IMAGES, LABELS)
-    heads = cnb.ablate(back, task=t, unit="head")  # the analyses run on the reloaded, smaller model
+    # the analyses run on the reloaded, smaller model: ablating its kept head j equals ablating
+    # the same original head in the masked model (already checked against Hugging Face)
+    heads = cnb.ablate(back, task=t, unit="head", metric="label_logprob")
     assert list(heads.groupby("layer").size()) == [2, 3]
+    dense = cnb.ablate(masked, task=t, unit="head", metric="label_logprob")
+    kept = [la * HEADS + h for la in range(N_LAYERS) for h in range(HEADS) if h not in HEADS_OUT[la]]
+    assert np.abs(heads.attrs["per_prompt"].to_numpy() - dense.attrs["per_prompt"].to_numpy()[kept]).max() < 1e-5
+    mag = cnb.score(back, task=t, method="magnitude", unit="head")  # per-layer W_Q..W_O views of the sliced layers
+    assert np.allclose(mag.score, cnb.score(vit, task=t, method="magnitude", unit="head").score[kept], rtol=1e-5)
 
 
 def test_blocks_dropped_and_scored_pruning(vit, ref, task, tmp_path):
