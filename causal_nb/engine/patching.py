@@ -82,7 +82,7 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
         task: the task (``engine.tasks``); None or ``LMTask()``: the decoder LM. Patching
             needs paired clean/corrupted inputs: ``cnb.ImageClassificationTask(images, labels)``
             carries the clean images (then ``clean=None``, ``corrupted=`` images of the same
-            shape; exact patching only; metric default ``"label_logprob"``);
+            shape; exact or attribution patching; metric default ``"label_logprob"``);
             ``SentencePairTask`` is refused (use ``ablate``).
 
     Raises:
@@ -156,9 +156,12 @@ def _patch_carried(model, task, clean, corrupted, unit, metric, method, directio
         raise ValueError(f"{task!r} carries the clean inputs: pass clean=None and the corrupted images as corrupted=")
     if corrupted is None:
         raise TypeError(f"patch with {task!r} needs corrupted= images, paired with the task's by index")
-    if method != "exact":
-        raise ValueError(f"method={method!r} patching is not available with {task!r} yet; use method='exact', or "
-                         "score(model, task=..., method='attribution') for first-order ablation estimates")
+    if method not in ("exact", "attribution"):
+        raise ValueError(f"method={method!r} patching is not available with {task!r} yet; use method='exact' or "
+                         "'attribution'")
+    if method == "attribution" and (batch_size is not None or memory_budget_mb is not None):
+        raise ValueError("batch_size= / memory_budget_mb= are not used by method='attribution' (one forward and "
+                         "backward for all units); drop them")
     unused = {"n_tokens": n_tokens, "answers": answers, "steps": steps}
     given = [k for k, v in unused.items() if v is not None]
     if given:
@@ -172,6 +175,9 @@ def _patch_carried(model, task, clean, corrupted, unit, metric, method, directio
     units = task.units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = task.scoring(model, cb, scored_positions)
+    if method == "attribution":
+        return attribute(model, cb, xb, units, unit, metric_fn, scored, method, direction, per_position,
+                         metric_name=str(getattr(metric, "__name__", metric)), task=task)
     clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric_fn, reference=True, task=task)
     corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric_fn, task=task)
     base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)

@@ -218,6 +218,35 @@ def test_patch_equals_a_plain_hf_hook_loop(vit, ref, task, unit, count):
     assert np.abs(noise.attrs["per_prompt"].to_numpy() - want).max() < 1e-5
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_attribution_patching_equals_hf_autograd(vit, ref, task, direction):
+    """First order by hand: metric at the base run + (source - base) . d metric / d (o_proj input)."""
+    base, source = (CORRUPTED, IMAGES) if direction == "denoise" else (IMAGES, CORRUPTED)
+    mods = [blk.attention.o_proj for blk in ref.vit.layers]
+    src = record(ref, source, [(m, "pre") for m in mods])
+    got = {}
+
+    def keep(i):
+        def fn(x):
+            x.requires_grad_(True)
+            got[i] = x
+            return x
+        return fn
+
+    with hooked([(m, "pre", keep(i)) for i, m in enumerate(mods)]):
+        vals = label_logprob(ref(pixel_values=base).logits)
+    grads = torch.autograd.grad(vals.sum(), [got[i] for i in range(N_LAYERS)])
+    want = []
+    for i, m in enumerate(mods):
+        prod = ((src[(id(m), "pre")] - got[i].detach()) * grads[i]).double()  # [image, pos, heads * d_head]
+        want += [vals.detach() + prod[..., cols("head", h)].sum((1, 2)) for h in range(HEADS)]
+    df = cnb.patch(vit, corrupted=CORRUPTED, task=task, unit="head", method="attribution", direction=direction)
+    assert df.attrs["method"] == "attribution" and df.attrs["task"] == repr(task)
+    assert np.abs(df.attrs["per_prompt"].to_numpy() - torch.stack(want).numpy()).max() < 1e-5
+    exact = cnb.patch(vit, corrupted=CORRUPTED, task=task, unit="head", direction=direction)
+    assert np.abs(exact["value"].to_numpy() - df["value"].to_numpy()).max() > 1e-6  # an estimate, not the exact run
+
+
 def test_heads_at_the_cls_position_and_the_full_replay(vit, ref, task):
     df = cnb.ablate(vit, task=task, unit="head", positions=[0], metric="label_logprob")
     assert np.abs(df.attrs["per_prompt"].to_numpy() - hf_loop(ref, "head", "zero", HEADS, positions=[0])).max() < 1e-5
@@ -391,8 +420,8 @@ def test_bad_input_is_named(vit, task):
         cnb.ablate(vit, torch.zeros(2, 1, 28, 28), task=task)
     with pytest.raises(ValueError, match=r"positions= \[17\]: not token positions of this ViT.*1\.\.16 the patches"):
         cnb.ablate(vit, task=task, positions=[17])
-    with pytest.raises(ValueError, match=r"method='attribution' patching is not available.*method='exact'"):
-        cnb.patch(vit, corrupted=CORRUPTED, task=task, method="attribution")
+    with pytest.raises(ValueError, match=r"method='eap-ig' patching is not available.*method='exact' or 'attribution'"):
+        cnb.patch(vit, corrupted=CORRUPTED, task=task, method="eap-ig")
     with pytest.raises(ValueError, match="corrupted images have shape"):
         cnb.patch(vit, corrupted=CORRUPTED[:2], task=task)
     with pytest.raises(ValueError, match="one value per image"):
