@@ -28,7 +28,7 @@ API vocabulary (one meaning per name, everywhere):
   next-token predictions the metric reads; ``layers``: 0..n_layers-1.
 - ``sparsity``: the share of units removed, in [0, 1) (not a percent).
 - ``metric``: a name in ``METRICS`` or a callable ``(logits, ScoredBatch) -> Tensor[batch]``.
-- ``task=`` (``patch``/``ablate``/``score``): what the inputs are and what the metric reads
+- ``task=`` (``patch``/``ablate``/``score``/``prune``/``evaluate``): what the inputs are and what the metric reads
   (``engine.tasks``). None is the decoder LM (``LMTask``); ``SentencePairTask(pairs)`` reads a
   sentence encoder's pooled embeddings and scores each pair's cosine (``"cosine"``), one value
   per pair where the LM has one per prompt; ``ImageClassificationTask(images, labels)`` reads a ViT's
@@ -46,7 +46,7 @@ from .analyses.acdc import acdc
 from .analyses.induction import induction_ablation, induction_losses, induction_scores, repeated_tokens
 from .analyses.ioi import IOIPrompts, head_roles, ioi_head_patching, ioi_logit_diff, ioi_prompts, patching_summary
 from .analyses.reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path
-from .analyses.scoring import METHODS, load_scores, save_scores, score, scores_path
+from .analyses.scoring import METHODS, load_scores, save_scores, score, score_methods, scores_path
 from .core.env import progress_enabled, setup
 from .core.io import load_json, save_json
 from .core.version import __version__ as __version__  # re-exported: the one place the version is written
@@ -54,6 +54,7 @@ from .data.images import FASHION_MNIST_CLASSES, ImageDataError, ImageSet, load_f
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .data.sentences import (
                              SentenceDataError,
+                             balanced_pairs,
                              load_jcola,
                              load_jsts,
                              load_marc_ja,
@@ -66,6 +67,7 @@ from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .engine.vision import ImageClassificationTask
 from .evaluation import stats
 from .evaluation.acdc_sweep import acdc_sweep
+from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
@@ -101,7 +103,9 @@ __all__ = [
     "acdc_sweep",
     "answer_token_diff",
     "available_domains",
+    "balanced_pairs",
     "domain_losses",
+    "encoder_sweep",
     "evaluate",
     "full_model_run",
     "head_roles",
@@ -144,6 +148,7 @@ __all__ = [
     "save_pruned",
     "save_scores",
     "score",
+    "score_methods",
     "scores_path",
     "sentence_embeddings",
     "setup",

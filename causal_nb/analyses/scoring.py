@@ -25,7 +25,8 @@ from ..engine.replay import capture
 from ..engine.tasks import LMTask, as_task
 from ..engine.units import unit_columns
 
-__all__ = ["METHODS", "OPTION_USERS", "SCORE_UNITS", "load_scores", "save_scores", "score", "scores_path", "uses"]
+__all__ = ["METHODS", "OPTION_USERS", "SCORE_UNITS", "load_scores", "save_scores", "score", "score_methods", "scores_path",
+           "uses"]
 
 METHODS = ("ablation", "patching", "attribution", "attribution-abs", "eap-ig", "acdc", "taylor", "fisher", "magnitude",
            "activation", "duplication", "random")
@@ -351,3 +352,41 @@ def load_scores(path, model=None) -> pd.DataFrame:
     if d.get("per_prompt"):
         df.attrs["per_prompt"] = pd.DataFrame(d["per_prompt"])
     return df
+
+
+def score_methods(model, prompts=None, methods=("ablation", "magnitude", "random"), unit: str = "head",
+                  options: dict | None = None, save_to=None, domain: str | None = None, **common) -> dict[str, pd.DataFrame]:
+    """Score one unit kind by several methods with shared settings (and save each table).
+
+    Args:
+        methods: names from ``METHODS``, scored in this order.
+        options: per-method keyword arguments, e.g. ``{"acdc": {"threshold": 0.1},
+            "ablation": {"layers": [1, 15, 28]}}``; a key that is not in ``methods`` is an error.
+        save_to, domain: write each table with ``save_scores(df, save_to, model, domain, prompts)``.
+        **common: ``score`` keywords for every method that reads them: run settings
+            (``n_tokens``, ``seed``, ``progress``, ``task``) go to all; a method-specific option
+            (``corrupted``, ``kind``, ``metric``...: ``OPTION_USERS``) only to the methods that use
+            it, so ``corrupted=`` reaches ``patching`` and ``eap-ig`` and no other.
+
+    Returns:
+        ``{method: score table}`` in the order of ``methods``.
+    """
+    import inspect  # noqa: PLC0415
+
+    options = dict(options or {})
+    known = set(inspect.signature(score).parameters) - {"model", "prompts", "method", "unit"}
+    bad = sorted(set(common) - known)
+    if bad:
+        raise TypeError(f"score_methods: unknown keyword(s) {bad}; score takes {sorted(known)}")
+    stray = sorted(set(options) - set(methods))
+    if stray:
+        raise ValueError(f"options for {stray}, which are not in methods {list(methods)}: add them or drop the options")
+    if (save_to is None) != (domain is None):
+        raise ValueError("save_to= and domain= go together: scores are saved under <save_to>/<model>/<domain>/")
+    out = {}
+    for method in methods:
+        kw = {k: v for k, v in common.items() if uses(method, k)}
+        out[method] = df = score(model, prompts, method, unit=unit, **{**kw, **options.get(method, {})})
+        if save_to is not None:
+            save_scores(df, save_to, model, domain, prompts)
+    return out

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["BUNDLED_SENTENCE_SETS", "JGLUE_HUB", "SENTENCE_DIR", "SentenceDataError", "load_jcola", "load_jsts",
+__all__ = ["BUNDLED_SENTENCE_SETS", "JGLUE_HUB", "SENTENCE_DIR", "SentenceDataError", "balanced_pairs", "load_jcola",
+           "load_jsts",
            "load_marc_ja", "load_sentence_labels", "load_sentence_pairs"]
 
 SENTENCE_DIR = Path(__file__).parent / "sentence_files"
@@ -170,3 +171,21 @@ def load_sentence_labels(name_or_path: str = "tatoeba-questions", split: str = "
     else:
         p, names = _bundled(str(name_or_path), "labels", split), labels or ["statement", "question"]
     return _labels(*_local(p), names, keep_extra=True)
+
+
+def balanced_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` pairs, half with gold 1 (paraphrases) and half with gold 0, the first of each in
+    file order (deterministic; the file order of the shipped sets is already shuffled), kept in
+    file order. Binary gold only; too few of either kind is an error naming the counts."""
+    if not isinstance(pairs, pd.DataFrame) or "score" not in pairs.columns:
+        raise TypeError("balanced_pairs takes a pairs DataFrame with a 'score' column (cnb.load_sentence_pairs)")
+    if not set(pairs["score"].unique()) <= {0.0, 1.0}:
+        raise ValueError("balanced_pairs needs binary gold (0/1 scores); graded sets (JSTS) are sampled as they are")
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (one pair of each kind at least), got {n!r}")
+    pos, neg = pairs[pairs.score == 1], pairs[pairs.score == 0]
+    want_pos, want_neg = n // 2, n - n // 2
+    if len(pos) < want_pos or len(neg) < want_neg:
+        raise ValueError(f"asked for {want_pos} paraphrases and {want_neg} non-paraphrases; the set has {len(pos)} and "
+                         f"{len(neg)}: lower n")
+    return pd.concat([pos.iloc[:want_pos], neg.iloc[:want_neg]]).sort_index()

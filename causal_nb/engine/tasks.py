@@ -40,7 +40,8 @@ from .metrics import METRICS, ScoredBatch, get_metric
 from .replay import final_logits
 from .units import Edit, Unit, enumerate_units
 
-__all__ = ["LM_TASK", "PAIR_METRICS", "LMTask", "PairBatch", "SentencePairTask", "Task", "as_task", "pair_cosine"]
+__all__ = ["LM_TASK", "PAIR_METRICS", "LMTask", "PairBatch", "SentencePairTask", "Task", "as_task", "pair_cosine",
+           "pair_separation", "separation_weights"]
 
 
 @runtime_checkable
@@ -171,17 +172,21 @@ class PairBatch:
         mode: ``"mean"``, ``"cls"`` or ``"max"`` (the model folder's pooling).
         normalize: L2-normalise each embedding.
         ref: the unmodified run's embeddings [2 * n_pairs, d_model] (None until the engine sets it).
+        weight: per-pair weights of the ``"separation"`` metric, [n_pairs] (None when the pairs
+            carry no gold score).
     """
 
     mask: Bool[Tensor, "batch pos"]
     mode: str = "mean"
     normalize: bool = True
     ref: Float[Tensor, "batch d_model"] | None = None
+    weight: Float[Tensor, " pairs"] | None = None
 
     def repeat(self, k: int) -> PairBatch:
         """The batch stacked k times (k interventions in one pass)."""
         return PairBatch(self.mask.repeat(k, 1), self.mode, self.normalize,
-                         None if self.ref is None else self.ref.repeat(k, 1))
+                         None if self.ref is None else self.ref.repeat(k, 1),
+                         None if self.weight is None else self.weight.repeat(k))
 
 
 def pair_cosine(emb: Float[Tensor, "batch d_model"], batch: PairBatch) -> Float[Tensor, " pairs"]:
@@ -192,8 +197,41 @@ def pair_cosine(emb: Float[Tensor, "batch d_model"], batch: PairBatch) -> Float[
 
 pair_cosine.__name__ = "cosine"
 
+
+def separation_weights(gold) -> Float[Tensor, " pairs"]:
+    """Per-pair weights ``w_i = N (s_i - mean s) / sum_j (s_j - mean s)^2`` of gold scores ``s``:
+    the mean over pairs of ``w_i * cos_i`` is the least-squares slope of cosine on gold, which
+    for binary gold is mean cosine of the positives minus mean cosine of the negatives."""
+    try:
+        s = torch.tensor([float(g) for g in gold], dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise ValueError("gold scores must be numbers (the pairs table's 'score' column)") from None
+    if not torch.isfinite(s).all():
+        raise ValueError("a gold score is missing or not finite; every pair needs one for metric='separation'")
+    c = s - s.mean()
+    if float((c * c).sum()) == 0.0:
+        raise ValueError("every pair has the same gold score: metric='separation' needs both paraphrases and "
+                         "non-paraphrases (or graded scores); add pairs of the other kind")
+    return len(s) * c / (c * c).sum()
+
+
+def pair_separation(emb: Float[Tensor, "batch d_model"], batch: PairBatch) -> Float[Tensor, " pairs"]:
+    """Each pair's share of the separation between similar and dissimilar pairs: its cosine
+    times ``separation_weights`` of the gold scores. The mean over pairs is the slope of cosine
+    on gold (binary gold: mean paraphrase cosine minus mean non-paraphrase cosine), a measure of
+    the whole set that, unlike Spearman, is a mean of per-pair values (so ``score``'s damage,
+    the attribution methods and paired tests apply). Higher = better separated."""
+    if batch.weight is None:
+        raise ValueError("metric='separation' needs gold scores that vary: pass SentencePairTask a pairs DataFrame "
+                         "with a 'score' column (a number for every pair) holding both paraphrases and non-paraphrases (cnb.load_sentence_pairs), "
+                         "or use metric='cosine'")
+    return pair_cosine(emb, batch) * batch.weight.to(emb.device)
+
+
+pair_separation.__name__ = "separation"
+
 #: The metrics of ``SentencePairTask``: ``(embeddings [2N, d], PairBatch) -> [N]``.
-PAIR_METRICS: dict[str, Callable] = {"cosine": pair_cosine}
+PAIR_METRICS: dict[str, Callable] = {"cosine": pair_cosine, "separation": pair_separation}
 
 
 def _pairs_of(pairs) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
@@ -220,6 +258,10 @@ def _pairs_of(pairs) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     return tuple(rows), ids
 
 
+def _column(pairs, name: str) -> tuple | None:
+    return tuple(pairs[name].tolist()) if isinstance(pairs, pd.DataFrame) and name in pairs.columns else None
+
+
 class SentencePairTask:
     """Sentence pairs read through a sentence encoder's pooled embeddings.
 
@@ -233,7 +275,11 @@ class SentencePairTask:
     per pair). ``score`` turns it into damage = clean cosine minus the intervened cosine, per
     pair, averaged over pairs: the drop in paraphrase similarity a unit causes. (Spearman
     against gold scores is a statistic of the whole set, not a per-pair value that can be
-    averaged; ``cnb.similarity_eval`` computes it on a model.)
+    averaged; ``cnb.similarity_eval`` computes it on a model.) ``"separation"`` (pairs with gold
+    scores of both kinds): each pair's cosine weighted by its centred gold score, whose mean is
+    the slope of cosine on gold (binary gold: mean paraphrase cosine minus mean non-paraphrase
+    cosine); its damage is how much a unit's removal blurs paraphrases and non-paraphrases
+    together, the per-pair measure closest to Spearman.
 
     Units: ``"head"`` (``attn.hook_z``), ``"neuron"`` (``mlp.hook_post``), ``"mlp"`` (the MLP's
     output before BERT's residual add and LayerNorm), ``"attn"`` (every head of a layer at once:
@@ -249,6 +295,13 @@ class SentencePairTask:
         normalize: L2-normalise the embeddings (cosine is unchanged by it).
         max_length: truncate sentences to this many tokens (default: the folder's
             ``max_seq_length``, else the tokenizer's limit), as ``sentence_embeddings`` does.
+        metric: the metric every method of ``ablate``/``score`` reads by default, the gradient
+            methods (attribution, Taylor, Fisher) included: ``"cosine"`` or ``"separation"``
+            (needs a ``score`` column with both kinds of pair; checked here).
+
+    Attributes:
+        gold, kinds: a pairs table's ``score`` and ``kind`` columns as tuples (None without
+            them); ``evaluate(model, task=...)`` reports Spearman / ROC AUC against ``gold``.
     """
 
     name = "sentence-pairs"
@@ -261,13 +314,27 @@ class SentencePairTask:
     higher_is_worse = frozenset()
     units_kinds = ("head", "neuron", "mlp", "attn", "block")
 
-    def __init__(self, pairs, normalize: bool = True, max_length: int | None = None):
+    def __init__(self, pairs, normalize: bool = True, max_length: int | None = None, metric: str = "cosine"):
         self.pairs, self.pair_ids = _pairs_of(pairs)
+        # the gold score and negative kind per pair, where a pairs table has them (evaluate reads them;
+        # metric="separation" weighs each pair's cosine by the gold)
+        self.gold = _column(pairs, "score")
+        self.kinds = _column(pairs, "kind")
         self.normalize = bool(normalize)
         self.max_length = max_length
+        if metric not in PAIR_METRICS:
+            raise ValueError(f"unknown metric {metric!r} for SentencePairTask; valid: {sorted(PAIR_METRICS)}")
+        if metric == "separation":
+            if self.gold is None:
+                raise ValueError("metric='separation' needs gold scores: pass a pairs DataFrame with a 'score' column "
+                                 "(cnb.load_sentence_pairs), or use metric='cosine'")
+            separation_weights(self.gold)  # missing or constant gold: a clear error now, not mid-run
+        # the instance's default for every use (the gradient methods read gradient_metric)
+        self.ablation_metric = self.patch_metric = self.gradient_metric = metric
 
     def __repr__(self) -> str:
-        return f"SentencePairTask({len(self.pairs)} pairs)"
+        extra = "" if self.ablation_metric == "cosine" else f", metric={self.ablation_metric!r}"
+        return f"SentencePairTask({len(self.pairs)} pairs{extra})"
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -322,7 +389,11 @@ class SentencePairTask:
     def scoring(self, model, batch: TokenBatch, scored_positions=None) -> PairBatch:
         if scored_positions is not None:
             raise ValueError("scored_positions= is not used with SentencePairTask: the readout pools every real token")
-        return PairBatch(batch.mask, pooling_config(model)["mode"], self.normalize)
+        weight = None
+        gold = None if self.gold is None else torch.tensor([float(g) for g in self.gold], dtype=torch.float64)
+        if gold is not None and bool(torch.isfinite(gold).all()) and gold.unique().numel() > 1:
+            weight = separation_weights(gold).to(batch.mask.device)  # else metric="separation" explains
+        return PairBatch(batch.mask, pooling_config(model)["mode"], self.normalize, weight=weight)
 
     def run(self, model, tokens, scored: PairBatch | None):
         """The encoder's forward with the attention mask, up to the last block; its pooled output."""

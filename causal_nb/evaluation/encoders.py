@@ -15,7 +15,7 @@ import pandas as pd
 from ..models.embeddings import sentence_embeddings
 from .stats import bootstrap_ci
 
-__all__ = ["pair_cosines", "probe_eval", "similarity_eval"]
+__all__ = ["pair_cosines", "probe_eval", "similarity_eval", "similarity_stats"]
 
 
 def _need(df, cols: tuple[str, ...], what: str) -> None:
@@ -52,12 +52,30 @@ def similarity_eval(model, pairs: pd.DataFrame, batch_size: int = 32, n_boot: in
         and, when the gold is binary, ``"roc_auc"`` and ``"roc_auc_by_kind"`` (positives vs each
         ``kind`` of negative, if the table has a ``kind`` column).
     """
+    _need(pairs, ("sentence1", "sentence2", "score"), "pairs")
+    cos = pair_cosines(model, pairs, batch_size)
+    kinds = pairs["kind"].to_numpy() if "kind" in pairs.columns else None
+    return {**similarity_stats(cos, pairs["score"].to_numpy(dtype=float), kinds, n_boot, seed), "cosine": cos}
+
+
+def similarity_stats(cos, gold, kinds=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """``similarity_eval``'s statistics from per-pair cosines already at hand.
+
+    Args:
+        cos: one cosine per pair; gold: the pairs' gold scores; kinds: each pair's negative
+            kind (or None).
+        n_boot: bootstrap resamples for the Spearman interval (0: no interval, NaN bounds).
+
+    Returns:
+        ``{"spearman", "spearman_ci", "n_pairs"}``, and ``"roc_auc"`` / ``"roc_auc_by_kind"``
+        when the gold is binary.
+    """
     from scipy.stats import spearmanr  # noqa: PLC0415
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
-    _need(pairs, ("sentence1", "sentence2", "score"), "pairs")
-    cos = pair_cosines(model, pairs, batch_size)
-    gold = pairs["score"].to_numpy(dtype=float)
+    cos, gold = np.asarray(cos, dtype=float), np.asarray(gold, dtype=float)
+    if cos.shape != gold.shape:
+        raise ValueError(f"{len(cos)} cosines but {len(gold)} gold scores: one of each per pair")
     if np.unique(gold).size < 2:
         raise ValueError("every pair has the same gold score: a correlation needs at least two values")
 
@@ -65,15 +83,19 @@ def similarity_eval(model, pairs: pd.DataFrame, batch_size: int = 32, n_boot: in
         i = idx.astype(int)
         return spearmanr(cos[i], gold[i]).statistic
 
-    est, lo, hi = bootstrap_ci(np.arange(len(gold)), stat=rho, n_boot=n_boot, seed=seed)
-    out = {"spearman": est, "spearman_ci": (lo, hi), "n_pairs": len(gold), "cosine": cos}
+    if n_boot:
+        est, lo, hi = bootstrap_ci(np.arange(len(gold)), stat=rho, n_boot=n_boot, seed=seed)
+    else:
+        est, lo, hi = float(spearmanr(cos, gold).statistic), float("nan"), float("nan")
+    out = {"spearman": est, "spearman_ci": (lo, hi), "n_pairs": len(gold)}
     if set(np.unique(gold)) == {0.0, 1.0}:
         out["roc_auc"] = float(roc_auc_score(gold, cos))
-        if "kind" in pairs.columns:
+        if kinds is not None:
+            kinds = np.asarray(kinds, dtype=object)
             pos = gold == 1
             out["roc_auc_by_kind"] = {
                 k: float(roc_auc_score(gold[pos | m], cos[pos | m]))
-                for k in sorted(pairs.loc[~pos, "kind"].unique()) if (m := (pairs["kind"] == k).to_numpy() & ~pos).any()}
+                for k in sorted(set(kinds[~pos].tolist())) if (m := (kinds == k) & ~pos).any()}
     return out
 
 

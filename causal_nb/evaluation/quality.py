@@ -256,8 +256,8 @@ def full_model_run(model, prompts, n_tokens: int = 64) -> FullModelRun:
 
 @strict
 @torch.no_grad()
-def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batches=(1, 32), latency_tokens: int = 128,
-             repeats: int = 5, memory: bool = True, progress: bool | None = None, reference=None) -> dict:
+def evaluate(model, prompts=None, full_model=None, n_tokens: int = 64, latency_batches=(1, 32), latency_tokens: int = 128,
+             repeats: int = 5, memory: bool = True, progress: bool | None = None, reference=None, task=None) -> dict:
     """Quality and cost of a (pruned) model on held-out prompts.
 
     Args:
@@ -270,6 +270,11 @@ def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batche
         progress: a bar over the timed batch sizes (default: ``causal_nb.progress_enabled()``).
         latency_batches: batch sizes timed (median of ``repeats`` forwards of ``latency_tokens``);
             ``()`` skips timing.
+        task: None, the decoder LM on ``prompts``; ``SentencePairTask(pairs)`` (no ``prompts``)
+            for a sentence encoder: ``encoder_quality.evaluate_encoder`` (mean pair cosine,
+            Spearman / ROC AUC against the pairs' gold, drift from ``full_model``'s cosines, the
+            encoder's parameters, FLOPs and latency, no peak memory; per-pair lists as
+            ``per_prompt_*``).
 
     Returns:
         ``loss``, ``kl``, ``top1_agreement``, ``params``, ``flops_per_token`` (at
@@ -283,10 +288,23 @@ def evaluate(model, prompts, full_model=None, n_tokens: int = 64, latency_batche
     from ..core.env import progress_enabled  # noqa: PLC0415
     from ..engine.common import prepare, scored_batch  # noqa: PLC0415
     from ..engine.metrics import get_metric  # noqa: PLC0415
+    from ..engine.tasks import LMTask, as_task  # noqa: PLC0415
 
     if reference is not None:
         raise TypeError("evaluate(reference=...) is now evaluate(full_model=...): the unpruned model the KL and "
                         "top-1 agreement compare with (reference= means prompts for mean ablation in causal_nb)")
+    task = as_task(task)
+    task.check_model(model, "evaluate")
+    if not isinstance(task, LMTask):
+        from .encoder_quality import evaluate_encoder  # noqa: PLC0415
+
+        if prompts is not None:
+            raise ValueError(f"{task!r} carries its inputs (the pairs); drop the prompts argument")
+        return evaluate_encoder(model, task, full_model=full_model, latency_batches=latency_batches,
+                                latency_tokens=latency_tokens, repeats=repeats, progress=progress)
+    if prompts is None:
+        raise TypeError("evaluate needs prompts (a PromptSet or list of strings) for the LM task, or "
+                        "task=cnb.SentencePairTask(pairs) for a sentence encoder")
     pb = prepare(model, prompts, n_tokens)
     scored = scored_batch(pb)
     logits = model(pb.tokens, return_type="logits")[:, scored.positions]

@@ -21,7 +21,7 @@ pruned masked and physically (``tests/unit/test_vit.py``); the LM task refuses t
 
 from __future__ import annotations
 
-__all__ = ["ANALYSIS_FAMILIES", "ENCODER_FAMILIES", "MASKED_ONLY", "PHYSICAL_FAMILIES", "PRUNING_FAMILIES",
+__all__ = ["ANALYSIS_FAMILIES", "ENCODER_FAMILIES", "ENCODER_TASK_CALLS", "MASKED_ONLY", "PHYSICAL_FAMILIES", "PRUNING_FAMILIES",
            "VISION_FAMILIES", "UnsupportedModelError", "check_loadable", "check_supported", "family", "refuse_encoder"]
 
 #: Families pruned both ways: masked (output weights zeroed) and physical (weights sliced).
@@ -100,15 +100,22 @@ def check_supported(model, purpose: str = "analysis") -> str:
 VISION_FAMILIES: tuple[str, ...] = ("vit",)
 
 #: Encoder families: they load (``load_model``) for sentence embeddings
-#: (``causal_nb.models.embeddings``), but the decoder-LM analyses refuse them (``refuse_encoder``).
+#: (``causal_nb.models.embeddings``) and take an encoder task in ``ENCODER_TASK_CALLS`` (pruned
+#: masked and physical by ``pruning.encoders``); under the LM task they are refused (``refuse_encoder``).
 ENCODER_FAMILIES: tuple[str, ...] = ("bert",)
+
+#: The calls that take an encoder with an encoder task (``task=SentencePairTask(pairs)``); the
+#: encoder tests (tests/unit/test_tasks.py, test_prune_encoders.py) cover each. ``patch`` and
+#: ``acdc`` need paired clean/corrupted inputs, which the sentence-pair task does not have.
+ENCODER_TASK_CALLS: tuple[str, ...] = ("ablate", "score", "prune", "prune_units", "evaluate", "encoder_sweep")
 
 
 def refuse_encoder(model, what: str = "analysis") -> None:
     """Raise ``UnsupportedModelError`` for an encoder under the LM task: patch, ablate, score,
     evaluate and prune then read next-token logits, which an encoder does not predict (a BERT
     booted for masked LM has a random head when the checkpoint is an embedding model). The
-    encoder route is ``task=SentencePairTask(pairs)`` (``engine.tasks``) for ablate and score."""
+    encoder route is ``task=SentencePairTask(pairs)`` (``engine.tasks``) for the calls in
+    ``ENCODER_TASK_CALLS``."""
     name = family(model)
     if name in VISION_FAMILIES:
         raise UnsupportedModelError(
@@ -120,9 +127,10 @@ def refuse_encoder(model, what: str = "analysis") -> None:
         raise UnsupportedModelError(
             f"model family {name!r} is an encoder: the {what} with the default LM task reads next-token logits, "
             "which an encoder does not predict. Pass an encoder task instead: task=cnb.SentencePairTask(pairs) "
-            "(ablate and score read the pooled sentence embeddings, cosine per pair); probes and prune/evaluate "
-            "are not in the engine yet (use cnb.sentence_embeddings / similarity_eval / probe_eval), or use a "
-            f"decoder family ({', '.join(ANALYSIS_FAMILIES)})")
+            f"({', '.join(ENCODER_TASK_CALLS)} take it and read the pooled sentence embeddings, cosine per pair; "
+            "patch and acdc need paired clean/corrupted inputs the pair task lacks; see also "
+            "cnb.sentence_embeddings / similarity_eval / probe_eval), or use a decoder family "
+            f"({', '.join(ANALYSIS_FAMILIES)})")
 
 
 def check_loadable(model) -> str:

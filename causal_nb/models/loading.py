@@ -23,6 +23,7 @@ from ..zoo import MODELS_DIR, SPECS, bundled_models, model_card, pretrained
 from .bridge_fit import fit_mlp_width
 from .families import check_loadable
 from .hf import load_pruned_hf, quiet_loading
+from .hf_encoders import ENCODER_ARCH, fit_encoder_heads, load_pruned_encoder
 from .hf_vision import is_vision
 
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
@@ -204,9 +205,15 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
 
             from .bridge_fit import boot_bridge  # noqa: PLC0415
 
-            hf = load_pruned_hf(Path(source), dtype).to(dev)
-            tok = None if is_vision(hf) else AutoTokenizer.from_pretrained(source)  # a ViT has no tokenizer
-            model = boot_bridge(hf, source, tok, contextlib.nullcontext)
+            spec = json.loads((Path(source) / "config.json").read_text())["causal_nb_pruned"]
+            if spec.get("arch") == ENCODER_ARCH:  # a pruned BERT: its own rebuild, per-layer head counts
+                hf = load_pruned_encoder(Path(source), dtype).to(dev)
+                model = boot_bridge(hf, source, AutoTokenizer.from_pretrained(source), contextlib.nullcontext)
+                fit_encoder_heads(model)
+            else:
+                hf = load_pruned_hf(Path(source), dtype).to(dev)
+                tok = None if is_vision(hf) else AutoTokenizer.from_pretrained(source)  # a ViT has no tokenizer
+                model = boot_bridge(hf, source, tok, contextlib.nullcontext)
         else:
             model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
     model.eval()

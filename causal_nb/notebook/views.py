@@ -25,10 +25,10 @@ from ..core.checks import strict
 from ..data.prompts import TokenBatch
 from ..engine.common import mean_activations, prepare
 from ..engine.replay import joint_hooks
-from ..engine.units import enumerate_units
+from ..engine.units import enumerate_units, layer_shape
 
 __all__ = ["HEAD_KINDS", "Effect", "attention_patterns", "continuation", "domain_outputs", "head_effect", "head_means",
-           "head_hooks", "head_sets", "parse_heads", "prompt_logprobs", "token_html", "token_strings"]
+           "head_hooks", "head_sets", "heads_per_layer", "parse_heads", "prompt_logprobs", "token_html", "token_strings"]
 
 HEAD_KINDS = ("zero", "mean", "patch")
 Heads = Sequence[tuple[int, int]]
@@ -59,21 +59,38 @@ def _z_hooks(model) -> list[str]:
     return [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
 
 
+def heads_per_layer(model) -> list[int]:
+    """Each layer's query-head count (fewer than ``cfg.n_heads`` where a physically pruned
+    model lost heads; its heads are then numbered 0..count-1, as the engine numbers them)."""
+    return [layer_shape(model, layer)["n_heads"] for layer in range(model.cfg.n_layers)]
+
+
 @strict
 def head_means(model, prompts, n_tokens: int = 64) -> Float[Tensor, "layer head d_head"]:
-    """Every head's output (``hook_z``) averaged over the prompts' real positions."""
+    """Every head's output (``hook_z``) averaged over the prompts' real positions.
+
+    A physically pruned layer with fewer heads is zero-padded to ``cfg.n_heads`` rows (never
+    read: ``head_sets`` refuses a head the layer does not have)."""
     acts = mean_activations(model, prepare(model, prompts, n_tokens), _z_hooks(model))
-    return torch.stack([acts[h][0, 0] for h in _z_hooks(model)])
+    rows = [acts[h][0, 0] for h in _z_hooks(model)]
+    out = rows[0].new_zeros(len(rows), model.cfg.n_heads, rows[0].shape[-1])
+    for layer, r in enumerate(rows):
+        out[layer, : r.shape[0]] = r
+    return out
 
 
 def head_sets(model, heads: Heads) -> dict[int, list[int]]:
     """Group (layer, head) pairs by layer, checking they exist in the model."""
-    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    counts = heads_per_layer(model)
+    n_l = len(counts)
     out: dict[int, list[int]] = {}
     for layer, head in heads:
-        if not (0 <= layer < n_l and 0 <= head < n_h):
-            raise ValueError(f"head L{layer}H{head} does not exist: the model has layers 0..{n_l - 1} and heads "
-                             f"0..{n_h - 1}")
+        if not 0 <= layer < n_l:
+            raise ValueError(f"head L{layer}H{head} does not exist: the model has layers 0..{n_l - 1}")
+        if not 0 <= head < counts[layer]:
+            raise ValueError(f"head L{layer}H{head} does not exist: layer {layer} has heads 0..{counts[layer] - 1}"
+                             + (" (physically pruned: its kept heads are renumbered from 0)"
+                                if counts[layer] < model.cfg.n_heads else ""))
         out.setdefault(int(layer), []).append(int(head))
     return out
 
@@ -90,8 +107,9 @@ def head_hooks(model, heads: Heads, kind: str = "zero", means: Tensor | None = N
         raise ValueError(f"kind={kind!r} needs {need}")
     wanted = {(layer, h) for layer, hs in head_sets(model, heads).items() for h in hs}
     units = [u for u in enumerate_units(model, "head") if (u.layer, u.head) in wanted]
-    sources = {f"blocks.{layer}.attn.hook_z": torch.zeros(1) if values is None else values[layer][None, None]
-               for layer, _ in wanted}
+    counts = heads_per_layer(model)  # a pruned layer's means are padded: take its own heads' rows
+    sources = {f"blocks.{layer}.attn.hook_z": torch.zeros(1) if values is None else
+               values[layer][: counts[layer]][None, None] for layer, _ in wanted}
     return joint_hooks(units, sources)
 
 

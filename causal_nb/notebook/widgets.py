@@ -62,15 +62,20 @@ class HeadExplorer:
         self.effect: views.Effect | None = None
         self.history: list[float] = []  # seconds per update, for the responsiveness figure
 
-        n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+        n_h = model.cfg.n_heads
         self.buttons = {}
-        for layer in range(n_l):
+        cells = []  # one row per layer; a physically pruned layer's missing heads are blank cells
+        for layer, count in enumerate(views.heads_per_layer(model)):
             for head in range(n_h):
+                if head >= count:
+                    cells.append(W.HTML(layout=W.Layout(width="64px")))
+                    continue
                 b = W.ToggleButton(value=False, description=f"L{layer}H{head}", tooltip=f"layer {layer}, head {head}",
                                    layout=W.Layout(width="64px"))
                 b.observe(self._on_button, "value")
                 self.buttons[(layer, head)] = b
-        self.grid = W.GridBox(list(self.buttons.values()),
+                cells.append(b)
+        self.grid = W.GridBox(cells,
                               layout=W.Layout(grid_template_columns=f"repeat({n_h}, 68px)"))
         kinds = [k for k in views.HEAD_KINDS if k != "patch" or self.source_means is not None]
         self.kind_w = W.ToggleButtons(options=kinds, value="zero", description="replace with")

@@ -12,7 +12,8 @@ Supports the families in ``causal_nb.models.families.PRUNING_FAMILIES`` (GPT-2, 
 Llama-style q/k/v/o, gate/up/down decoders, OPT, GPT-NeoX and BLOOM, whose sliced layers
 take their kept heads' rows of the ALiBi bias); others are refused by name. The slicing itself
 lives in ``causal_nb.models.hf``. Sliced GPT-2, GPT-NeoX and BLOOM layers are booted through
-``bridge_fit.boot_bridge``.
+``bridge_fit.boot_bridge``. A BERT sentence encoder is pruned with ``task=SentencePairTask(pairs)``
+(``pruning.encoders``); under the default LM task it is refused, naming that task.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..core.checks import check_sparsity, check_table_fits, require_scores, strict
+from ..engine.tasks import as_task
 from ..models.families import check_supported
 from ..models.hf import (
     add_bias,
@@ -39,7 +41,9 @@ from ..models.hf import (
     slice_heads,
     slice_neurons,
 )
+from ..models.hf_encoders import copy_sentence_files, is_encoder, plain_encoder
 from ..models.hf_vision import is_vision
+from .encoders import prune_encoder_units
 from .selection import select_units
 
 __all__ = ["prune", "prune_units", "save_pruned"]
@@ -58,7 +62,7 @@ def _zero(arch: str, layer: nn.Module, heads: list[int], neurons: list[int], dh:
 
 @strict
 def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "global", fill: str = "zero",
-          reference=None, n_tokens: int = 64):
+          reference=None, n_tokens: int = 64, task=None):
     """A pruned copy of ``model``: the lowest-scoring heads and/or neurons removed.
 
     Args:
@@ -72,12 +76,21 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
             output over ``reference`` prompts, folded into the output projection's bias (the
             "bias compensation" of FLAP, An et al. 2024), so the pruned model equals
             mean-ablation of the removed units, masked or physical alike.
-        reference: prompts for ``fill="mean"`` (a ViT: images, an ``ImageSet`` or an
-            ``ImageClassificationTask``; the mean is over images and token positions).
+        reference: prompts for ``fill="mean"``; with ``SentencePairTask``, pairs, a task or
+            sentences (default: the task's own sentences), read through ``reference_batch``; a
+            ViT: images, an ``ImageSet`` or an ``ImageClassificationTask`` (default: the task's
+            own images; the mean is over images and token positions).
+        task: None (the decoder LM) or, for a BERT sentence encoder, ``SentencePairTask(pairs)``
+            (``pruning.encoders``: heads, neurons and blocks as that task's units; an encoder
+            without it is refused); for a ViT, ``ImageClassificationTask(images, labels)``
+            (required, as the analyses require it; its images are ``fill="mean"``'s default
+            reference).
 
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
     """
+    task = as_task(task)
+    task.check_model(model, "prune")  # an encoder needs its task; a pair task needs an encoder
     sparsity = check_sparsity(sparsity)
     tables = scores if isinstance(scores, (list, tuple)) else [scores]
     cfg = model.cfg
@@ -98,7 +111,7 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
         n = cfg.n_heads if kind == "head" else cfg.d_mlp
         remove[kind] = select_units(t, sparsity, n, cfg.n_layers, budget)
     return prune_units(model, heads=remove.get("head"), neurons=remove.get("neuron"), blocks=remove.get("block"),
-                       physical=physical, fill=fill, reference=reference, n_tokens=n_tokens)
+                       physical=physical, fill=fill, reference=reference, n_tokens=n_tokens, task=task)
 
 
 def _unit_means(model, reference, n_tokens: int, heads: dict, neurons: dict) -> dict[str, torch.Tensor]:
@@ -176,7 +189,7 @@ def _drop_blocks(arch: str, hf, keep: list[int]) -> None:
 @strict
 def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[int, list[int]] | None = None,
                 blocks: list[int] | None = None, physical: bool = True, fill: str = "zero", reference=None,
-                n_tokens: int = 64):
+                n_tokens: int = 64, task=None):
     """A copy of ``model`` without the given heads and neurons (layer -> indices) and blocks.
 
     The explicit-set form of ``prune`` (see there for ``fill``), for selections made elsewhere
@@ -184,9 +197,15 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     layer: ShortGPT-style depth pruning) is deleted when ``physical`` and has its attention and
     MLP outputs zeroed otherwise; both equal zero-ablating the block, and any heads or neurons
     named for it are moot. Layer indices always refer to the unpruned model.
+
+    A BERT encoder takes ``task=SentencePairTask(pairs)`` (``pruning.encoders``): a block is then
+    its attention and MLP output denses (the layer leaves ``LN2(LN1(x))``, as the task's
+    ``"block"`` unit), and ``reference`` goes through the task.
     """
     from ..models.bridge_fit import boot_bridge  # noqa: PLC0415
 
+    task = as_task(task)
+    task.check_model(model, "prune_units")
     if fill not in ("zero", "mean"):
         raise ValueError(f"fill must be 'zero' or 'mean', got {fill!r}")
     blocks = sorted({int(b) for b in blocks or []})
@@ -198,6 +217,10 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
         raise ValueError("that removes every block; keep at least one")
     heads = {la: v for la, v in (heads or {}).items() if int(la) not in blocks}
     neurons = {la: v for la, v in (neurons or {}).items() if int(la) not in blocks}
+    if is_encoder(model):
+        return prune_encoder_units(model, heads, neurons, blocks, physical, fill, reference, task)
+    if reference is None and is_vision(model):  # a ViT's mean defaults to the task's own images
+        reference = task
     means = _unit_means(model, reference, n_tokens, heads, neurons) if fill == "mean" else {}
 
     hf = plain_hf(model)
@@ -260,12 +283,15 @@ def _quiet():
 
 
 def save_pruned(model, folder: str | Path) -> Path:
-    """``save_pretrained`` a (pruned) bridge's Hugging Face model and tokenizer to ``folder``."""
+    """``save_pretrained`` a (pruned) bridge's Hugging Face model and tokenizer to ``folder``
+    (an encoder's sentence-transformers pooling files too, so it pools as before)."""
     folder = Path(folder)
-    hf = plain_hf(model)
+    hf = plain_encoder(model) if is_encoder(model) else plain_hf(model)
     hf.save_pretrained(str(folder), safe_serialization=True)
     if model.tokenizer is not None:  # a ViT has none
         model.tokenizer.save_pretrained(str(folder))
+    if is_encoder(model):
+        copy_sentence_files(getattr(model, "causal_nb_source", {}).get("source"), folder)
     return folder
 
 

@@ -69,3 +69,61 @@ def head_edits(model, source_cache, layers=None) -> list:
     layers = range(model.cfg.n_layers) if layers is None else layers
     return [[(f"blocks.{la}.attn.hook_z", (h,), source_cache[f"blocks.{la}.attn.hook_z"])]
             for la in layers for h in range(model.cfg.n_heads)]
+
+
+def plain_bert_means(bert_model, enc) -> dict[tuple[int, str], torch.Tensor]:
+    """A plain Hugging Face ``BertModel``'s inputs to each layer's attention output dense (the
+    heads' concatenated z) and MLP output dense (the neurons), averaged over real tokens:
+    ``(layer, "z" | "post") -> [width]``."""
+    got, handles = {}, []
+    real = enc["attention_mask"].bool()
+    for i, layer in enumerate(bert_model.encoder.layer):
+        for name, lin in (("z", layer.attention.output.dense), ("post", layer.output.dense)):
+            def keep(mod, args, key=(i, name)):
+                got[key] = args[0][real].double().mean(0)
+            handles.append(lin.register_forward_pre_hook(keep))
+    try:
+        with torch.no_grad():
+            bert_model(**enc)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def plain_bert_cosines(bert_model, enc, heads=None, neurons=None, blocks=(), means=None) -> tuple:
+    """Pair cosines (rows 2i, 2i + 1) and L2-normalised mean-pooled embeddings of a plain
+    ``BertModel`` with units removed by hand: the heads' slices of the attention output dense's
+    input and the neurons' entries of the MLP output dense's input set to zero (or to
+    ``means[(layer, "z" | "post")]``), and each block's two output denses returning zero (the
+    sublayers add nothing before their add-and-norm)."""
+    heads, neurons, means = heads or {}, neurons or {}, means or {}
+    dh = bert_model.config.hidden_size // bert_model.config.num_attention_heads
+    handles = []
+
+    def pre(idx, fill):
+        def fn(mod, args):
+            x = args[0].clone()
+            x[..., idx] = 0 if fill is None else fill[idx].to(x.dtype)
+            return (x,)
+        return fn
+
+    for i, layer in enumerate(bert_model.encoder.layer):
+        if i in blocks:
+            for lin in (layer.attention.output.dense, layer.output.dense):
+                handles.append(lin.register_forward_hook(lambda mod, args, out: torch.zeros_like(out)))
+            continue
+        cols = [h * dh + j for h in heads.get(i, []) for j in range(dh)]
+        if cols:
+            handles.append(layer.attention.output.dense.register_forward_pre_hook(pre(cols, means.get((i, "z")))))
+        if neurons.get(i):
+            handles.append(layer.output.dense.register_forward_pre_hook(pre(list(neurons[i]), means.get((i, "post")))))
+    try:
+        with torch.no_grad():
+            h = bert_model(**enc).last_hidden_state
+    finally:
+        for hd in handles:
+            hd.remove()
+    m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+    v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    return (v[0::2] * v[1::2]).sum(-1).double(), v

@@ -39,6 +39,14 @@ def test_bench_pruning_prints_its_table(tiny_dirs):
     assert diff < 1e-5
 
 
+def test_bench_minilm_prune_runs_on_a_tiny_bert(bert_folder):
+    out = _load("bench_minilm_prune").main(["--model", str(bert_folder), "--n-train", "4", "--n-eval", "6",
+                                             "--sparsities", "0.25", "0.5"])
+    assert len(out["sweep"]) == 6 and {r["method"] for r in out["sweep"]} == {"ablation", "magnitude", "random"}
+    assert out["physical_vs_masked_max_rel"] < 1e-5 and len(out["h2"]) == 6
+    assert all(r["params"] < out["dense"]["params"] for r in out["sweep"])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bench_patching_gpu_shape_runs_in_bf16():

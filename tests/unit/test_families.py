@@ -355,3 +355,32 @@ def test_block_pruning_equals_block_zero_ablation(fam):
         assert rel_close(masked(tokens), want), (arch, (masked(tokens) - want).abs().max())
         phys = prune_units(model, blocks=[0], physical=True)
         assert phys.cfg.n_layers == 1 and rel_close(phys(tokens), want), arch
+
+
+def test_head_explorer_on_the_family_dense_and_physically_pruned(fam):
+    """The live head picker on every family, dense and physically pruned (uneven heads per
+    layer): one button per existing head, and a toggled head's effect equals a plain hooked
+    forward zeroing that head (change in each next token's log-prob, padding dropped)."""
+    from causal_nb.notebook import views, widgets  # noqa: PLC0415 - the notebook face, only here
+
+    _, _, model = fam
+    phys = prune_units(model, HEADS, NEURONS, physical=True)
+    for m in (model, phys):
+        counts = [m.cfg.n_heads - (len(HEADS.get(la, [])) if m is phys else 0) for la in range(2)]
+        hx = widgets.HeadExplorer(m, P[:2], n_tokens=N, top_k=3)
+        assert sorted(hx.buttons) == [(la, h) for la in range(2) for h in range(counts[la])]
+        assert len(hx.grid.children) == 2 * m.cfg.n_heads  # blank cells keep one row per layer
+        la, h = 1, counts[1] - 1
+        e = hx.toggle(la, h)
+        b = prepare(m, P[:2], N)
+        t = b.tokens[:1, : int(b.mask[0].sum())]
+        with torch.no_grad():
+            base = torch.log_softmax(m(t).float(), -1)
+            new = torch.log_softmax(m.run_with_hooks(t, fwd_hooks=[(f"blocks.{la}.attn.hook_z", zero_hook([h]))]).float(), -1)
+        idx = t[0, 1:, None]
+        want = (new[0, :-1].gather(-1, idx) - base[0, :-1].gather(-1, idx))[:, 0].double().numpy()
+        assert e.heads == ((la, h),) and abs(e.delta - want).max() < 1e-5
+        assert hx.set_kind("mean").kind == "mean" and torch.isfinite(torch.tensor(hx.effect.new)).all()
+        with pytest.raises(ValueError, match="does not exist"):
+            hx.toggle(0, counts[0])
+    assert views.heads_per_layer(phys) == counts

@@ -208,3 +208,25 @@ def test_a_layer_subset_is_refused_where_it_cannot_be_used(llama, tmp_path):
         cnb.score(llama, P, "acdc", unit="head", layers=[0])
     with pytest.raises(ValueError, match="do not exist"):
         cnb.score(llama, P, "magnitude", unit="head", layers=[7])
+
+
+def test_score_methods_routes_options_to_the_methods_that_read_them(tiny_model, tmp_path):
+    """corrupted= reaches patching only (magnitude would refuse it), options go to their method,
+    each table equals its own score call, and each is saved where save_scores puts it."""
+    got = cnb.score_methods(tiny_model, P, ["patching", "magnitude", "ablation"], unit="head", corrupted=X,
+                            n_tokens=N, options={"ablation": {"kind": "zero"}}, save_to=tmp_path, domain="python")
+    assert list(got) == ["patching", "magnitude", "ablation"]
+    want = {"patching": cnb.score(tiny_model, P, "patching", unit="head", corrupted=X, n_tokens=N),
+            "magnitude": cnb.score(tiny_model, P, "magnitude", unit="head", n_tokens=N),
+            "ablation": cnb.score(tiny_model, P, "ablation", unit="head", kind="zero", n_tokens=N)}
+    for m, df in got.items():
+        assert np.allclose(df.score, want[m].score, atol=1e-9), m
+        saved = cnb.load_scores(cnb.scores_path(tmp_path, tiny_model.causal_nb_source["name"], "python", m, "head"))
+        assert np.allclose(saved.score, df.score, atol=1e-8)
+    assert got["ablation"].attrs["kind"] == "zero" and got["patching"].attrs.get("kind") != "zero"
+    with pytest.raises(TypeError, match="unknown keyword"):
+        cnb.score_methods(tiny_model, P, ["magnitude"], n_token=N)
+    with pytest.raises(ValueError, match="not in methods"):
+        cnb.score_methods(tiny_model, P, ["magnitude"], options={"acdc": {"threshold": 0.1}})
+    with pytest.raises(ValueError, match="go together"):
+        cnb.score_methods(tiny_model, P, ["magnitude"], save_to=tmp_path)

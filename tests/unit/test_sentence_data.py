@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 import causal_nb as cnb
@@ -115,3 +116,18 @@ def test_builder_is_deterministic_and_pairs_through_the_pivot(tmp_path):
     bad.write_text("1\tja\ten\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad:1: 3 columns, expected 9"):
         build_pairs.read_sentences(bad)
+
+
+def test_balanced_pairs_takes_the_first_of_each_kind_in_file_order():
+    df = pd.DataFrame({"sentence1": list("abcdefg"), "sentence2": list("hijklmn"), "score": [0, 1, 1, 0, 0, 1, 0.0]})
+    got = cnb.balanced_pairs(df, 4)
+    assert list(got.index) == [0, 1, 2, 3] and got.score.tolist() == [0, 1, 1, 0]
+    assert list(cnb.balanced_pairs(df, 5).index) == [0, 1, 2, 3, 4]  # odd n: one more negative
+    with pytest.raises(ValueError, match="the set has 3 and 4"):
+        cnb.balanced_pairs(df, 8)
+    with pytest.raises(ValueError, match="binary gold"):
+        cnb.balanced_pairs(df.assign(score=0.5), 2)
+    with pytest.raises(TypeError, match="'score' column"):
+        cnb.balanced_pairs(df.drop(columns="score"), 2)
+    shipped = cnb.balanced_pairs(cnb.load_sentence_pairs("tatoeba-paraphrase", "train"), 48)
+    assert len(shipped) == 48 and shipped.score.sum() == 24

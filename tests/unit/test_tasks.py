@@ -264,3 +264,81 @@ def test_a_custom_pair_metric_and_a_mean_reference(bert, task):
     other = cnb.ablate(bert, task=task, unit="mlp", kind="mean", reference=["is it raining ?", "a dog runs ."])
     own = cnb.ablate(bert, task=task, unit="mlp", kind="mean")
     assert not np.allclose(other["value"], own["value"], atol=1e-7)
+
+
+GOLD = [1.0, 0.0, 0.0, 1.0]  # pairs 0 and 3 called paraphrases (the tiny model is random: only the arithmetic matters)
+
+
+def test_separation_is_the_gap_between_paraphrase_and_other_cosines(bert):
+    """metric='separation' (mean over pairs) = mean cosine of gold-1 pairs - mean cosine of
+    gold-0 pairs, per unit ablated, computed here from the hand cosines; graded gold gives the
+    least-squares slope of cosine on gold (numpy's polyfit)."""
+    pairs = pd.DataFrame({"sentence1": [a for a, _ in PAIRS], "sentence2": [b for _, b in PAIRS], "score": GOLD})
+    t = cnb.SentencePairTask(pairs)
+    df = cnb.ablate(bert, task=t, unit="head", metric="separation")
+    want, clean = hook_loop(bert, "head", "zero", 4)
+    pos, neg = np.array(GOLD) == 1, np.array(GOLD) == 0
+    assert np.allclose(df["value"], want[:, pos].mean(1) - want[:, neg].mean(1), atol=1e-5)
+    assert df.attrs["baseline"] == pytest.approx(clean[pos].mean() - clean[neg].mean(), abs=1e-5)
+    sc = cnb.score(bert, task=t, method="ablation", unit="head", kind="zero", metric="separation")
+    assert np.allclose(sc.sort_values(["layer", "head"])["score"], df.attrs["baseline"] - df["value"], atol=1e-5)
+    graded = pairs.assign(score=[0.9, 0.1, 0.4, 0.7])
+    g = cnb.ablate(bert, task=cnb.SentencePairTask(graded), unit="mlp", metric="separation")
+    want_mlp, _ = hook_loop(bert, "mlp", "zero", 1)
+    slopes = [np.polyfit(graded["score"], row, 1)[0] for row in want_mlp]
+    assert np.allclose(g["value"], slopes, atol=1e-5)
+    with pytest.raises(ValueError, match="needs gold scores that vary"):
+        cnb.ablate(bert, task=cnb.SentencePairTask(PAIRS), unit="mlp", metric="separation")
+    with pytest.raises(ValueError, match="needs gold scores that vary"):
+        cnb.ablate(bert, task=cnb.SentencePairTask(pairs.assign(score=1.0)), unit="mlp", metric="separation")
+
+
+def test_a_task_wide_separation_metric_reaches_the_gradient_methods(bert):
+    """SentencePairTask(pairs, metric="separation"): ablation equals metric="separation" passed
+    to the call, and attribution estimates that metric's drop (checked against the first-order
+    estimate written out from autograd on the hand pool: a head's zero-ablation estimate is
+    -(grad . act) summed over its slice of hook_z)."""
+    pairs = pd.DataFrame({"sentence1": [a for a, _ in PAIRS], "sentence2": [b for _, b in PAIRS], "score": GOLD})
+    t = cnb.SentencePairTask(pairs, metric="separation")
+    assert "separation" in repr(t)
+    a = cnb.ablate(bert, task=t, unit="head", kind="zero")
+    b = cnb.ablate(bert, task=cnb.SentencePairTask(pairs), unit="head", kind="zero", metric="separation")
+    assert np.allclose(a["value"], b["value"], atol=1e-9)
+    est = cnb.score(bert, task=t, method="attribution", unit="head", kind="zero")
+    enc = tokens_of(bert)
+    acts = {}
+
+    def keep(la):
+        def fn(x, hook):
+            x.retain_grad()
+            acts[la] = x
+            return x
+        return fn
+
+    got = {}
+
+    def last(x, hook):
+        got["h"] = x
+        return x
+
+    hooks = [(f"blocks.{la}.attn.hook_z", keep(la)) for la in range(N_LAYERS)] + [(f"blocks.{N_LAYERS - 1}.hook_out", last)]
+    bert.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"], fwd_hooks=hooks)
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    v = (got["h"].float() * m).sum(1) / m.sum(1)
+    v = v / v.norm(dim=-1, keepdim=True)
+    cos = (v[0::2] * v[1::2]).sum(-1)
+    g = torch.tensor(GOLD, dtype=torch.float32) - torch.tensor(GOLD).mean()
+    sep = (len(GOLD) * g / (g * g).sum() * cos).mean()
+    sep.backward()
+    want = []
+    for la in range(N_LAYERS):
+        z = acts[la]
+        want += (z.grad * z).sum(dim=(0, 1, 3)).tolist()  # drop estimate: -grad . (0 - z)
+    want = np.array(want)
+    assert np.allclose(est.sort_values(["layer", "head"])["score"], want, atol=1e-5)
+    with pytest.raises(ValueError, match="needs gold scores"):
+        cnb.SentencePairTask(PAIRS, metric="separation")
+    with pytest.raises(ValueError, match="same gold score"):
+        cnb.SentencePairTask(pairs.assign(score=1.0), metric="separation")
+    with pytest.raises(ValueError, match="unknown metric"):
+        cnb.SentencePairTask(pairs, metric="spearman")

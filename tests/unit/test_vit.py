@@ -312,8 +312,8 @@ HEADS_OUT = {0: [1, 3], 1: [0]}
 NEURONS_OUT = {0: list(range(0, 64, 3)), 1: [5, 6, 7, 40]}
 
 
-def test_masked_pruning_equals_hf_zeroing_and_physical_equals_masked(vit, ref, tmp_path):
-    masked = cnb.prune_units(vit, heads=HEADS_OUT, neurons=NEURONS_OUT, physical=False)
+def test_masked_pruning_equals_hf_zeroing_and_physical_equals_masked(vit, ref, task, tmp_path):
+    masked = cnb.prune_units(vit, heads=HEADS_OUT, neurons=NEURONS_OUT, physical=False, task=task)
     edits = []
     for layer, hs in HEADS_OUT.items():
         blk = ref.vit.layers[layer]
@@ -324,7 +324,7 @@ def test_masked_pruning_equals_hf_zeroing_and_physical_equals_masked(vit, ref, t
     with torch.no_grad():
         got_m = masked(IMAGES, return_type="logits")
     assert (got_m - want).abs().max() < 1e-5 and (want - logits_of(ref, IMAGES)).abs().max() > 1e-3
-    phys = cnb.prune_units(vit, heads=HEADS_OUT, neurons=NEURONS_OUT, physical=True)
+    phys = cnb.prune_units(vit, heads=HEADS_OUT, neurons=NEURONS_OUT, physical=True, task=task)
     with torch.no_grad():
         got_p = phys(IMAGES, return_type="logits")
         _, cache = phys.run_with_cache(IMAGES)
@@ -354,11 +354,11 @@ def test_masked_pruning_equals_hf_zeroing_and_physical_equals_masked(vit, ref, t
 
 
 def test_blocks_dropped_and_scored_pruning(vit, ref, task, tmp_path):
-    masked = cnb.prune_units(vit, blocks=[0], physical=False)
+    masked = cnb.prune_units(vit, blocks=[0], physical=False, task=task)
     blk = ref.vit.layers[0]
     want = logits_of(ref, IMAGES, [(blk.attention, "post", setter(None, slice(None))),
                                    (blk.mlp, "post", setter(None, slice(None)))])
-    phys = cnb.prune_units(vit, blocks=[0], physical=True)
+    phys = cnb.prune_units(vit, blocks=[0], physical=True, task=task)
     with torch.no_grad():
         m, p = masked(IMAGES, return_type="logits"), phys(IMAGES, return_type="logits")
     assert (m - want).abs().max() < 1e-5 and (p - m).abs().max() / m.abs().max() < 1e-5
@@ -367,8 +367,8 @@ def test_blocks_dropped_and_scored_pruning(vit, ref, task, tmp_path):
     with torch.no_grad():
         assert (cnb.load_model(folder, device="cpu")(IMAGES, return_type="logits") - p).abs().max() < 1e-6
     scores = [cnb.score(vit, task=task, method="ablation", unit=u, kind="zero") for u in ("head", "neuron")]
-    pm = cnb.prune(vit, scores, 0.5, physical=False)
-    pp = cnb.prune(vit, scores, 0.5, physical=True)
+    pm = cnb.prune(vit, scores, 0.5, physical=False, task=task)
+    pp = cnb.prune(vit, scores, 0.5, physical=True, task=task)
     with torch.no_grad():
         a, b = pm(IMAGES, return_type="logits"), pp(IMAGES, return_type="logits")
     assert (a - b).abs().max() / a.abs().max() < 1e-5
@@ -376,10 +376,13 @@ def test_blocks_dropped_and_scored_pruning(vit, ref, task, tmp_path):
     assert n < sum(p.numel() for p in ref.parameters()) * 0.75
 
 
-def test_mean_fill_pruning_equals_hf_mean_ablation(vit, ref):
+def test_mean_fill_pruning_equals_hf_mean_ablation(vit, ref, task):
     heads, neurons = {1: [2]}, {0: [1, 2, 3]}
-    pm = cnb.prune_units(vit, heads=heads, neurons=neurons, physical=False, fill="mean", reference=REFERENCE)
-    pp = cnb.prune_units(vit, heads=heads, neurons=neurons, physical=True, fill="mean", reference=REFERENCE)
+    kw = {"heads": heads, "neurons": neurons, "fill": "mean"}
+    pm = cnb.prune_units(vit, physical=False, reference=REFERENCE, task=task, **kw)
+    pp = cnb.prune_units(vit, physical=True, reference=REFERENCE, task=task, **kw)
+    # without reference=, the task's own images are averaged over
+    own = cnb.prune_units(vit, physical=False, task=cnb.ImageClassificationTask(REFERENCE, LABELS[:5]), **kw)
     o, fc2 = ref.vit.layers[1].attention.o_proj, ref.vit.layers[0].mlp.fc2
     acts = record(ref, REFERENCE, [(o, "pre"), (fc2, "pre")])
     mo, mf = acts[(id(o), "pre")].mean((0, 1)), acts[(id(fc2), "pre")].mean((0, 1))
@@ -387,6 +390,8 @@ def test_mean_fill_pruning_equals_hf_mean_ablation(vit, ref):
     with torch.no_grad():
         a, b = pm(IMAGES, return_type="logits"), pp(IMAGES, return_type="logits")
     assert (a - want).abs().max() < 1e-5 and (b - a).abs().max() / a.abs().max() < 1e-5
+    with torch.no_grad():
+        assert (own(IMAGES, return_type="logits") - a).abs().max() < 1e-6
 
 
 # --- bad input ---------------------------------------------------------------------------------------
@@ -424,6 +429,8 @@ def test_bad_input_is_named(vit, task):
         cnb.patch(vit, corrupted=CORRUPTED, task=task, method="eap-ig")
     with pytest.raises(ValueError, match="corrupted images have shape"):
         cnb.patch(vit, corrupted=CORRUPTED[:2], task=task)
+    with pytest.raises(UnsupportedModelError, match=r"'vit' is a vision transformer.*ImageClassificationTask"):
+        cnb.prune_units(vit, heads={0: [1]})  # pruning takes the task too, as the analyses do
     with pytest.raises(ValueError, match="one value per image"):
         cnb.ablate(vit, task=task, unit="mlp", metric=lambda lg, b: lg.sum())
 
