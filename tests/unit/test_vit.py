@@ -453,3 +453,23 @@ def test_class_logits_in_batches_equal_hf(vit, ref):
     assert (class_logits(vit, x, batch_size=4) - logits_of(ref, x)).abs().max() < 1e-5
     with pytest.raises(ValueError, match="the model takes 28x28"):
         class_logits(vit, torch.zeros(1, 1, 14, 14))
+
+
+def test_evaluate_on_images_against_sklearn_and_hf(vit, ref, task):
+    from sklearn.metrics import accuracy_score, log_loss
+
+    pruned = cnb.prune_units(vit, heads=HEADS_OUT, neurons=NEURONS_OUT, physical=True, task=task)
+    out = cnb.evaluate(pruned, task=task, full_model=vit)
+    edits = [(ref.vit.layers[la].attention.o_proj, "pre", setter(None, cols("head", h)))
+             for la, hs in HEADS_OUT.items() for h in hs]
+    edits += [(ref.vit.layers[la].mlp.fc2, "pre", setter(None, ns)) for la, ns in NEURONS_OUT.items()]
+    p = torch.softmax(logits_of(ref, IMAGES, edits).double(), -1).numpy()
+    full = torch.softmax(logits_of(ref, IMAGES).double(), -1).numpy()
+    assert out["accuracy"] == accuracy_score(LABELS.numpy(), p.argmax(-1))
+    assert out["loss"] == pytest.approx(log_loss(LABELS.numpy(), p, labels=list(range(10))), abs=1e-5)
+    kl = (full * (np.log(full) - np.log(p))).sum(-1)
+    assert np.allclose(out["per_prompt_kl"], kl, atol=1e-5) and kl.mean() > 1e-3
+    assert out["top1_agreement"] == float((full.argmax(-1) == p.argmax(-1)).mean())
+    assert out["params"] == sum(t.numel() for t in ref.parameters()) - 3 * (4 * DH * D + 3 * DH) - 26 * (2 * D + 1)
+    with pytest.raises(ValueError, match="carries its inputs"):
+        cnb.evaluate(vit, IMAGES, task=task)
