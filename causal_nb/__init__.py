@@ -34,7 +34,10 @@ API vocabulary (one meaning per name, everywhere):
   per pair where the LM has one per prompt; ``Seq2SeqTask(sources, targets)`` reads an
   encoder-decoder (T5) through its teacher-forced target log-probs (``"target_logprob"``,
   ``"kl"``, ``"top1"``), with units per stack (``"enc_head"``, ``"dec_head"``,
-  ``"cross_head"``, ``"enc_neuron"``, ``"dec_neuron"``...).
+  ``"cross_head"``, ``"enc_neuron"``, ``"dec_neuron"``...);
+  ``ImageClassificationTask(images, labels)`` reads a ViT's
+  class logits on the CLS token (``"label_logprob"``, ``"kl"``, ``"accuracy"``, ``"top1"``), one
+  value per image (``patch`` too: ``patch(vit, corrupted=images, task=...)``).
 - ``answers=`` (``patch``/``ablate``): per-prompt answer token ids (correct first); the metric
   then reads each prompt's last real token (``"answer_logit_diff"``: correct minus wrong).
 - Keywords: a misspelled one is a ``TypeError`` naming the nearest valid one; an option the
@@ -51,6 +54,7 @@ from .analyses.scoring import METHODS, load_scores, save_scores, score, score_me
 from .core.env import progress_enabled, setup
 from .core.io import load_json, save_json
 from .core.version import __version__ as __version__  # re-exported: the one place the version is written
+from .data.images import FASHION_MNIST_CLASSES, ImageDataError, ImageSet, load_fashion_mnist
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .data.sentences import (
                              SentenceDataError,
@@ -65,6 +69,7 @@ from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff,
 from .engine.patching import ablate, patch
 from .engine.seq2seq import Seq2SeqTask
 from .engine.tasks import LMTask, PairBatch, SentencePairTask
+from .engine.vision import ImageClassificationTask
 from .evaluation import stats
 from .evaluation.acdc_sweep import acdc_sweep
 from .evaluation.encoder_quality import encoder_sweep
@@ -78,8 +83,12 @@ from .notebook.report import save_findings
 from .pruning.structure import prune, prune_units, save_pruned
 
 __all__ = [
+    "FASHION_MNIST_CLASSES",
     "FullModelRun",
     "IOIPrompts",
+    "ImageClassificationTask",
+    "ImageDataError",
+    "ImageSet",
     "LMTask",
     "METHODS",
     "METRICS",
@@ -115,6 +124,7 @@ __all__ = [
     "ioi_logit_diff",
     "ioi_prompts",
     "list_models",
+    "load_fashion_mnist",
     "load_jcola",
     "load_json",
     "load_jsts",

@@ -167,7 +167,9 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             sentence encoder scored on the pairs' cosine, for the methods in ``TASK_METHODS``.
             ``ablation`` damage is the clean cosine minus the ablated one, per pair (default
             metric ``"cosine"``); ``attribution`` its first-order estimate; ``taylor``/``fisher``
-            take the cosine's gradient.
+            take the cosine's gradient. ``cnb.ImageClassificationTask(images, labels)``: a ViT
+            scored on its images (ablation default metric ``"kl"``; the gradient methods take the
+            label's cross-entropy, ``"loss"``).
 
     Returns:
         DataFrame ``layer``, ``head``/``neuron``, ``score``; ``attrs["per_prompt"]`` (unit x

@@ -24,7 +24,7 @@ from .units import Unit
 __all__ = ["attribute", "attribution_scores", "metric_gradients", "unit_sums"]
 
 
-def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: tuple[torch.Tensor, torch.Tensor, float] | None,
+def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch | object, interp: tuple[torch.Tensor, torch.Tensor, float] | None,
                keep_acts: bool = False, task=None):
     """Per-prompt metric gradients w.r.t. activations at ``hooks`` (a forward + backward).
 
@@ -66,8 +66,8 @@ def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch, interp: 
 
 
 def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor], base_acts: dict[str, torch.Tensor],
-                       units: list[Unit], metric, scored: ScoredBatch, steps: int = 0,
-                       source_tokens=None, grads: dict | None = None
+                       units: list[Unit], metric, scored: ScoredBatch | object, steps: int = 0,
+                       source_tokens=None, grads: dict | None = None, task=None
                        ) -> tuple[Float[torch.Tensor, "unit batch"], Float[torch.Tensor, " batch"] | None]:
     """First-order effect per unit and prompt: sum over the unit's slice of (source - base) * grad.
 
@@ -93,7 +93,7 @@ def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor],
         grads = {n: t / steps for n, t in total.items()}
         _, base_val = metric_gradients(model, base_tokens, set(), metric, scored, None)
     elif grads is None:
-        grads, base_val = metric_gradients(model, base_tokens, hooks, metric, scored, None)
+        grads, base_val = metric_gradients(model, base_tokens, hooks, metric, scored, None, task=task)
     else:
         base_val = None
     prods = {h: ((source_acts[h].to(base_acts[h].dtype).expand_as(base_acts[h]) - base_acts[h]) * grads[h]).double()
@@ -126,30 +126,38 @@ def unit_sums(prods: dict[str, torch.Tensor], units: list[Unit]) -> Float[torch.
     return out
 
 
-def attribute(model, cb: TokenBatch, xb: TokenBatch, units, unit: str, metric, scored: ScoredBatch, method: str,
-              direction: str, per_position: bool, metric_name: str, steps: int = 5) -> pd.DataFrame:
-    """``patch(method="attribution"|"eap-ig")``: estimated patched metric per unit."""
+def attribute(model, cb: TokenBatch, xb: TokenBatch, units, unit: str, metric, scored: ScoredBatch | object,
+              method: str, direction: str, per_position: bool, metric_name: str, steps: int = 5,
+              task=None) -> pd.DataFrame:
+    """``patch(method="attribution"|"eap-ig")``: estimated patched metric per unit (``task``: a
+    task's forward and readout, attribution only; None: the LM)."""
     if method not in ("attribution", "eap-ig"):
         raise ValueError(f"unknown method {method!r}; valid: 'exact', 'attribution', 'eap-ig'")
     hooks = sorted({e.hook for u in units for e in u.edits})
-    clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric, reference=True)
+    if task is not None and method != "attribution":
+        raise ValueError(f"method={method!r} patching is not available with {task!r}; use method='exact' or "
+                         "'attribution'")
+    clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric, reference=True, task=task)
     n_steps = steps if method == "eap-ig" else 0
     if direction == "denoise":
         # The gradient pass runs the corrupted input anyway: its activations and metric are the
         # base, so no separate corrupted capture is needed.
-        grads, acts, base_val = metric_gradients(model, xb.tokens, set(hooks), metric, scored, None, keep_acts=True)
+        grads, acts, base_val = metric_gradients(model, xb.tokens, set(hooks), metric, scored, None, keep_acts=True,
+                                                 task=task)
         src_acts, base_acts, base_tokens, src_tokens = clean_cap.acts, acts, xb.tokens, cb.tokens
         corr_val = base_val.float().cpu()
     else:
-        corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric)
+        corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric, task=task)
         grads = None
         src_acts, base_acts, base_tokens, src_tokens = corr_cap.acts, clean_cap.acts, cb.tokens, xb.tokens
     delta, _ = attribution_scores(model, base_tokens, src_acts, base_acts, units, metric, scored, n_steps,
-                                  source_tokens=src_tokens, grads=None if n_steps else grads)
+                                  source_tokens=src_tokens, grads=None if n_steps else grads, task=task)
     attrs = {"method": method, "unit": unit, "metric": metric_name, "direction": direction,
              "clean": float(clean_val.nanmean()), "corrupted": float(corr_val.nanmean()),
              "steps": n_steps}
     base_val = (corr_val if direction == "denoise" else clean_val).double()
+    if task is not None:
+        attrs["task"] = repr(task)
     df = unit_table(units, base_val[None, :] + delta, unit, per_position, cb.ids, attrs)
     df["normalized"] = (df["value"] - attrs["corrupted"]) / (attrs["clean"] - attrs["corrupted"])
     return df

@@ -38,6 +38,11 @@ def prepare(model, prompts, n_tokens: int | None = None, pad: bool = True) -> To
     """
     check_n_tokens(n_tokens)
     refuse_encoder(model)  # every analysis tokenises here; an encoder has no next-token logits to read
+    if isinstance(prompts, Tensor) or hasattr(prompts, "images") or \
+            (isinstance(prompts, TokenBatch) and prompts.tokens.is_floating_point()):
+        raise PromptSetError("these prompts are images (a float tensor / ImageSet), but the LM task reads text: pass "
+                             "a list of strings or a PromptSet; images go to a vision transformer with "
+                             "task=cnb.ImageClassificationTask(images, labels)")
     if isinstance(prompts, TokenBatch):
         if len(prompts) == 0:
             raise PromptSetError("the token batch is empty")
@@ -109,6 +114,8 @@ def ablation_sources(model, kind: str, pb: TokenBatch, hooks, reference, n_token
     if kind == "zero":
         return {h: torch.zeros(1) for h in hooks}
     if task is not None and getattr(task, "carries_inputs", False):
+        if kind == "resample" and hasattr(task, "resample_tokens"):  # images: another image's activations
+            return capture(model, task.resample_tokens(model, pb, reference, seed), hooks, task=task).acts
         if kind != "mean":
             raise ValueError(f"{kind} ablation is not available with {task!r}: another sentence's activations "
                              "don't line up position by position (sentences differ in length); use kind='zero' or "

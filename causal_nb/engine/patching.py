@@ -43,14 +43,14 @@ def _check_pair(clean: TokenBatch, corrupted: TokenBatch) -> None:
                              "that fill n_tokens) or a smaller n_tokens")
 
 
-def _stack(model, tb: TokenBatch, scored: ScoredBatch, units, batch_size, memory_budget_mb, task=None) -> int:
+def _stack(model, tb: TokenBatch, scored: ScoredBatch | object, units, batch_size, memory_budget_mb, task=None) -> int:
     per_layer = max(sum(u.layer == layer for u in units) for layer in {u.layer for u in units})
     n_scored = len(scored.positions) if task is None else task.n_scored(tb, scored)
-    return stack_size(model, len(tb), tb.tokens.shape[1], n_scored, per_layer, batch_size, memory_budget_mb)
+    return stack_size(model, len(tb), tb.mask.shape[1], n_scored, per_layer, batch_size, memory_budget_mb)
 
 
 @strict
-def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method: str = "exact",
+def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob", method: str = "exact",
           direction: str = "denoise", positions=None, per_position: bool = False, layers=None,
           scored_positions=None, n_tokens: int | None = None, batch_size: int | None = None,
           memory_budget_mb: float | None = None, progress: bool | None = None, steps: int | None = None,
@@ -80,8 +80,10 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
             ``metric="answer_logit_diff"``; ``"logprob"`` is then the correct answer's
             log-prob), instead of next tokens inside the prompt. Not with ``scored_positions``.
         task: the task (``engine.tasks``); None or ``LMTask()``: the decoder LM. Patching
-            needs paired clean/corrupted inputs, which only the LM task has so far
-            (``SentencePairTask`` is refused: use ``ablate``).
+            needs paired clean/corrupted inputs: ``cnb.ImageClassificationTask(images, labels)``
+            carries the clean images (then ``clean=None``, ``corrupted=`` images of the same
+            shape; exact or attribution patching; metric default ``"label_logprob"``);
+            ``SentencePairTask`` is refused (use ``ablate``).
 
     Raises:
         ValueError: an option the method doesn't use (``steps`` without EAP-IG, ``batch_size``
@@ -95,10 +97,15 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
         settings.
     """
     task = as_task(task)
+    if hasattr(task, "corrupted_batch"):  # a task that carries its clean inputs (images) and pairs corrupted ones
+        return _patch_carried(model, task, clean, corrupted, unit, metric, method, direction, positions, per_position,
+                              layers, scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers)
     if not isinstance(task, LMTask):
         raise ValueError(f"patch with {task!r}: patching needs paired clean/corrupted inputs, which only the LM "
                          "task has so far; use ablate(model, task=..., kind='zero'|'mean') or "
                          "score(model, task=..., method='ablation')")
+    if clean is None or corrupted is None:
+        raise TypeError("patch needs clean and corrupted prompts: patch(model, clean, corrupted, ...)")
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if method not in ("exact", "attribution", "eap-ig"):
@@ -140,6 +147,52 @@ def patch(model, clean, corrupted, unit: str = "head", metric="logprob", method:
     return df
 
 
+def _patch_carried(model, task, clean, corrupted, unit, metric, method, direction, positions, per_position, layers,
+                   scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers) -> pd.DataFrame:
+    """``patch`` with a task that carries the clean inputs (``ImageClassificationTask``): the
+    corrupted inputs are paired with them by index; exact patching through the one engine."""
+    task.check_model(model, "patch")
+    if clean is not None:
+        raise ValueError(f"{task!r} carries the clean inputs: pass clean=None and the corrupted images as corrupted=")
+    if corrupted is None:
+        raise TypeError(f"patch with {task!r} needs corrupted= images, paired with the task's by index")
+    if method not in ("exact", "attribution"):
+        raise ValueError(f"method={method!r} patching is not available with {task!r} yet; use method='exact' or "
+                         "'attribution'")
+    if method == "attribution" and (batch_size is not None or memory_budget_mb is not None):
+        raise ValueError("batch_size= / memory_budget_mb= are not used by method='attribution' (one forward and "
+                         "backward for all units); drop them")
+    unused = {"n_tokens": n_tokens, "answers": answers, "steps": steps}
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        raise ValueError(f"{given[0]}= is not used by patch with {task!r} (it reads the class logits of images)")
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    metric = task.patch_metric if metric in (None, "logprob") else metric  # "logprob": patch's default, the LM's
+    metric_fn = task.metric(metric)
+    cb, xb = task.prepare(model), task.corrupted_batch(model, corrupted)
+    positions = task.check_positions(positions, cb)
+    units = task.units(model, unit, layers, positions, per_position)
+    hooks = sorted({e.hook for u in units for e in u.edits})
+    scored = task.scoring(model, cb, scored_positions)
+    if method == "attribution":
+        return attribute(model, cb, xb, units, unit, metric_fn, scored, method, direction, per_position,
+                         metric_name=str(getattr(metric, "__name__", metric)), task=task)
+    clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric_fn, reference=True, task=task)
+    corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric_fn, task=task)
+    base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)
+    k = _stack(model, cb, scored, units, batch_size, memory_budget_mb, task)
+    values = evaluate_units(model, base, src.acts, units, metric_fn, scored, k, progress, desc=f"patch {unit}",
+                            task=task)
+    attrs = {"method": "exact", "unit": unit, "metric": str(getattr(metric, "__name__", metric)),
+             "direction": direction, "task": repr(task), "clean": float(clean_val.nanmean()),
+             "corrupted": float(corr_val.nanmean()), "clean_per_prompt": tuple(clean_val.double().tolist()),
+             "corrupted_per_prompt": tuple(corr_val.double().tolist())}
+    df = unit_table(units, values, unit, per_position, task.ids(cb), attrs)
+    df["normalized"] = (df["value"] - attrs["corrupted"]) / (attrs["clean"] - attrs["corrupted"])
+    return df
+
+
 ABLATION_KINDS = ("zero", "mean", "resample")
 
 
@@ -166,7 +219,10 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
         answers: score each prompt's last real token against these token ids, as in ``patch``.
         task: what the inputs are and what the metric reads (``engine.tasks``): None, the decoder
             LM; ``cnb.SentencePairTask(pairs)``, a sentence encoder's pooled embeddings, one
-            value per pair (``per_prompt`` columns are the pairs).
+            value per pair (``per_prompt`` columns are the pairs);
+            ``cnb.ImageClassificationTask(images, labels)``, a ViT's class logits on the CLS token,
+            one value per image (metrics ``"kl"``, the default, ``"label_logprob"``,
+            ``"accuracy"``, ``"top1"``; ``reference=`` images for mean and resample ablation).
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
@@ -189,7 +245,8 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
                          "turn (the seed draws the derangement of prompts without a reference)")
     metric_fn = task.metric(metric)
     pb = task.prepare(model, prompts, n_tokens)
-    positions = check_positions(positions, pb.tokens.shape[1])
+    positions = task.check_positions(positions, pb) if hasattr(task, "check_positions") else \
+        check_positions(positions, pb.mask.shape[1])  # a ViT names its own: CLS and patches
     units = task.units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = task.scoring(model, pb, scored_positions) if answers is None else \

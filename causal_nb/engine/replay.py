@@ -31,7 +31,7 @@ class Capture:
     """One cached run: activations at chosen hooks and each block's call arguments.
 
     Attributes:
-        tokens: the input, [batch, pos].
+        tokens: the input, [batch, pos] token ids (or a ViT's pixel values, [batch, channels, height, width]).
         acts: hook name -> activation [batch, pos, ...] (detached).
         block_args: layer -> (args, kwargs) the block was called with (caches stripped).
         logits: the run's logits at the scored positions [batch, scored, vocab], if asked.
@@ -39,10 +39,10 @@ class Capture:
         fast_paths: whether the task allows the fast paths at all (``Task.fast_paths``).
     """
 
-    tokens: Int[Tensor, "batch pos"]
+    tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch channel height width"]  # token ids, or pixel values
     acts: dict[str, Tensor]
     block_args: dict[int, tuple[tuple, dict]]
-    logits: Float[Tensor, "batch scored vocab"] | None = None
+    logits: Float[Tensor, "batch ..."] | None = None  # the readout: LM logits [batch, scored, vocab], a task's own
     checks: dict = field(default_factory=dict)
     fast_paths: bool = True
 
@@ -56,7 +56,7 @@ def _strip_cache(v):
     return None if name.endswith("Cache") else v
 
 
-def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), positions: Tensor | None = None,
+def capture(model, tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch channel height width"], hooks: Sequence[str] = (), positions: Tensor | None = None,
             grad: bool = False, task=None, scored=None) -> Capture:
     """Run the model once, caching ``hooks``, every block's ``resid_pre`` and call arguments.
 
@@ -114,7 +114,7 @@ def capture(model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[str] = (), 
 
 
 @torch.no_grad()
-def scored_run(model, tokens, hooks: Sequence[str], scored: ScoredBatch, metric: Callable,
+def scored_run(model, tokens, hooks: Sequence[str], scored: ScoredBatch | object, metric: Callable,
                reference: bool = False, task=None) -> tuple[Capture, Tensor]:
     """Capture an unmodified run and its per-prompt metric; with ``reference`` it also becomes
     the run that KL and top-1 agreement (or the task's own reference metrics) compare against."""
@@ -150,8 +150,8 @@ def final_logits(model, resid: Float[Tensor, "batch pos d_model"], positions: Te
     return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits
 
 
-def run_from(model, cap: Capture, start: int, k: int, positions: Tensor,
-             x: Tensor | None = None, task=None, scored=None) -> Float[Tensor, "batchk scored vocab"]:
+def run_from(model, cap: Capture, start: int, k: int, positions: Tensor | None,
+             x: Tensor | None = None, task=None, scored=None) -> Float[Tensor, "batchk ..."]:
     """Replay blocks ``start..`` from the cached residual (or from ``x``, already stacked),
     the batch stacked ``k`` times; hooks active on the model (``model.hooks``) fire as in a
     full forward. The readout is ``final_logits`` at ``positions``, or with ``task`` its
@@ -224,7 +224,7 @@ def _head_fast_path(model, base: Capture, layer: int) -> bool:
 
 
 def _run_heads_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
-                    positions: Tensor, task=None, scored=None) -> Tensor:
+                    positions: Tensor | None, task=None, scored=None) -> Tensor:
     hook = f"blocks.{layer}.attn.hook_z"
     z_base = base.acts[hook]
     z_src = sources[hook].to(z_base.dtype).expand_as(z_base)
@@ -265,7 +265,7 @@ def _mlp_fast_path(model, base: Capture, layer: int, neurons: bool) -> bool:
 
 
 def _run_mlp_fast(model, base: Capture, layer: int, group: Sequence[Unit], sources: dict[str, Tensor],
-                  positions: Tensor, task=None, scored=None) -> Tensor:
+                  positions: Tensor | None, task=None, scored=None) -> Tensor:
     mid, out = base.acts[f"blocks.{layer}.hook_resid_mid"], base.acts[f"blocks.{layer}.hook_mlp_out"]
 
     def change(e, pos):
@@ -382,7 +382,7 @@ def _mlp_group(group: Sequence[Unit], layer: int) -> bool:
 
 @torch.no_grad()
 def evaluate_units(model, base: Capture, sources: dict[str, Tensor], units: Sequence[Unit],
-                   metric: Callable, scored: ScoredBatch, batch_size: int = 1,
+                   metric: Callable, scored: ScoredBatch | object, batch_size: int = 1,
                    progress: bool | None = None, desc: str = "interventions", task=None) -> Float[Tensor, "unit batch"]:
     """Metric per prompt for each unit replaced by its source values, one unit at a time.
 

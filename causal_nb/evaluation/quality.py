@@ -274,7 +274,9 @@ def evaluate(model, prompts=None, full_model=None, n_tokens: int = 64, latency_b
             for a sentence encoder: ``encoder_quality.evaluate_encoder`` (mean pair cosine,
             Spearman / ROC AUC against the pairs' gold, drift from ``full_model``'s cosines, the
             encoder's parameters, FLOPs and latency, no peak memory; per-pair lists as
-            ``per_prompt_*``).
+            ``per_prompt_*``); ``ImageClassificationTask(images, labels)`` for a ViT:
+            ``vision_quality.evaluate_images`` (accuracy, loss, confidence, KL and top-1
+            agreement with ``full_model``, parameters; no latency yet).
 
     Returns:
         ``loss``, ``kl``, ``top1_agreement``, ``params``, ``flops_per_token`` (at
@@ -295,6 +297,12 @@ def evaluate(model, prompts=None, full_model=None, n_tokens: int = 64, latency_b
                         "top-1 agreement compare with (reference= means prompts for mean ablation in causal_nb)")
     task = as_task(task)
     task.check_model(model, "evaluate")
+    if hasattr(task, "corrupted_batch"):  # ImageClassificationTask: a ViT on its images
+        from .vision_quality import evaluate_images  # noqa: PLC0415
+
+        if prompts is not None:
+            raise ValueError(f"{task!r} carries its inputs (the images); drop the prompts argument")
+        return evaluate_images(model, task, full_model=full_model)
     if not isinstance(task, LMTask):
         from .encoder_quality import evaluate_encoder  # noqa: PLC0415
 

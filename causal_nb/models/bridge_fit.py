@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from torch import nn
 
 from .hf import keep_alibi_heads
+from .hf_vision import is_vision, vit_layers
 
 __all__ = ["boot_bridge", "fit_mlp_width", "layer_heads"]
 
@@ -85,6 +86,9 @@ def boot_bridge(hf, source, tokenizer, quiet):
     if layers is None and _llama_layers(hf) is not None:
         for i in range(len(_llama_layers(hf))):
             _fit_llama_attention(bridge, hf, i)
+    elif is_vision(hf):
+        for i, layer in enumerate(vit_layers(hf)):
+            _fit_vit_attention(bridge, _orig(_orig(layer).attention), i)
     fit_mlp_width(bridge)
     return bridge.eval()
 
@@ -134,6 +138,15 @@ def _fit_llama_attention(bridge, hf, i: int) -> None:
     ab = bridge.blocks[i].attn
     if (n, kv) != (ab.config.n_heads, getattr(ab.config, "n_key_value_heads", None) or ab.config.n_heads):
         ab.config = _layer_config(ab, n, kv)
+
+
+def _fit_vit_attention(bridge, att: nn.Module, i: int) -> None:
+    """A sliced ViT layer's attention bridge gets a config with its own head count (its hooks'
+    per-head views read it)."""
+    n = _orig(att.q_proj).weight.shape[0] // att.head_dim
+    ab = bridge.blocks[i].attn
+    if n != ab.config.n_heads:
+        ab.config = _layer_config(ab, n, None)
 
 
 def _refit_joint_qkv_attention(bridge, i: int, att: nn.Module, fused: str) -> None:

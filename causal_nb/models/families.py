@@ -14,7 +14,9 @@ from ``hidden_size``, as opt-350m, are refused by name); GPT-NeoX/Pythia (fused 
 partial rotary; parallel or sequential residual: the engine's resume-after-a-sublayer fast
 paths fall back to full block replay); BLOOM (ALiBi, which the engine passes to replayed
 blocks and slices to a sliced layer's kept heads). A family that is not listed is
-refused by name rather than run with silently wrong numbers.
+refused by name rather than run with silently wrong numbers. Vision transformers
+(``VISION_FAMILIES``: ViT) are analysed through ``engine.vision.ImageClassificationTask`` and
+pruned masked and physically (``tests/unit/test_vit.py``); the LM task refuses them.
 
 The encoder-decoder T5 (``SEQ2SEQ_FAMILIES``) is tested in ``tests/unit/test_t5.py``: it loads
 as a bridge and is read with ``engine.seq2seq.Seq2SeqTask`` (ablate, score), its units per stack
@@ -24,8 +26,8 @@ and attention kind; ``prune`` slices its heads and neurons (``pruning.seq2seq``)
 from __future__ import annotations
 
 __all__ = ["ANALYSIS_FAMILIES", "ENCODER_FAMILIES", "ENCODER_TASK_CALLS", "MASKED_ONLY", "PHYSICAL_FAMILIES",
-           "PRUNING_FAMILIES", "SEQ2SEQ_FAMILIES", "UnsupportedModelError", "check_loadable", "check_supported", "family",
-           "refuse_encoder", "refuse_seq2seq"]
+           "PRUNING_FAMILIES", "SEQ2SEQ_FAMILIES", "VISION_FAMILIES", "UnsupportedModelError", "check_loadable",
+           "check_supported", "family", "refuse_encoder", "refuse_seq2seq"]
 
 #: Families pruned both ways: masked (output weights zeroed) and physical (weights sliced).
 PHYSICAL_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "opt",
@@ -67,6 +69,9 @@ def check_supported(model, purpose: str = "analysis") -> str:
     Returns:
         The family name.
     """
+    name = family(model)
+    if name in VISION_FAMILIES and purpose in ("pruning", "physical"):
+        return name  # pruned masked and physical (tests/unit/test_vit.py); analysed through ImageClassificationTask
     refuse_encoder(model, purpose)
     allowed = {"pruning": PRUNING_FAMILIES, "physical": PHYSICAL_FAMILIES}.get(purpose, ANALYSIS_FAMILIES)
     name = family(model)
@@ -95,6 +100,10 @@ def check_supported(model, purpose: str = "analysis") -> str:
     return name
 
 
+#: Vision families: they load (``load_model``), are analysed with ``task=ImageClassificationTask(images,
+#: labels)`` (``engine.vision``) and pruned masked and physically; the LM task refuses them.
+VISION_FAMILIES: tuple[str, ...] = ("vit",)
+
 #: Encoder families: they load (``load_model``) for sentence embeddings
 #: (``causal_nb.models.embeddings``) and take an encoder task in ``ENCODER_TASK_CALLS`` (pruned
 #: masked and physical by ``pruning.encoders``); under the LM task they are refused (``refuse_encoder``).
@@ -114,6 +123,12 @@ def refuse_encoder(model, what: str = "analysis") -> None:
     ``ENCODER_TASK_CALLS``."""
     refuse_seq2seq(model, what)
     name = family(model)
+    if name in VISION_FAMILIES:
+        raise UnsupportedModelError(
+            f"model family {name!r} is a vision transformer: the {what} with the default LM task reads next-token "
+            "logits of text prompts, which an image classifier does not predict. Pass images through the image "
+            "task instead: task=cnb.ImageClassificationTask(images, labels) (ablate, patch and score read the "
+            "class logits on the CLS token; images from e.g. cnb.load_fashion_mnist('test'))")
     if name in ENCODER_FAMILIES:
         raise UnsupportedModelError(
             f"model family {name!r} is an encoder: the {what} with the default LM task reads next-token logits, "
@@ -145,4 +160,4 @@ def refuse_seq2seq(model, what: str = "analysis") -> None:
 def check_loadable(model) -> str:
     """``check_supported`` for loading: an encoder or encoder-decoder family loads too."""
     name = family(model)
-    return name if name in ENCODER_FAMILIES + SEQ2SEQ_FAMILIES else check_supported(model)
+    return name if name in ENCODER_FAMILIES + SEQ2SEQ_FAMILIES + VISION_FAMILIES else check_supported(model)

@@ -22,6 +22,16 @@ import torch
 from torch import nn
 
 from .families import check_supported
+from .hf_vision import (
+    is_vision,
+    saved_vit_key,
+    set_vit_layers,
+    slice_vit_heads,
+    slice_vit_neurons,
+    vision_model_class,
+    vit_layers,
+    vit_out_projections,
+)
 
 __all__ = ["add_bias", "apply_structure", "attention", "head_span", "head_width", "hf_arch", "hf_state",
            "keep_alibi_heads", "keep_cols", "keep_rows", "layer_list", "load_pruned_hf", "n_neurons", "out_projections", "plain_hf", "quiet_loading",
@@ -74,8 +84,9 @@ def plain_hf(model, share: bool = False):
 
     wrapped = _hf(model)
     p = next(wrapped.parameters())
+    auto = vision_model_class() if is_vision(wrapped) else AutoModelForCausalLM
     with _no_init():
-        hf = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config), dtype=p.dtype)
+        hf = auto.from_config(copy.deepcopy(wrapped.config), dtype=p.dtype)
     spec = getattr(wrapped.config, "causal_nb_pruned", None)
     if spec:
         apply_structure(hf, spec)
@@ -124,7 +135,7 @@ def hf_state(wrapped) -> dict[str, torch.Tensor]:
 def hf_arch(hf) -> tuple[str, nn.ModuleList]:
     """The layout (``"gpt2"``, ``"llama"``, ``"bloom"``, ``"opt"``, ``"gpt_neox"``) and decoder layers."""
     name = check_supported(hf, "pruning")
-    if name in ("bloom", "opt", "gpt_neox"):
+    if name in ("bloom", "opt", "gpt_neox", "vit"):
         return name, layer_list(name, hf)
     if hasattr(hf, "transformer") and hasattr(hf.transformer, "h"):
         return "gpt2", hf.transformer.h
@@ -134,13 +145,15 @@ def hf_arch(hf) -> tuple[str, nn.ModuleList]:
 def layer_list(arch: str, hf) -> nn.ModuleList:
     """The decoder layers of a Hugging Face model of layout ``arch``."""
     return {"gpt2": lambda: hf.transformer.h, "bloom": lambda: hf.transformer.h, "opt": lambda: hf.model.decoder.layers,
-            "gpt_neox": lambda: hf.gpt_neox.layers}.get(arch, lambda: hf.model.layers)()
+            "gpt_neox": lambda: hf.gpt_neox.layers, "vit": lambda: vit_layers(hf)}.get(arch, lambda: hf.model.layers)()
 
 
 def set_layer_list(arch: str, hf, layers: nn.ModuleList) -> None:
     """Replace the decoder layers (dropping whole blocks)."""
     if arch in ("gpt2", "bloom"):
         hf.transformer.h = layers
+    elif arch == "vit":
+        set_vit_layers(hf, layers)
     else:
         owner = hf.model.decoder if arch == "opt" else hf.gpt_neox if arch == "gpt_neox" else hf.model
         owner.layers = layers
@@ -148,12 +161,15 @@ def set_layer_list(arch: str, hf, layers: nn.ModuleList) -> None:
 
 def attention(arch: str, layer: nn.Module) -> nn.Module:
     """A decoder layer's attention module."""
-    return getattr(layer, {"gpt2": "attn", "bloom": "self_attention", "gpt_neox": "attention"}.get(arch, "self_attn"))
+    return getattr(layer, {"gpt2": "attn", "bloom": "self_attention", "gpt_neox": "attention",
+                           "vit": "attention"}.get(arch, "self_attn"))
 
 
 def out_projections(arch: str, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The attention output projection (its input is the heads' concatenated ``z``) and the
     MLP output projection (its input is the neurons) of an nn.Linear layout (all but GPT-2)."""
+    if arch == "vit":
+        return vit_out_projections(layer)
     att = attention(arch, layer)
     if arch == "bloom" or arch == "gpt_neox":
         return att.dense, layer.mlp.dense_4h_to_h
@@ -210,6 +226,8 @@ def head_span(heads, dh):
 
 
 def slice_heads(arch: str, layer: nn.Module, keep: list[int], cfg) -> dict:
+    if arch == "vit":
+        return slice_vit_heads(layer, keep)
     if arch == "gpt2":
         att = layer.attn
         dh, d = att.head_dim, att.embed_dim
@@ -280,6 +298,9 @@ def keep_alibi_heads(att: nn.Module, keep: list[int], n_heads: int) -> None:
 
 
 def slice_neurons(arch: str, layer: nn.Module, keep: list[int]) -> None:
+    if arch == "vit":
+        slice_vit_neurons(layer, keep)
+        return
     if arch == "gpt2":
         layer.mlp.c_fc = keep_rows(layer.mlp.c_fc, keep, conv=True)
         layer.mlp.c_proj = keep_cols(layer.mlp.c_proj, keep, conv=True)
@@ -331,7 +352,7 @@ def load_pruned_hf(folder: Path, dtype=torch.float32):
     cfg = AutoConfig.from_pretrained(str(folder))
     spec = json.loads((folder / "config.json").read_text())["causal_nb_pruned"]
     with _no_init():
-        hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        hf = (vision_model_class() if is_vision(cfg) else AutoModelForCausalLM).from_config(cfg, dtype=dtype)
     apply_structure(hf, spec)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
@@ -339,6 +360,8 @@ def load_pruned_hf(folder: Path, dtype=torch.float32):
     # save_pretrained writes some families' checkpoint names, which from_pretrained renames back
     for old, new in _SAVED_NAMES.get(getattr(cfg, "model_type", ""), {}).items():
         state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
+    if is_vision(cfg):
+        state = {saved_vit_key(k): v for k, v in state.items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))
     missing = [m for m in missing if not (tied and m.startswith("lm_head."))]  # the embedding, when tied

@@ -24,6 +24,7 @@ from .bridge_fit import fit_mlp_width
 from .families import check_loadable
 from .hf import load_pruned_hf, quiet_loading
 from .hf_encoders import ENCODER_ARCH, fit_encoder_heads, load_pruned_encoder
+from .hf_vision import is_vision
 from .t5 import load_pruned_t5
 
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
@@ -216,7 +217,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
                 fit_encoder_heads(model)
             else:
                 hf = load_pruned_hf(Path(source), dtype).to(dev)
-                model = boot_bridge(hf, source, AutoTokenizer.from_pretrained(source), contextlib.nullcontext)
+                tok = None if is_vision(hf) else AutoTokenizer.from_pretrained(source)  # a ViT has no tokenizer
+                model = boot_bridge(hf, source, tok, contextlib.nullcontext)
         else:
             model = TransformerBridge.boot_transformers(source, device=str(dev), dtype=dtype, **bridge_kwargs)
     model.eval()

@@ -42,6 +42,7 @@ from ..models.hf import (
     slice_neurons,
 )
 from ..models.hf_encoders import copy_sentence_files, is_encoder, plain_encoder
+from ..models.hf_vision import is_vision
 from .encoders import prune_encoder_units
 from .selection import select_units
 from .seq2seq import prune_seq2seq, save_pruned_seq2seq
@@ -77,10 +78,14 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
             "bias compensation" of FLAP, An et al. 2024), so the pruned model equals
             mean-ablation of the removed units, masked or physical alike.
         reference: prompts for ``fill="mean"``; with ``SentencePairTask``, pairs, a task or
-            sentences (default: the task's own sentences), read through ``reference_batch``.
+            sentences (default: the task's own sentences), read through ``reference_batch``; a
+            ViT: images, an ``ImageSet`` or an ``ImageClassificationTask`` (default: the task's
+            own images; the mean is over images and token positions).
         task: None (the decoder LM) or, for a BERT sentence encoder, ``SentencePairTask(pairs)``
             (``pruning.encoders``: heads, neurons and blocks as that task's units; an encoder
-            without it is refused).
+            without it is refused); for a ViT, ``ImageClassificationTask(images, labels)``
+            (required, as the analyses require it; its images are ``fill="mean"``'s default
+            reference).
 
     A T5 takes ``score(..., task=Seq2SeqTask(...))`` tables of ``enc_head``, ``dec_head``,
     ``cross_head``, ``enc_neuron`` or ``dec_neuron`` (one per kind; ``fill="zero"`` only), and
@@ -128,8 +133,14 @@ def _unit_means(model, reference, n_tokens: int, heads: dict, neurons: dict) -> 
     hooks += [f"blocks.{la}.mlp.hook_post" for la, v in (neurons or {}).items() if v]
     if not hooks:
         return {}
+    if is_vision(model):  # reference images (a tensor, ImageSet or ImageClassificationTask); positions averaged too
+        from ..engine.vision import image_batch  # noqa: PLC0415
+
+        batch = image_batch(model, reference, what="reference images")
+    else:
+        batch = prepare(model, reference, n_tokens)
     with torch.no_grad():
-        means = mean_activations(model, prepare(model, reference, n_tokens), hooks)
+        means = mean_activations(model, batch, hooks)
     return {h: m[0, 0] for h, m in means.items()}
 
 
@@ -221,6 +232,8 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
     neurons = {la: v for la, v in (neurons or {}).items() if int(la) not in blocks}
     if is_encoder(model):
         return prune_encoder_units(model, heads, neurons, blocks, physical, fill, reference, task)
+    if reference is None and is_vision(model):  # a ViT's mean defaults to the task's own images
+        reference = task
     means = _unit_means(model, reference, n_tokens, heads, neurons) if fill == "mean" else {}
 
     hf = plain_hf(model)
@@ -290,7 +303,8 @@ def save_pruned(model, folder: str | Path) -> Path:
     folder = Path(folder)
     hf = plain_encoder(model) if is_encoder(model) else plain_hf(model)
     hf.save_pretrained(str(folder), safe_serialization=True)
-    model.tokenizer.save_pretrained(str(folder))
+    if model.tokenizer is not None:  # a ViT has none
+        model.tokenizer.save_pretrained(str(folder))
     if is_encoder(model):
         copy_sentence_files(getattr(model, "causal_nb_source", {}).get("source"), folder)
     return folder

@@ -157,3 +157,26 @@ def make_tiny_bert(folder: str | Path, n_layers: int = 2, d_model: int = 32, n_h
             {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
         (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": False}))
     return folder
+
+
+def make_tiny_vit(folder: str | Path, n_layers: int = 2, d_model: int = 32, n_heads: int = 4, d_mlp: int = 64,
+                  image_size: int = 28, patch_size: int = 7, channels: int = 1, n_classes: int = 10,
+                  seed: int = 0, init_std: float = 0.2) -> Path:
+    """Write a random-init ``ViTForImageClassification`` folder (no tokenizer: it reads pixels).
+
+    Args:
+        init_std: the weights' init scale (``initializer_range``). Hugging Face's 0.02 leaves a
+            random tiny ViT nearly constant in its input (every unit's effect ~1e-4); 0.2 makes
+            heads and neurons matter, so exactness tests can fail.
+    """
+    from transformers import ViTConfig, ViTForImageClassification  # noqa: PLC0415
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = ViTConfig(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                    intermediate_size=d_mlp, image_size=image_size, patch_size=patch_size, num_channels=channels,
+                    num_labels=n_classes, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                    initializer_range=init_std)
+    torch.manual_seed(seed)
+    ViTForImageClassification(cfg).save_pretrained(str(folder), safe_serialization=True)
+    return folder
