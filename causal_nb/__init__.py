@@ -70,7 +70,7 @@ from .engine.patching import ablate, patch
 from .engine.seq2seq import Seq2SeqTask
 from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .engine.vision import ImageClassificationTask
-from .evaluation import stats
+from .evaluation import findings, stats
 from .evaluation.acdc_sweep import acdc_sweep
 from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
@@ -140,6 +140,7 @@ __all__ = [
     "model_card",
     "patch",
     "patching_summary",
+    "findings",
     "plotting",
     "progress_enabled",
     "prompt_losses",
