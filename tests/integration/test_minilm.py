@@ -115,3 +115,43 @@ def test_head_ablation_on_the_paraphrase_task(minilm):
     assert layers[0, :16].mean() > clean[:16].mean() + 3e-3  # layer 0's: more similar, but negatives more so
     for row in layers:
         assert row[:16].mean() - row[16:].mean() < gap - 5e-3  # either way the separation shrinks
+
+
+def test_physical_head_pruning_equals_the_plain_bert_model_with_the_heads_zeroed(minilm):
+    import numpy as np
+    import pandas as pd
+    from transformers import BertModel
+
+    pairs = cnb.load_sentence_pairs("tatoeba-paraphrase", "test")
+    task = cnb.SentencePairTask(pd.concat([pairs[pairs.score == 1].iloc[:4], pairs[pairs.score == 0].iloc[:4]]))
+    sc = cnb.score(minilm, task=task, method="magnitude", unit="head")
+    pruned = cnb.prune(minilm, sc, 0.25, physical=True, task=task)
+    removed = {la: e["removed_heads"] for la, e in enumerate(pruned.causal_nb_pruned["layers"])}
+    n_removed = sum(map(len, removed.values()))
+    assert n_removed == 18  # 25% of 72
+    ref = BertModel.from_pretrained(minilm.causal_nb_source["source"], add_pooling_layer=False).eval()
+    hooks = []
+    for la, heads in removed.items():
+        cols = [h * 32 + j for h in heads for j in range(32)]
+
+        def zero(mod, args, cols=cols):
+            x = args[0].clone()
+            x[..., cols] = 0
+            return (x,)
+
+        hooks.append(ref.encoder.layer[la].attention.output.dense.register_forward_pre_hook(zero))
+    texts = [s for p in task.pairs for s in p]
+    batch = minilm.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        h = ref(**batch).last_hidden_state
+    for hd in hooks:
+        hd.remove()
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    got = cnb.sentence_embeddings(pruned, texts)
+    assert (got - want).abs().max() < 1e-5
+    # 32-wide heads of a 384-wide model: Q/K/V rows with biases and output-dense columns
+    dense = sum(p.numel() for p in minilm.original_model.bert.parameters())
+    ev = cnb.evaluate(pruned, task=task, full_model=minilm, latency_batches=())
+    assert dense - ev["params"] == n_removed * (3 * (32 * 384 + 32) + 32 * 384)
+    assert np.isfinite(ev["spearman"]) and 0 < ev["cos_drift"] < 0.2

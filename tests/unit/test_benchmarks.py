@@ -42,8 +42,8 @@ def test_bench_pruning_prints_its_table(tiny_dirs):
 def test_bench_minilm_prune_runs_on_a_tiny_bert(bert_folder):
     out = _load("bench_minilm_prune").main(["--model", str(bert_folder), "--n-train", "4", "--n-eval", "6",
                                              "--sparsities", "0.25", "0.5"])
-    assert len(out["sweep"]) == 6 and {r["method"] for r in out["sweep"]} == {"ablation", "magnitude", "random"}
-    assert out["physical_vs_masked_max_rel"] < 1e-5 and len(out["h2"]) == 6
+    assert len(out["sweep"]) == 8 and {r["method"] for r in out["sweep"]} == {"ablation", "ablation-abs", "magnitude", "random"}
+    assert out["physical_vs_masked_max_rel"] < 1e-5 and len(out["h2"]) == len(out["h2_abs"]) == 8
     assert all(r["params"] < out["dense"]["params"] for r in out["sweep"])
 
 
