@@ -227,3 +227,85 @@ def test_killed_ray_driver_resumes_without_recomputing(tiny_dirs, tmp_path, refe
     res = sweep(cfg, resume=True, executor=RayExecutor(workers=2), progress=False, on_cell=again.append)
     assert len(again) == 6 - done and len(res) == 6
     same(res[res.sparsity != 0.75], reference)
+
+
+# ------------------------------------------------------------------- exact scoring split by layer
+
+
+def same_scores(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # same computation per unit: bit-identical
+    assert set(a.attrs) == set(b.attrs), (sorted(a.attrs), sorted(b.attrs))
+    for k, v in b.attrs.items():
+        if isinstance(v, pd.DataFrame):
+            pd.testing.assert_frame_equal(a.attrs[k], v, check_exact=True)
+        else:
+            assert a.attrs[k] == v, k
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_dirs):
+    import causal_nb
+
+    return causal_nb.load_model(tiny_dirs["llama"], device="cpu")
+
+
+@pytest.mark.parametrize("method", ["ablation", "taylor", "magnitude", "random", "patching"])
+def test_score_split_by_layer_equals_one_process(llama, method):
+    import causal_nb
+    from causal_nb.core.executors import InProcessExecutor
+
+    prompts = causal_nb.load_prompts("python", n=3)
+    kw = {"corrupted": causal_nb.load_prompts("cpp", n=3)} if method == "patching" else {}
+    unit = "neuron" if method == "taylor" else "head"
+    whole = causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False, **kw)
+    split = causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False,
+                            executor=InProcessExecutor(), **kw)
+    same_scores(split, whole)
+    part = causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False, layers=[1], **kw)
+    same_scores(causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False, layers=[1],
+                                executor=InProcessExecutor(), **kw), part)
+
+
+def test_ablate_split_by_layer_equals_one_process(llama):
+    import causal_nb
+    from causal_nb.core.executors import InProcessExecutor
+
+    prompts = causal_nb.load_prompts("python", n=3)
+    whole = causal_nb.ablate(llama, prompts, unit="neuron", kind="mean", n_tokens=8, progress=False)
+    same_scores(causal_nb.ablate(llama, prompts, unit="neuron", kind="mean", n_tokens=8, progress=False,
+                                 executor=InProcessExecutor()), whole)
+
+
+def test_split_refuses_what_workers_cannot_reproduce(llama, tiny_dirs):
+    import torch
+
+    import causal_nb
+    from causal_nb.core.executors import InProcessExecutor
+    from causal_nb.engine.split import SplitError
+
+    prompts = causal_nb.load_prompts("python", n=2)
+    with pytest.raises(ValueError, match="acdc.*cannot be split"):
+        causal_nb.score(llama, prompts, "acdc", n_tokens=8, executor=InProcessExecutor())
+    pruned = causal_nb.prune(llama, causal_nb.score(llama, method="magnitude"), 0.5)
+    with pytest.raises(SplitError, match="pruned in memory; save it"):
+        causal_nb.score(pruned, prompts, "ablation", n_tokens=8, executor=InProcessExecutor())
+    edited = causal_nb.load_model(tiny_dirs["llama"], device="cpu")
+    with torch.no_grad():
+        edited.blocks[0].attn.W_Q.mul_(2)
+    with pytest.raises(SplitError, match="other weights than the driver's"):
+        causal_nb.score(edited, prompts, "ablation", n_tokens=8, executor=InProcessExecutor())
+
+
+@pytest.mark.slow
+def test_score_and_ablate_on_ray_equal_one_process(llama, ray_cluster):
+    import causal_nb
+
+    prompts = causal_nb.load_prompts("python", n=3)
+    whole = causal_nb.score(llama, prompts, "ablation", unit="neuron", n_tokens=8, progress=False)
+    same_scores(causal_nb.score(llama, prompts, "ablation", unit="neuron", n_tokens=8, progress=False,
+                                executor=RayExecutor(workers=2)), whole)
+    whole = causal_nb.ablate(llama, prompts, unit="head", kind="zero", n_tokens=8, progress=False)
+    same_scores(causal_nb.ablate(llama, prompts, unit="head", kind="zero", n_tokens=8, progress=False,
+                                 executor=RayExecutor(workers=2)), whole)
+    with pytest.raises(ExecutorError, match="num_gpus_per_cell=1 but the Ray cluster has 0 GPU"):
+        causal_nb.score(llama, prompts, "magnitude", executor=RayExecutor(num_gpus_per_cell=1))
