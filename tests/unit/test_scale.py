@@ -309,3 +309,18 @@ def test_score_and_ablate_on_ray_equal_one_process(llama, ray_cluster):
                                  executor=RayExecutor(workers=2)), whole)
     with pytest.raises(ExecutorError, match="num_gpus_per_cell=1 but the Ray cluster has 0 GPU"):
         causal_nb.score(llama, prompts, "magnitude", executor=RayExecutor(num_gpus_per_cell=1))
+
+
+# -------------------------------------------------------------------------------------- submitit
+
+
+@pytest.mark.slow
+def test_submitit_local_job_array_equals_in_process(tiny_dirs, tmp_path, reference, monkeypatch):
+    pytest.importorskip("submitit")
+    from causal_nb.core.executors import SubmititExecutor
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    ex = SubmititExecutor(folder=tmp_path / "logs", cluster="local", jobs=2, timeout_min=10, poll_seconds=0.2)
+    res = sweep(small(tiny_dirs, tmp_path / "s"), executor=ex, progress=False)
+    same(res, reference)
+    assert len(list((tmp_path / "logs").glob("*_submitted.pkl"))) == 2  # one array of 2 tasks for 4 cells
