@@ -9,6 +9,19 @@ of a module-level class) for the distributed executors, which ship them to other
 
 Ray is optional (``pip install 'causal_nb[scale]'``, which also brings submitit); the import is
 deferred to the first ``run`` so the kit imports without it.
+
+One sweep config runs anywhere; only the command changes::
+
+    python -m causal_nb sweep sweep.yaml                                   # this process
+    python -m causal_nb sweep sweep.yaml --executor ray --workers 2        # local Ray cluster
+    ray start --head                                                       # on the head node,
+    ray start --address HEAD:6379                                          # on each other node
+    python -m causal_nb sweep sweep.yaml --executor ray --address auto --workers 16
+    python -m causal_nb sweep sweep.yaml --executor submitit --partition gpu --gpus-per-job 1
+
+Every node needs the same causal_nb version (checked per job) and, for the results, the driver
+only: workers return rows and the driver writes ``<out>/cells``. A worker that dies is rerun by
+Ray; a killed driver is resumed with ``--resume``.
 """
 
 from __future__ import annotations

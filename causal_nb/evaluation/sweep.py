@@ -220,6 +220,12 @@ class CellWorker:
         return _Context(SweepConfig(**self.config), Path(self.out))
 
 
+def compute_scores(ctx: _Context, cell: dict) -> None:
+    """Compute (or read) and save the unit scores a cell prunes by; the first phase of a
+    distributed sweep."""
+    ctx.unit_scores(cell)
+
+
 def run_cell(ctx: _Context, cell: dict) -> dict:
     """Score, prune and evaluate one cell; returns its result row (per-prompt losses included)."""
     from ..data.prompts import load_prompts  # noqa: PLC0415
@@ -290,7 +296,15 @@ def sweep(config: SweepConfig | dict | str | Path, resume: bool = False, executo
     if not todo:
         results = iter(())
     elif hasattr(executor, "run"):
-        results = (r for _, r in executor.run(CellWorker(asdict(cfg), str(root)), run_cell, todo))
+        worker = CellWorker(asdict(cfg), str(root))
+        if not isinstance(executor, InProcessExecutor) and not cfg.scores_dir:
+            # Cells that share scores (other sparsities) would run at once on several workers and each
+            # compute them: compute each score table once first (saved under <out>/scores; a worker that
+            # cannot see that folder recomputes, as before). A failure here shows again in its cells.
+            first = {(c["model"], c["method"], c["unit"], c["seed"]): c for c in reversed(todo)}
+            for _ in executor.run(worker, compute_scores, list(first.values())[::-1]):
+                pass
+        results = (r for _, r in executor.run(worker, run_cell, todo))
     else:  # an executor of the original interface: map(fn, cells), here in this process
         ctx = _Context(cfg, root)
         results = executor.map(lambda c: run_cell(ctx, c), todo)

@@ -186,9 +186,13 @@ def test_worker_killed_mid_cell_reruns_it(tiny_dirs, tmp_path, reference, ray_cl
     if not Path("/proc").exists():
         pytest.skip("needs /proc to find the Ray worker processes")
     killed, stop = [], threading.Event()
+    scores = tmp_path / "k" / "scores"
 
-    def killer():  # SIGKILL the first worker seen running a cell
+    def killer():  # SIGKILL the first worker seen running a cell (after the sweep's scoring phase)
         while not stop.is_set() and not killed:
+            if len(list(scores.rglob("*.json"))) < 2:
+                time.sleep(0.01)
+                continue
             for pid in busy_ray_workers():
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -323,4 +327,5 @@ def test_submitit_local_job_array_equals_in_process(tiny_dirs, tmp_path, referen
     ex = SubmititExecutor(folder=tmp_path / "logs", cluster="local", jobs=2, timeout_min=10, poll_seconds=0.2)
     res = sweep(small(tiny_dirs, tmp_path / "s"), executor=ex, progress=False)
     same(res, reference)
-    assert len(list((tmp_path / "logs").glob("*_submitted.pkl"))) == 2  # one array of 2 tasks for 4 cells
+    # two arrays of 2 tasks: the 2 score tables (magnitude, taylor), then the 4 cells
+    assert len(list((tmp_path / "logs").glob("*_submitted.pkl"))) == 4
