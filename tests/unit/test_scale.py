@@ -102,6 +102,8 @@ def test_cli_refuses_options_of_another_executor(tiny_dirs, tmp_path, capsys):
     cfg.write_text(json.dumps(small(tiny_dirs, tmp_path / "o")))
     assert main(["sweep", str(cfg), "--workers", "2", "--no-progress"]) == 1
     assert "--workers: option(s) of --executor ray" in capsys.readouterr().err
+    assert main(["sweep", str(cfg), "--resume", "--executor", "ray", "--workers", "0", "--no-progress"]) == 1
+    assert "workers must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ failing cells
@@ -164,8 +166,7 @@ def test_ray_sweep_equals_in_process(tiny_dirs, tmp_path, reference, ray_cluster
 @pytest.mark.slow
 def test_ray_failing_cells_are_reported(tiny_dirs, tmp_path, ray_cluster):
     cfg = failing_config(tiny_dirs, tmp_path)
-    check_failed_sweep(cfg, lambda seen: sweep(cfg, executor=RayExecutor(workers=2), progress=False,
-                                               on_failure=seen.append))
+    check_failed_sweep(cfg, lambda seen: sweep(cfg, executor="ray", progress=False, on_failure=seen.append))
 
 
 def busy_ray_workers() -> list[int]:
