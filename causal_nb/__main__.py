@@ -28,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("config", help="YAML file (keys: see causal_nb.SweepConfig)")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its 'out' folder")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.add_argument("--executor", choices=["inprocess", "ray", "submitit"], default="inprocess",
+                    help="where the cells run: this process (default), Ray, or SLURM through submitit")
+    sw.add_argument("--address", default=None, help="ray: 'auto', 'host:port' or 'ray://host:port' (default: start a "
+                                                     "local cluster)")
+    sw.add_argument("--workers", type=int, default=None, help="ray: cells in flight at once (default 2)")
+    sw.add_argument("--partition", default=None, help="submitit: SLURM partition")
+    sw.add_argument("--gpus-per-job", type=int, default=None, help="submitit: GPUs per array task")
+    sw.add_argument("--jobs", type=int, default=None, help="submitit: array tasks (default one per cell)")
+    sw.add_argument("--submitit-folder", default=None, help="submitit: log folder (default <out>/submitit)")
     a = p.parse_args(argv)
     if a.cmd == "models":
         from .models.loading import list_models  # noqa: PLC0415
@@ -53,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(copied)} notebooks -> {a.copy}")
         return 0
     if a.cmd == "sweep":
+        from .core.executors import ExecutorError  # noqa: PLC0415
         from .evaluation.sweep import SweepError, load_config, sweep  # noqa: PLC0415
 
         try:
             cfg = load_config(a.config)
-            df = sweep(cfg, resume=a.resume, progress=not a.no_progress)
-        except SweepError as e:
+            df = sweep(cfg, resume=a.resume, progress=not a.no_progress, executor=sweep_executor(a, cfg.out))
+        except (SweepError, ExecutorError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"{len(df)} cells -> {cfg.out}/results.csv")
@@ -73,6 +83,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"done: {run}")
     return 0
+
+
+def sweep_executor(a, out: str):
+    """The executor the sweep command's options name; an option of another executor is an error."""
+    from .core.executors import ExecutorError, make_executor  # noqa: PLC0415
+
+    ray = {"address": a.address, "workers": a.workers}
+    sub = {"partition": a.partition, "gpus_per_job": a.gpus_per_job, "jobs": a.jobs, "folder": a.submitit_folder}
+    given = {"ray": [k for k, v in ray.items() if v is not None], "submitit": [k for k, v in sub.items() if v is not None]}
+    for name, keys in given.items():
+        if keys and a.executor != name:
+            flags = ", ".join("--" + {"folder": "submitit-folder"}.get(k, k).replace("_", "-") for k in keys)
+            raise ExecutorError(f"{flags}: option(s) of --executor {name}, but the executor is {a.executor}")
+    if a.executor == "ray":
+        return make_executor("ray", **{k: v for k, v in ray.items() if v is not None})
+    if a.executor == "submitit":
+        sub["folder"] = sub["folder"] or f"{out}/submitit"
+        return make_executor("submitit", **{k: v for k, v in sub.items() if v is not None})
+    return None
 
 
 if __name__ == "__main__":

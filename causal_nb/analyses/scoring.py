@@ -129,7 +129,7 @@ def uses(method: str, option: str) -> bool:
 def score(model, prompts=None, method: str | None = None, unit: str = "head", metric=None, kind: str | None = None,
           corrupted=None, n_tokens: int | None = None, steps: int | None = None, p: int | None = None, seed: int = 0,
           progress: bool | None = None, threshold: float | None = None, batch_size: int | None = None,
-          memory_budget_mb: float | None = None, layers=None, task=None) -> pd.DataFrame:
+          memory_budget_mb: float | None = None, layers=None, task=None, executor=None) -> pd.DataFrame:
     """Importance of every unit of a kind by one method; higher = more important.
 
     Args:
@@ -170,6 +170,9 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             take the cosine's gradient. ``cnb.ImageClassificationTask(images, labels)``: a ViT
             scored on its images (ablation default metric ``"kl"``; the gradient methods take the
             label's cross-entropy, ``"loss"``).
+        executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
+            ``SubmititExecutor``...; see ``engine.split``), each loading the model once; the merged
+            table (``per_prompt`` included) equals this process's. Not ACDC (its walk crosses layers).
 
     Returns:
         DataFrame ``layer``, ``head``/``neuron``, ``score``; ``attrs["per_prompt"]`` (unit x
@@ -205,6 +208,18 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             raise ValueError("method='acdc' scores every layer: its walk tests each unit together with the units it "
                              "removed before, so a layer subset would change the scores; drop layers=")
         attrs["layers"] = sorted({int(x) for x in layers})
+    if executor is not None:
+        if method == "acdc":
+            raise ValueError("method='acdc' cannot be split over workers: its walk tests each unit together with the "
+                             "units it removed before, across all layers; drop executor=")
+        from ..engine.split import split_by_layer  # noqa: PLC0415
+
+        # the defaults filled in above go only to the methods that read them (the others refuse them)
+        opts = {k: v for k, v in {"kind": kind, "steps": steps, "p": p}.items() if uses(method, k)}
+        return split_by_layer(score, model, {
+            "prompts": prompts, "method": method, "unit": unit, "metric": metric, "corrupted": corrupted,
+            "n_tokens": n_tokens, "seed": seed, "threshold": threshold, "batch_size": batch_size,
+            "memory_budget_mb": memory_budget_mb, "task": None if lm else task, **opts}, layers, executor)
     task.check_model(model, "score")  # here too: "magnitude" and "random" never reach prepare's check
     every = task.units(model, unit)
     units = task.units(model, unit, layers)

@@ -200,7 +200,7 @@ ABLATION_KINDS = ("zero", "mean", "resample")
 def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=None, reference=None, positions=None,
            per_position: bool = False, layers=None, scored_positions=None, n_tokens: int | None = None,
            batch_size: int | None = None, memory_budget_mb: float | None = None, seed: int | None = None,
-           progress: bool | None = None, answers=None, task=None) -> pd.DataFrame:
+           progress: bool | None = None, answers=None, task=None, executor=None) -> pd.DataFrame:
     """Ablate each unit (zero, mean over ``reference``, or resample) and measure the metric.
 
     Args:
@@ -223,6 +223,8 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
             ``cnb.ImageClassificationTask(images, labels)``, a ViT's class logits on the CLS token,
             one value per image (metrics ``"kl"``, the default, ``"label_logprob"``,
             ``"accuracy"``, ``"top1"``; ``reference=`` images for mean and resample ablation).
+        executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
+            ``SubmititExecutor``...; see ``engine.split``); the merged table equals this process's.
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
@@ -244,6 +246,14 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
         raise ValueError("seed= is not used with reference=: resample ablation then takes the reference prompts in "
                          "turn (the seed draws the derangement of prompts without a reference)")
     metric_fn = task.metric(metric)
+    if executor is not None:
+        from .split import split_by_layer  # noqa: PLC0415
+
+        return split_by_layer(ablate, model, {
+            "prompts": prompts, "unit": unit, "kind": kind, "metric": metric, "reference": reference,
+            "positions": positions, "per_position": per_position, "scored_positions": scored_positions,
+            "n_tokens": n_tokens, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "seed": seed,
+            "answers": answers, "task": None if isinstance(task, LMTask) else task}, layers, executor)
     pb = task.prepare(model, prompts, n_tokens)
     positions = task.check_positions(positions, pb) if hasattr(task, "check_positions") else \
         check_positions(positions, pb.mask.shape[1])  # a ViT names its own: CLS and patches

@@ -6,8 +6,11 @@ and evaluates on held-out prompts of every evaluation domain. Every finished cel
 atomically to ``cells/<id>.json`` before the next starts, so a sweep killed at any moment
 (even SIGKILL) loses at most the cell in flight and, restarted with ``resume=True``,
 recomputes no finished cell; the final table is the same as an uninterrupted run's. Cells
-are independent jobs handed to an executor (in-process by default); another executor (a
-cluster engine) only has to implement ``map``.
+are independent jobs handed to an executor (``core.executors``: in-process by default, Ray or
+SLURM through submitit); the workers return each cell's row and this process writes the cell
+files, so the store and ``resume`` are one code path whatever the executor. A cell that raises
+is reported with its traceback (also saved as ``failures/<id>.txt``) and the others go on;
+the sweep then raises ``SweepError`` listing the failed cells (a resume retries them).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -23,9 +26,11 @@ import pandas as pd
 
 from ..core.checks import strict
 from ..core.env import progress_enabled
+from ..core.executors import Failure, InProcessExecutor, make_executor
 from ..core.io import atomic_write_text, load_json, save_json
 
-__all__ = ["InProcessExecutor", "SweepConfig", "SweepError", "load_config", "load_results", "run_cell", "sweep"]
+__all__ = ["CellWorker", "InProcessExecutor", "SweepConfig", "SweepError", "load_config", "load_results", "run_cell",
+           "sweep"]
 
 
 class SweepError(ValueError):
@@ -124,14 +129,6 @@ def cell_id(cell: dict) -> str:
     return f"{model}__{cell['method']}__{cell['unit']}__s{cell['sparsity']:.3f}__seed{cell['seed']}"
 
 
-class InProcessExecutor:
-    """Runs cells one after another in this process (the default executor)."""
-
-    def map(self, fn: Callable[[dict], dict], cells: Iterable[dict]) -> Iterable[dict]:
-        for c in cells:
-            yield fn(c)
-
-
 class _Context:
     """Models, prompts and scores loaded once per process and reused across cells."""
 
@@ -211,6 +208,24 @@ class _Context:
         return out
 
 
+@dataclass(frozen=True)
+class CellWorker:
+    """A worker's set-up for a sweep (picklable: shipped to Ray/SLURM workers): calling it
+    builds the per-process context that loads each model once for all the cells it runs."""
+
+    config: dict
+    out: str
+
+    def __call__(self) -> _Context:
+        return _Context(SweepConfig(**self.config), Path(self.out))
+
+
+def compute_scores(ctx: _Context, cell: dict) -> None:
+    """Compute (or read) and save the unit scores a cell prunes by; the first phase of a
+    distributed sweep."""
+    ctx.unit_scores(cell)
+
+
 def run_cell(ctx: _Context, cell: dict) -> dict:
     """Score, prune and evaluate one cell; returns its result row (per-prompt losses included)."""
     from ..data.prompts import load_prompts  # noqa: PLC0415
@@ -235,17 +250,28 @@ def run_cell(ctx: _Context, cell: dict) -> dict:
 
 @strict
 def sweep(config: SweepConfig | dict | str | Path, resume: bool = False, executor=None,
-          progress: bool | None = None, on_cell: Callable[[dict], None] | None = None) -> pd.DataFrame:
+          progress: bool | None = None, on_cell: Callable[[dict], None] | None = None,
+          on_failure: Callable[[Failure], None] | None = None) -> pd.DataFrame:
     """Run every cell not yet finished and return the results table (one row per cell).
 
     Args:
         config: a ``SweepConfig``, dict or YAML path.
         resume: continue in an existing results folder; without it an existing folder is an
             error (nothing is overwritten).
-        executor: object with ``map(fn, cells)`` (default ``InProcessExecutor``).
+        executor: ``None``/``"inprocess"``, ``"ray"`` (a local Ray cluster of 2 workers), or an
+            executor object: ``core.executors.RayExecutor(address=..., workers=...)``,
+            ``SubmititExecutor(...)``, anything with ``run(setup, fn, cells)``, or (the original
+            interface) ``map(fn, cells)``, whose exceptions then propagate.
+        on_cell: called with each finished cell's row, as it is written (any order).
+        on_failure: called with the ``Failure`` of each cell that raised (default: its
+            traceback is printed to stderr).
 
     Writes ``<out>/sweep.json``, ``<out>/cells/*.json``, ``<out>/scores/...`` and the table as
     ``<out>/results.csv`` and ``results.parquet`` (per-prompt losses stay in the cell files).
+
+    Raises:
+        SweepError: a bad config or results folder; after the run, cells that raised (listed
+            with their errors; the finished cells are written and in ``results.csv``).
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -264,16 +290,50 @@ def sweep(config: SweepConfig | dict | str | Path, resume: bool = False, executo
     cells_dir = root / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cfg.cells() if not (cells_dir / f"{cell_id(c)}.json").exists()]
-    ctx = _Context(cfg, root)
     bar = tqdm(total=len(cfg.cells()), initial=len(cfg.cells()) - len(todo), desc="sweep",
                disable=not progress_enabled(progress))
-    for row in (executor or InProcessExecutor()).map(lambda c: run_cell(ctx, c), todo):
+    executor = make_executor(executor)
+    if not todo:
+        results = iter(())
+    elif hasattr(executor, "run"):
+        worker = CellWorker(asdict(cfg), str(root))
+        if not isinstance(executor, InProcessExecutor) and not cfg.scores_dir:
+            # Cells that share scores (other sparsities) would run at once on several workers and each
+            # compute them: compute each score table once first (saved under <out>/scores; a worker that
+            # cannot see that folder recomputes, as before). A failure here shows again in its cells.
+            first = {(c["model"], c["method"], c["unit"], c["seed"]): c for c in reversed(todo)}
+            for _ in executor.run(worker, compute_scores, list(first.values())[::-1]):
+                pass
+        results = (r for _, r in executor.run(worker, run_cell, todo))
+    else:  # an executor of the original interface: map(fn, cells), here in this process
+        ctx = _Context(cfg, root)
+        results = executor.map(lambda c: run_cell(ctx, c), todo)
+    failed = []
+    for row in results:
+        if isinstance(row, Failure):
+            failed.append(row)
+            atomic_write_text(root / "failures" / f"{cell_id(row.item)}.txt", row.traceback or row.error)
+            (on_failure or _print_failure)(row)
+            continue
         atomic_write_text(cells_dir / f"{cell_id(row)}.json", json.dumps(row))
+        (root / "failures" / f"{cell_id(row)}.txt").unlink(missing_ok=True)  # failed before, done now
         bar.update(1)
         if on_cell:
             on_cell(row)
     bar.close()
-    return collect(cfg)
+    df = collect(cfg)
+    if failed:
+        lines = "\n".join(f"  {cell_id(f.item)}: {f.error}" for f in failed)
+        raise SweepError(f"{len(failed)} of {len(todo)} cells failed (tracebacks in {root / 'failures'}; the other "
+                         f"{len(df)} cells are in {root / 'results.csv'}; fix and rerun with resume=True / --resume):\n"
+                         f"{lines}")
+    return df
+
+
+def _print_failure(f: Failure) -> None:
+    import sys  # noqa: PLC0415
+
+    print(f"sweep: cell {cell_id(f.item)} failed:\n{f.traceback or f.error}", file=sys.stderr)
 
 
 def collect(cfg: SweepConfig) -> pd.DataFrame:

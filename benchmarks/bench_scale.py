@@ -1,0 +1,91 @@
+"""Benchmark: the same pruning sweep in this process vs on a local Ray cluster of 1 and 2 workers.
+
+Each Ray run starts a fresh local cluster (``ray.init``, timed apart: Ray's fixed start-up cost)
+and then times the sweep itself, which includes each worker's first imports and model load (a
+cost the in-process run pays once too). The tables must be equal (the ``seconds`` column
+aside); the ratio is in-process time / Ray sweep time (higher = faster), also given with the
+start-up included. On a machine shared with other work the ratios say little: the sweep needs
+idle cores.
+
+    python benchmarks/bench_scale.py                                  # bundled 2-layer GPT-2
+    python benchmarks/bench_scale.py --workers 1,2,4 --methods magnitude,taylor,ablation
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: the workers share the cores
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def config(args, out: Path) -> dict:
+    return {"out": str(out), "models": [args.model], "n_prompts": args.n_prompts, "n_eval_prompts": args.n_prompts,
+            "n_tokens": args.n_tokens, "methods": args.methods.split(","), "units": ["head", "neuron"],
+            "sparsities": [float(s) for s in args.sparsities.split(",")], "eval_domains": ["python", "cpp"]}
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="code-gpt2-2l")
+    p.add_argument("--methods", default="magnitude,taylor,attribution")
+    p.add_argument("--sparsities", default="0.25,0.5")
+    p.add_argument("--n-prompts", type=int, default=8)
+    p.add_argument("--n-tokens", type=int, default=32)
+    p.add_argument("--workers", default="1,2", help="comma-separated Ray worker counts")
+    args = p.parse_args(argv)
+
+    import ray
+    import torch
+
+    from causal_nb.core.executors import RayExecutor
+    from causal_nb.evaluation.sweep import sweep
+
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ref = sweep(config(args, Path(tmp) / "inprocess"), progress=False)
+        inproc = time.perf_counter() - t0
+        rows.append({"run": "in-process", "startup_s": 0.0, "sweep_s": inproc, "ratio": 1.0, "ratio_with_startup": 1.0,
+                     "equal": "reference"})
+        for n in [int(w) for w in args.workers.split(",")]:
+            t0 = time.perf_counter()
+            ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            startup = time.perf_counter() - t0
+            try:
+                t0 = time.perf_counter()
+                res = sweep(config(args, Path(tmp) / f"ray{n}"), executor=RayExecutor(workers=n), progress=False)
+                took = time.perf_counter() - t0
+            finally:
+                ray.shutdown()
+            try:
+                pd.testing.assert_frame_equal(res.drop(columns="seconds"), ref.drop(columns="seconds"))
+                equal = "yes"
+            except AssertionError as e:
+                equal = f"NO: {str(e).splitlines()[0]}"
+            rows.append({"run": f"ray, {n} worker(s)", "startup_s": startup, "sweep_s": took, "ratio": inproc / took,
+                         "ratio_with_startup": inproc / (took + startup), "equal": equal})
+    cells = len(ref)
+    lines = [f"{cells} cells ({args.model}, methods {args.methods}, head+neuron, sparsities {args.sparsities}, "
+             f"{args.n_prompts} prompts x {args.n_tokens} tokens), {os.cpu_count()} CPUs, load average "
+             f"{os.getloadavg()[0]:.1f} at the end",
+             "| run | Ray start-up s | sweep s | in-process / run | with start-up | table equal |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['startup_s']:.1f} | {r['sweep_s']:.1f} | {r['ratio']:.2f}x | "
+              f"{r['ratio_with_startup']:.2f}x | {r['equal']} |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

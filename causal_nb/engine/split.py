@@ -1,0 +1,117 @@
+"""Exact per-unit runs split by layer over an executor's workers, merged into one table.
+
+``score(..., executor=...)`` and ``ablate(..., executor=...)`` run themselves once per layer
+(``layers=[l]``) on the workers of a ``core.executors`` executor and concatenate the layer
+tables in layer order: the rows, and the per-unit attrs (``per_prompt``) row-wise, so the result
+is the single-process table. Each worker loads the model once, from where ``load_model`` read it
+(``model.causal_nb_source``); a checksum of the weights guards against a model changed in memory
+since, which the workers could not see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ..core.executors import Failure, make_executor
+
+__all__ = ["LayerJob", "ModelWorker", "SplitError", "model_worker", "split_by_layer", "weight_digest"]
+
+
+class SplitError(ValueError):
+    """A model or run that cannot be split over workers (the message says what to do)."""
+
+
+def weight_digest(model) -> float:
+    """Sum over parameters of sum(p) + sum(|p|), in float64: equal for the same weights."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() for p in model.parameters()))
+
+
+@dataclass(frozen=True)
+class ModelWorker:
+    """A worker's set-up: the model loaded once per worker from its folder or name."""
+
+    source: str
+    device: str
+    dtype: str
+    digest: float
+
+    def __call__(self):
+        from ..models.loading import load_model  # noqa: PLC0415
+
+        model = load_model(self.source, device=self.device, dtype=self.dtype)
+        got = weight_digest(model)
+        if abs(got - self.digest) > 1e-6 * max(1.0, abs(self.digest)):
+            raise SplitError(f"the model a worker loaded from {self.source} has other weights than the driver's "
+                             f"(checksum {got:.6g} vs {self.digest:.6g}): the folder changed, or the driver's model "
+                             "was edited in memory; save it (save_pruned / save_pretrained) and load that folder")
+        return model
+
+
+def model_worker(model) -> ModelWorker:
+    """The set-up that reloads ``model`` on a worker; refuses models the workers cannot reload."""
+    src = getattr(model, "causal_nb_source", None) or {}
+    if "source" not in src or src.get("pruned"):
+        why = "was pruned in memory" if src.get("pruned") else "was not loaded with causal_nb.load_model"
+        raise SplitError(f"executor= reloads the model on every worker from where load_model read it, but this model "
+                         f"{why}; save it (cnb.save_pruned(model, folder)) and pass cnb.load_model(folder)")
+    p = next(model.parameters())
+    return ModelWorker(src["source"], str(p.device), str(p.dtype).removeprefix("torch."), weight_digest(model))
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """``fn(model, layers=[layer], **kwargs)`` for one layer (fn: a module-level function)."""
+
+    fn: object
+    kwargs: dict
+
+    def __call__(self, model, layer: int) -> pd.DataFrame:
+        return self.fn(model, layers=[layer], **self.kwargs)
+
+
+def merge_layers(parts: list[pd.DataFrame], layers: list[int] | None) -> pd.DataFrame:
+    """One table from per-layer tables (in layer order): rows and per-unit attrs concatenated,
+    the other attrs (baselines, settings) equal in every part and kept once."""
+    bare = []
+    for p in parts:  # concat compares attrs, which holds DataFrames: concatenate attr-less views
+        q = p.copy(deep=False)
+        q.attrs = {}
+        bare.append(q)
+    df = pd.concat(bare, ignore_index=True)
+    attrs = {}
+    for k, v in parts[0].attrs.items():
+        if k == "layers":
+            continue
+        if isinstance(v, pd.DataFrame) and len(v) == len(parts[0]):  # one row per unit: per_prompt
+            attrs[k] = pd.concat([p.attrs[k] for p in parts], ignore_index=True)
+        else:
+            attrs[k] = v
+    if layers is not None and "layers" in parts[0].attrs:  # score records a layer subset; ablate does not
+        attrs["layers"] = sorted(layers)
+    df.attrs = attrs
+    return df
+
+
+def split_by_layer(fn, model, kwargs: dict, layers, executor) -> pd.DataFrame:
+    """Run ``fn(model, layers=[l], **kwargs)`` for each layer on ``executor``'s workers and merge.
+
+    Raises:
+        SplitError: a layer's job raised (its traceback in the message), or the model cannot
+            be reloaded by the workers.
+    """
+    n = model.cfg.n_layers
+    todo = sorted({int(x) for x in layers}) if layers is not None else list(range(n))
+    bad = [x for x in todo if not 0 <= x < n]
+    if bad:
+        raise SplitError(f"layers {bad} are outside the model's {n} layers")
+    setup = model_worker(model)
+    out: dict[int, pd.DataFrame] = {}
+    for i, res in make_executor(executor).run(setup, LayerJob(fn, {**kwargs, "progress": False}), todo):
+        if isinstance(res, Failure):
+            raise SplitError(f"layer {todo[i]} failed on a worker: {res.error}\n{res.traceback}")
+        out[i] = res
+    return merge_layers([out[i] for i in range(len(todo))], None if layers is None else todo)
