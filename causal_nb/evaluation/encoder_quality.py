@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..core.checks import strict
-from ..engine.tasks import pair_cosine
+from ..engine.tasks import pair_cosine, separation_weights
 from ..models.hf_encoders import encoder_base, encoder_layers, is_encoder, plain_encoder
 from .encoders import similarity_stats
 
@@ -56,11 +56,27 @@ class EncoderRun:
 
 
 @torch.no_grad()
-def task_embeddings(model, task) -> Tensor:
-    """The task's sentence embeddings [2N, d] (float64, CPU): its forward, pooling and norm."""
+def task_embeddings(model, task, batch_size: int = 64) -> Tensor:
+    """The task's sentence embeddings [2N, d] (float64, CPU): its forward, pooling and norm.
+
+    Sentences are embedded in batches of similar length (sorted by token count, each batch cut
+    to its longest sentence): one padded batch of hundreds of sentences costs several times the
+    tokens, since one long sentence pads them all. Padding is masked, so the embeddings are the
+    one-batch ones up to float rounding (tests/unit/test_prune_encoders.py)."""
+    from ..engine.tasks import PairBatch  # noqa: PLC0415
+    from ..models.embeddings import pooling_config  # noqa: PLC0415
+
     tb = task.prepare(model)
-    emb = task.run(model, tb.tokens, task.scoring(model, tb))
-    return emb.double().cpu()
+    lengths = tb.mask.sum(1)
+    order = torch.argsort(lengths, stable=True)
+    mode = pooling_config(model)["mode"]
+    out = torch.empty(len(lengths), model.cfg.d_model, dtype=torch.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        n = int(lengths[idx].max())
+        mask = tb.mask[idx, :n]
+        out[idx.cpu()] = task.run(model, tb.tokens[idx, :n], PairBatch(mask, mode, task.normalize)).double().cpu()
+    return out
 
 
 def encoder_full_run(model, task) -> EncoderRun:
@@ -135,8 +151,12 @@ def evaluate_encoder(model, task, full_model=None, latency_batches=(1, 32), late
 
     Returns:
         ``cosine`` (mean pair cosine), ``per_prompt_cosine``; with gold ``spearman``,
-        ``spearman_ci``, ``roc_auc`` (binary gold), ``roc_auc_by_kind``; with a full model
-        ``cos_drift``, ``cos_retained``, ``emb_agreement`` and their ``per_prompt_`` lists; and
+        ``spearman_ci``, ``roc_auc`` (binary gold), ``roc_auc_by_kind``, ``separation`` (mean
+        cosine of gold-1 pairs minus gold-0 pairs; graded gold: the slope of cosine on gold) and
+        ``per_prompt_separation`` (each pair's weighted cosine, ``engine.tasks.pair_separation``);
+        with a full model ``cos_drift``, ``cos_retained``, ``emb_agreement`` and, with gold,
+        ``separation_retained`` (pruned / full separation; NaN if the full model's is <= 0), with
+        their ``per_prompt_`` lists; and
         ``params``, ``flops_per_token``, ``latency_ms`` / ``latency_ms_b<N>``.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -147,19 +167,32 @@ def evaluate_encoder(model, task, full_model=None, latency_batches=(1, 32), late
     emb = task_embeddings(model, task)
     cos = pair_cosine(emb, None).numpy()
     out = {"cosine": float(cos.mean()), "n_pairs": len(cos)}
+    weight = None
     if task.gold is not None:
         gold = np.asarray(task.gold, dtype=float)
         if np.isnan(gold).any():
             raise ValueError("some pairs have no gold score (NaN): drop them or build the task without the score column")
         if np.unique(gold).size > 1:
             out.update(similarity_stats(cos, gold, task.kinds, n_boot, seed))
+            # each pair's share of the separation (mean = slope of cosine on gold), engine.tasks' metric
+            weight = separation_weights(gold).numpy()
+            out["separation"] = float((weight * cos).mean())
+            out["per_prompt_separation"] = (weight * cos).tolist()
     if full_model is not None:
         ref = encoder_full_run(full_model, task).for_task(task)
-        drift = np.abs(cos - pair_cosine(ref, None).numpy())
+        full_cos = pair_cosine(ref, None).numpy()
+        drift = np.abs(cos - full_cos)
         agree = torch.nn.functional.cosine_similarity(emb, ref, dim=-1).view(-1, 2).mean(-1).numpy()
         out.update({"cos_drift": float(drift.mean()), "cos_retained": float(1 - drift.mean()),
                     "emb_agreement": float(agree.mean()), "per_prompt_cos_drift": drift.tolist(),
                     "per_prompt_cos_retained": (1 - drift).tolist(), "per_prompt_emb_agreement": agree.tolist()})
+        if weight is not None:
+            # the share of the full model's separation kept, per pair (mean = pruned / full separation);
+            # NaN where the full model does not separate the pairs at all (a share of nothing)
+            full_sep = float((weight * full_cos).mean())
+            share = weight * cos / full_sep if full_sep > 0 else np.full(len(cos), np.nan)
+            out["separation_retained"] = float(share.mean())
+            out["per_prompt_separation_retained"] = share.tolist()
     hf = _plain(model)
     base = encoder_base(hf)
     tokens = min(latency_tokens, int(base.config.max_position_embeddings))

@@ -252,3 +252,26 @@ def test_a_pair_task_on_a_decoder_is_refused(tiny_dirs):
         cnb.evaluate(gpt2, task=pair)
     with pytest.raises(TypeError, match="evaluate needs prompts"):
         cnb.evaluate(gpt2)
+
+
+def test_embeddings_in_length_buckets_and_the_separation_share(bert, plain, task):
+    """task_embeddings in batches of 3 sentences sorted by length equal the plain BERT's one
+    padded batch; separation = mean paraphrase cosine - mean other cosine (gold 1 vs 0), and
+    its retained share per pair = weighted cosine / the full model's separation."""
+    from causal_nb.evaluation.encoder_quality import task_embeddings
+
+    _, want = plain_bert_cosines(plain, enc_of(bert, texts()))
+    assert (task_embeddings(bert, task, batch_size=3).float() - want).abs().max() < 1e-5
+    sel = SELECT["head"]
+    pruned = cnb.prune_units(bert, **sel, physical=True, task=task)
+    ev = cnb.evaluate(pruned, task=task, full_model=bert, latency_batches=())
+    cos, _ = plain_bert_cosines(plain, enc_of(bert, texts()), sel["heads"])
+    full, _ = plain_bert_cosines(plain, enc_of(bert, texts()))
+    pos = PAIRS.score.to_numpy() == 1
+    sep, full_sep = cos.numpy()[pos].mean() - cos.numpy()[~pos].mean(), full.numpy()[pos].mean() - full.numpy()[~pos].mean()
+    assert ev["separation"] == pytest.approx(sep, abs=1e-5)
+    if full_sep > 0:
+        assert ev["separation_retained"] == pytest.approx(sep / full_sep, abs=1e-4)
+        assert np.mean(ev["per_prompt_separation_retained"]) == pytest.approx(sep / full_sep, abs=1e-4)
+    else:  # a random tiny BERT may not separate at all: then the share is undefined
+        assert np.isnan(ev["separation_retained"])
