@@ -27,6 +27,7 @@ from ..models.hf_encoders import (
     zero_encoder_block,
     zero_encoder_units,
 )
+from .selection import removal_sets
 
 __all__ = ["encoder_unit_means", "prune_encoder_units"]
 
@@ -44,21 +45,6 @@ def encoder_unit_means(model, task, reference, heads: dict, neurons: dict) -> di
     with torch.no_grad():
         means = mean_activations(model, batch, hooks, task=task)
     return {h: m[0, 0] for h, m in means.items()}
-
-
-def _removals(heads, neurons, n_layers: int, n_heads: int, d_mlp: int) -> dict:
-    remove = {"head": {i: [] for i in range(n_layers)}, "neuron": {i: [] for i in range(n_layers)}}
-    for kind, given, n in (("head", heads, n_heads), ("neuron", neurons, d_mlp)):
-        for layer, idx in (given or {}).items():
-            if not 0 <= int(layer) < n_layers or any(not 0 <= int(i) < n for i in idx):
-                raise ValueError(f"{kind}s {list(idx)} of layer {layer} do not exist (the model has {n_layers} layers "
-                                 f"of {n} {kind}s)")
-            remove[kind][int(layer)] = sorted({int(i) for i in idx})
-    full = [layer for layer, idx in remove["head"].items() if len(idx) >= n_heads]
-    if full:
-        raise ValueError(f"layer(s) {full} would lose every head; keep at least one head per layer (or remove the "
-                         "whole block: blocks=[...])")
-    return remove
 
 
 def prune_encoder_units(model, heads: dict, neurons: dict, blocks: list[int], physical: bool, fill: str, reference,
@@ -80,7 +66,7 @@ def prune_encoder_units(model, heads: dict, neurons: dict, blocks: list[int], ph
     layers = encoder_layers(hf)
     n_layers, n_heads = len(layers), hf.config.num_attention_heads
     d_mlp = layers[0].intermediate.dense.out_features
-    remove = _removals(heads, neurons, n_layers, n_heads, d_mlp)
+    remove = removal_sets(heads, neurons, n_layers, n_heads, d_mlp)
     means = encoder_unit_means(model, task, reference, remove["head"], remove["neuron"]) if fill == "mean" else {}
     spec = {"arch": ENCODER_ARCH, "physical": physical, "removed_blocks": blocks, "layers": []}
     for i, layer in enumerate(layers):

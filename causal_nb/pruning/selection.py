@@ -6,7 +6,7 @@ import pandas as pd
 
 from ..core.checks import check_sparsity, check_table_fits, require_scores, strict
 
-__all__ = ["select_units"]
+__all__ = ["removal_sets", "select_units"]
 
 
 @strict
@@ -44,3 +44,21 @@ def select_units(scores: pd.DataFrame, sparsity: float, n_per_layer: int, n_laye
             removed[layer].append(idx)
             count += 1
     return {layer: sorted(v) for layer, v in removed.items()}
+
+
+def removal_sets(heads, neurons, n_layers: int, n_heads: int, d_mlp: int) -> dict[str, dict[int, list[int]]]:
+    """``prune_units``' selections checked and normalised: ``{"head"|"neuron": {layer: sorted
+    indices}}`` for every layer (empty lists where nothing goes). An index or layer the model
+    lacks, or a layer losing every head, is an error naming it."""
+    remove = {"head": {i: [] for i in range(n_layers)}, "neuron": {i: [] for i in range(n_layers)}}
+    for kind, given, n in (("head", heads, n_heads), ("neuron", neurons, d_mlp)):
+        for layer, idx in (given or {}).items():
+            if not 0 <= int(layer) < n_layers or any(not 0 <= int(i) < n for i in idx):
+                raise ValueError(f"{kind}s {list(idx)} of layer {layer} do not exist (the model has {n_layers} layers "
+                                 f"of {n} {kind}s)")
+            remove[kind][int(layer)] = sorted({int(i) for i in idx})
+    full = [layer for layer, idx in remove["head"].items() if len(idx) >= n_heads]
+    if full:
+        raise ValueError(f"layer(s) {full} would lose every head; keep at least one head per layer (or remove the "
+                         "whole block: blocks=[...])")
+    return remove

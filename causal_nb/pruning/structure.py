@@ -44,7 +44,7 @@ from ..models.hf import (
 from ..models.hf_encoders import copy_sentence_files, is_encoder, plain_encoder
 from ..models.hf_vision import is_vision
 from .encoders import prune_encoder_units
-from .selection import select_units
+from .selection import removal_sets, select_units
 from .seq2seq import prune_seq2seq, save_pruned_seq2seq
 
 __all__ = ["prune", "prune_units", "save_pruned"]
@@ -246,17 +246,7 @@ def prune_units(model, heads: dict[int, list[int]] | None = None, neurons: dict[
         raise ValueError("this model is already pruned; prune the original model once, with the combined selection "
                          "(prune_units(original, heads=..., neurons=...))")
     n_layers, n_heads = len(layers), cfg.num_attention_heads
-    remove = {"head": {i: [] for i in range(n_layers)}, "neuron": {i: [] for i in range(n_layers)}}
-    for kind, given in (("head", heads), ("neuron", neurons)):
-        for layer, idx in (given or {}).items():
-            n = n_heads if kind == "head" else n_neurons(arch, layers[0])
-            if not 0 <= int(layer) < n_layers or any(not 0 <= int(i) < n for i in idx):
-                raise ValueError(f"{kind}s {list(idx)} of layer {layer} do not exist (the model has {n_layers} layers "
-                                 f"of {n} {kind}s)")
-            remove[kind][int(layer)] = sorted({int(i) for i in idx})
-    full = [layer for layer, idx in remove["head"].items() if len(idx) >= n_heads]
-    if full:
-        raise ValueError(f"layer(s) {full} would lose every head; keep at least one head per layer")
+    remove = removal_sets(heads, neurons, n_layers, n_heads, n_neurons(arch, layers[0]))
     spec = {"arch": arch, "physical": physical, "removed_blocks": blocks, "layers": []}
     for i, layer in enumerate(layers):
         if i in blocks:
