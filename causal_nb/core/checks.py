@@ -117,26 +117,36 @@ def check_positions(positions, n_pos: int, name: str = "positions") -> list[int]
     return pos
 
 
-def checked_metric(fn: Callable) -> Callable:
-    """Wrap a user metric so that an output other than one value per prompt fails at once.
+def checked_metric(fn: Callable, *, n_values: Callable | None = None, per: str = "prompt",
+                   hint: str | None = None) -> Callable:
+    """Wrap a user metric so that an output other than one value per item fails at once.
 
     A metric must return a tensor of shape [batch] (one value per prompt, averaged over the
     scored positions); a scalar or a [batch, pos] tensor would otherwise be broadcast or
     summed silently somewhere inside the engine.
+
+    Args:
+        fn: the metric, ``fn(outputs, batch) -> Tensor``.
+        n_values: how many values the metric must return, from its first argument (default:
+            ``outputs.shape[0]``; a sentence-pair task passes ``emb.shape[0] // 2``).
+        per: what one value belongs to, for the message ("prompt", "image", "pair").
+        hint: the message's closing advice (default: how an LM metric averages positions).
     """
     import torch  # noqa: PLC0415
 
     name = getattr(fn, "__name__", type(fn).__name__)
+    count = n_values or (lambda x: x.shape[0])
+    advice = hint if hint is not None else (
+        " (average over the scored positions, e.g. with causal_nb.engine.metrics.masked_mean(x, batch.valid))")
 
     @functools.wraps(fn)
-    def metric(logits, batch):
-        out = fn(logits, batch)
-        want = (logits.shape[0],)
+    def metric(outputs, batch):
+        out = fn(outputs, batch)
+        want = (count(outputs),)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"metric {name!r} returned {got}; a metric returns one value per prompt, a tensor of "
-                             f"shape [batch] = {want} (average over the scored positions, e.g. with "
-                             "causal_nb.engine.metrics.masked_mean(x, batch.valid))")
+            raise ValueError(f"metric {name!r} returned {got}; a metric returns one value per {per}, a tensor of "
+                             f"shape [batch] = {want}{advice}")
         return out
 
     metric.__name__ = name

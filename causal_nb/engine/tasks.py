@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ..core.checks import checked_metric
 from ..data.prompts import TokenBatch
 from ..models.embeddings import pooling_config
 from ..models.families import ENCODER_FAMILIES, UnsupportedModelError, family, refuse_encoder
@@ -450,7 +451,7 @@ class SentencePairTask:
         if callable(metric):
             if metric in PAIR_METRICS.values():
                 return metric
-            return _checked_pair_metric(metric)
+            return checked_metric(metric, n_values=lambda emb: emb.shape[0] // 2, per="pair", hint="")
         if metric not in PAIR_METRICS:
             lm = " (an LM metric: SentencePairTask reads embeddings, not logits)" if metric in METRICS else ""
             raise ValueError(f"unknown metric {metric!r} for SentencePairTask{lm}; valid: {sorted(PAIR_METRICS)} or "
@@ -468,22 +469,6 @@ class SentencePairTask:
         """[unit, 2N sentences] -> [unit, N pairs]: a pair's cosine depends on its two sentences
         only, so a first-order term of the pair is the sum of its two sentences' terms."""
         return rows.view(rows.shape[0], -1, 2).sum(-1)
-
-
-def _checked_pair_metric(fn: Callable) -> Callable:
-    name = getattr(fn, "__name__", type(fn).__name__)
-
-    def metric(emb, batch):
-        out = fn(emb, batch)
-        want = (emb.shape[0] // 2,)
-        if not isinstance(out, Tensor) or tuple(out.shape) != want:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"metric {name!r} returned {got}; a sentence-pair metric returns one value per pair, "
-                             f"shape {want}")
-        return out
-
-    metric.__name__ = name
-    return metric
 
 
 def as_task(task) -> Task:

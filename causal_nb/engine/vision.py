@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ..core.checks import checked_metric
 from ..data.prompts import TokenBatch
 from ..models.families import VISION_FAMILIES, UnsupportedModelError, family
 from .units import Unit, enumerate_units
@@ -337,7 +338,7 @@ class ImageClassificationTask:
 
     def metric(self, metric) -> Callable:
         if callable(metric):
-            return metric if metric in IMAGE_METRICS.values() else _checked_image_metric(metric)
+            return metric if metric in IMAGE_METRICS.values() else checked_metric(metric, per="image", hint="")
         if metric not in IMAGE_METRICS:
             raise ValueError(f"unknown metric {metric!r} for ImageClassificationTask; valid: {sorted(IMAGE_METRICS)} "
                              "or a callable (logits [batch, classes], LabelBatch) -> [batch]")
@@ -382,19 +383,3 @@ def class_logits(model, images, batch_size: int = 256) -> Float[Tensor, "n class
     out = [model(x[i:i + batch_size].to(device=p.device, dtype=p.dtype), return_type="logits").float().cpu()
            for i in range(0, x.shape[0], int(batch_size))]
     return torch.cat(out)
-
-
-def _checked_image_metric(fn: Callable) -> Callable:
-    name = getattr(fn, "__name__", type(fn).__name__)
-
-    def metric(logits, batch):
-        out = fn(logits, batch)
-        want = (logits.shape[0],)
-        if not isinstance(out, Tensor) or tuple(out.shape) != want:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"metric {name!r} returned {got}; an image metric returns one value per image, shape "
-                             f"{want}")
-        return out
-
-    metric.__name__ = name
-    return metric
