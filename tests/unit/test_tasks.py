@@ -237,8 +237,8 @@ def test_bad_input_for_the_pair_task_is_named(bert, task):
         cnb.ablate(bert, task=task, kind="resample")
     with pytest.raises(ValueError, match="patching needs paired clean/corrupted inputs"):
         cnb.patch(bert, ["a"], ["b"], task=task)
-    with pytest.raises(ValueError, match=r"method='acdc' is not available.*methods with this task"):
-        cnb.score(bert, task=task, method="acdc")
+    with pytest.raises(ValueError, match=r"method='duplication' is not available.*methods with this task"):
+        cnb.score(bert, task=task, method="duplication")
     with pytest.raises(ValueError, match="unit 'resid' is not available"):
         cnb.ablate(bert, task=task, unit="resid")
     with pytest.raises(ValueError, match="n_tokens= is not used"):
