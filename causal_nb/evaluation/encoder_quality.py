@@ -30,6 +30,7 @@ from ..core.checks import strict
 from ..engine.tasks import pair_cosine, separation_weights
 from ..models.hf_encoders import encoder_base, encoder_layers, is_encoder, plain_encoder
 from .encoders import similarity_stats
+from .timing import median_ms
 
 __all__ = ["EncoderRun", "encoder_flops_per_token", "encoder_full_run", "encoder_latency_ms", "encoder_params",
            "encoder_sweep", "evaluate_encoder", "task_embeddings"]
@@ -122,21 +123,9 @@ def encoder_latency_ms(model, batch_size: int, n_tokens: int = 128, repeats: int
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(1, base.config.vocab_size, (batch_size, n_tokens), generator=gen).to(dev)
     mask = torch.ones_like(x)
-    times = []
-    for i in range(warmup + repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        base(input_ids=x, attention_mask=mask)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+    return median_ms(lambda: base(input_ids=x, attention_mask=mask), dev, repeats, warmup)
 
 
-@strict
-@torch.no_grad()
 def evaluate_encoder(model, task, full_model=None, latency_batches=(1, 32), latency_tokens: int = 128,
                      repeats: int = 5, n_boot: int = 1000, seed: int = 0, progress: bool | None = None) -> dict:
     """``evaluate`` for an encoder on a pair task (see the module docstring).

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..core.checks import check_n_tokens, strict
 from ..data.prompts import PromptSet, TokenBatch, as_prompt_set
+from .timing import median_ms
 
 __all__ = ["FullModelRun", "domain_losses", "evaluate", "flops_per_token", "full_model_run", "latency_ms", "peak_memory_mb", "prompt_losses", "token_losses",
            "token_set_mass", "unigram_counts", "unigram_loss"]
@@ -128,23 +129,10 @@ def latency_ms(model, batch_size: int, n_tokens: int = 128, repeats: int = 5, wa
     The model is measured outside TransformerLens (no hooks), as it would be deployed; a
     bridge or a plain Hugging Face model may be passed.
     """
-    import time  # noqa: PLC0415
-
     hf = _as_hf(model)
     dev = next(hf.parameters()).device
     x = torch.randint(1, hf.config.vocab_size, (batch_size, n_tokens), generator=torch.Generator().manual_seed(0)).to(dev)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            hf(input_ids=x)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+    return median_ms(lambda: hf(input_ids=x), dev, repeats, warmup)
 
 
 def flops_per_token(model, n_tokens: int = 128) -> float:
