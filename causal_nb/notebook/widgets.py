@@ -6,8 +6,10 @@ re-runs one prompt (``views.head_effect``, tens of milliseconds on the bundled m
 updates, in place, the metric change, the per-token effect along the prompt and the most
 promoted/demoted tokens. ``SparsityExplorer`` has one slider per importance metric; moving it
 masks that metric's least important heads and re-plots quality (KL to the full model, top-1
-agreement) on held-out prompts. The callbacks are plain methods (``toggle``, ``set_kind``,
-``set_prompt``, ``set_sparsity``) so tests drive them without a browser.
+agreement) on held-out prompts. ``ImageHeadExplorer`` (``notebook.image_views``) is the vision
+transformer's head grid: an image's class probabilities and the CLS attention map. The
+callbacks are plain methods (``toggle``, ``set_kind``, ``set_prompt``, ``set_sparsity``) so tests
+drive them without a browser.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from ..engine.common import prepare, scored_batch
 from ..engine.metrics import get_metric
 from ..pruning.selection import select_units
 from . import views
+from .image_views import ImageHeadExplorer
 
-__all__ = ["HeadExplorer", "SparsityExplorer"]
+__all__ = ["HeadExplorer", "ImageHeadExplorer", "SparsityExplorer"]
 
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "height": 300}
 
