@@ -297,8 +297,12 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
         grads, acts, _ = metric_gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True,
                                           task=gtask)
         with torch.no_grad():
-            sources = masked_means(acts, pb.mask, hooks) if kind == "mean" else \
-                ablation_sources(model, kind, pb, hooks, None, n_tokens, seed, task=gtask)
+            if kind != "mean":
+                sources = ablation_sources(model, kind, pb, hooks, None, n_tokens, seed, task=gtask)
+            elif hasattr(task, "means_of"):  # hooks under different masks (an encoder-decoder's two stacks)
+                sources = task.means_of(acts, pb, hooks)
+            else:
+                sources = masked_means(acts, pb.mask, hooks)
         est, _ = attribution_scores(model, pb.tokens, sources, acts, units, loss, scored, 0, grads=grads)
         # estimated loss increase per prompt (cosine drop per pair)
         per = est.numpy() if lm else sign * task.per_value(est).numpy()
