@@ -199,8 +199,12 @@ def save_pruned_seq2seq(model, folder) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    import copy  # noqa: PLC0415
+
     hf = model.original_model
-    hf.config.save_pretrained(str(folder))
+    cfg = copy.deepcopy(hf.config)
+    cfg.output_attentions = False  # the bridge's setting (it hooks the patterns), not the model's
+    cfg.save_pretrained(str(folder))
     # embed_tokens and lm_head are tied to shared.weight; T5 has no biases (the bridge's are zeros)
     state = {k: v.detach().contiguous().cpu() for k, v in hf_state(hf).items()
              if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"
