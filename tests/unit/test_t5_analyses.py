@@ -112,7 +112,7 @@ def _patch_reference(base, source, kind: str, layers) -> np.ndarray:
             mods = _sublayers(hf, kind, layer)
             src = _record(lambda p, f: _logits(source, p, f), [(m, "out") for m in mods])
 
-            def swap(i):
+            def swap(i, src=src):
                 def fn(m, args, kwargs, out):
                     return (src[i], *out[1:]) if isinstance(out, tuple) else src[i]
                 return fn
