@@ -169,7 +169,10 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             metric ``"cosine"``); ``attribution`` its first-order estimate; ``taylor``/``fisher``
             take the cosine's gradient. ``cnb.ImageClassificationTask(images, labels)``: a ViT
             scored on its images (ablation default metric ``"kl"``; the gradient methods take the
-            label's cross-entropy, ``"loss"``).
+            label's cross-entropy, ``"loss"``). ``cnb.Seq2SeqTask(sources, targets)``: a T5's
+            units per stack (``"enc_head"``, ``"cross_head"``, ``"dec_neuron"``...) by ablation,
+            attribution(-abs), Taylor, Fisher (the gradient of each pair's mean target-token
+            log-prob), magnitude or random.
         executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
             ``SubmititExecutor``...; see ``engine.split``), each loading the model once; the merged
             table (``per_prompt`` included) equals this process's. Not ACDC (its walk crosses layers).
