@@ -172,7 +172,8 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             label's cross-entropy, ``"loss"``). ``cnb.Seq2SeqTask(sources, targets)``: a T5's
             units per stack (``"enc_head"``, ``"cross_head"``, ``"dec_neuron"``...) by ablation,
             attribution(-abs), Taylor, Fisher (the gradient of each pair's mean target-token
-            log-prob), magnitude or random.
+            log-prob), patching (``corrupted=`` sources, as ``patch`` takes them), magnitude or
+            random.
         executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
             ``SubmititExecutor``...; see ``engine.split``), each loading the model once; the merged
             table (``per_prompt`` included) equals this process's. Not ACDC (its walk crosses layers).
@@ -260,12 +261,15 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
     if method == "patching":
         if corrupted is None:
             raise ValueError("method='patching' needs corrupted prompts (corrupted=...), paired with prompts")
-        metric = metric or "logprob"
-        df = patch(model, pb, corrupted, unit=unit, metric=metric, direction="noise", n_tokens=n_tokens,
-                   progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb, layers=layers)
+        metric = metric or task.patch_metric
+        opts = {"unit": unit, "metric": metric, "direction": "noise", "progress": progress, "batch_size": batch_size,
+                "memory_budget_mb": memory_budget_mb, "layers": layers}
+        # a task that carries its clean inputs (Seq2SeqTask) pairs corrupted= with them itself
+        df = patch(model, pb, corrupted, n_tokens=n_tokens, **opts) if lm else \
+            patch(model, corrupted=corrupted, task=task, **opts)
         per = df.attrs["per_prompt"].to_numpy()
-        dmg = _damage(per, np.asarray(df.attrs["clean_per_prompt"]), metric)
-        return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "metric": str(metric)})
+        dmg = _damage(per, np.asarray(df.attrs["clean_per_prompt"]), metric, task.higher_is_worse)
+        return _table(units, unit, dmg.mean(1), dmg, task.ids(pb), {**attrs, "metric": str(metric)})
     # activation norms are read for every layer (then picked); the gradient methods hook only `units`
     hooks = sorted({e.hook for u in (every if method == "activation" else units) for e in u.edits})
     if lm:

@@ -22,7 +22,7 @@ stack kinds are refused on a model that is not an encoder-decoder.
 
 ``ablate`` (zero, or mean over the pairs or a ``reference``), ``patch`` (the task's pairs are
 the clean run; ``corrupted=`` other sources for the same targets, each of its clean source's
-token length; exact or attribution patching) and ``score`` (``"ablation"``, ``"attribution"``,
+token length; exact or attribution patching) and ``score`` (``"ablation"``, ``"patching"``, ``"attribution"``,
 ``"attribution-abs"``, ``"taylor"``, ``"fisher"``, ``"magnitude"``, ``"random"``; the gradient
 methods take the gradient of ``"target_logprob"``, from both stacks' first residual streams)
 take the task; ``evaluate(model, task=...)`` is ``evaluation.seq2seq_quality``. The engine hands
@@ -135,7 +135,8 @@ class Seq2SeqTask:
     higher_is_worse = frozenset({"kl"})
     units_kinds = tuple(STACK_UNIT_KINDS)
     score_units = units_kinds
-    score_methods = ("ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude", "random")
+    score_methods = ("ablation", "patching", "attribution", "attribution-abs", "taylor", "fisher", "magnitude",
+                     "random")
     # where the gradient methods' graph starts (engine.attribution.metric_gradients): each stack's
     # first residual stream (the decoder's does not depend on the encoder's)
     gradient_roots = ("encoder_blocks.0.hook_resid_pre", "decoder_blocks.0.hook_resid_pre")

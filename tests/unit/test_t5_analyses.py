@@ -153,6 +153,16 @@ def test_noise_direction(t5, ref, corr, task, kind):
     np.testing.assert_allclose(df.attrs["per_prompt"].to_numpy(), want, atol=1e-5, rtol=0)
 
 
+def test_score_by_patching(t5, ref, corr, task):
+    """Damage = clean target log-prob minus the clean run with the unit's corrupted activations."""
+    s = cnb.score(t5, task=task, method="patching", corrupted=CORRUPTED, unit="cross_head")
+    clean = _metrics(_logits(ref), _logits(ref), ref)["target_logprob"]
+    dmg = clean[None] - _patch_reference(ref, corr, "cross_head", [0, 1])
+    np.testing.assert_allclose(s.attrs["per_prompt"].to_numpy(), dmg, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(s["score"], dmg.mean(1), atol=1e-5, rtol=0)
+    assert list(s.attrs["per_prompt"].columns) == list(task.pair_ids)
+
+
 def _grads(base, kinds_layers):
     """Per-pair target log-prob of a plain HF forward, and its gradient w.r.t. each projection
     input (o for heads, wo for neurons), with the inputs themselves."""
