@@ -46,14 +46,15 @@ OPTION_USERS = {
 }
 _GRADIENT = ("attribution", "attribution-abs", "eap-ig", "taylor", "fisher")
 _WHY = {**{("metric", m): "it scores the loss" for m in _GRADIENT},
-        ("metric", "acdc"): "it scores the KL divergence", ("kind", "eap-ig"): "it interpolates towards corrupted=",
+        ("metric", "acdc"): "it scores the KL divergence, or a sentence-pair task's own metric",
+        ("kind", "eap-ig"): "it interpolates towards corrupted=",
         ("kind", "patching"): "it patches in corrupted= activations",
         **{("corrupted", m): "it needs no second prompt set" for m in METHODS if m not in ("patching", "eap-ig")}}
 _HIGHER_IS_WORSE = {"kl", "loss"}
 #: The methods that take a task other than the LM (``task=SentencePairTask(...)``); the others
-#: read next-token logits or paired corrupted prompts (patching, EAP-IG, ACDC, duplication's head
+#: read next-token logits or paired corrupted prompts (patching, EAP-IG, duplication's head
 #: outputs, activation's block outputs).
-TASK_METHODS = ("ablation", "attribution", "attribution-abs", "taylor", "fisher", "magnitude", "random")
+TASK_METHODS = ("ablation", "attribution", "attribution-abs", "acdc", "taylor", "fisher", "magnitude", "random")
 
 
 def _table(units, unit: str, scores: np.ndarray, per_prompt: np.ndarray | None, prompt_ids, attrs: dict) -> pd.DataFrame:
@@ -254,8 +255,9 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
     if method == "acdc":
         from .acdc import acdc_scores  # noqa: PLC0415
 
-        df = acdc_scores(model, pb, unit, kind=kind, threshold=0.01 if threshold is None else threshold,
-                         n_tokens=n_tokens, progress=progress)
+        df = acdc_scores(model, pb if lm else None, unit, kind=kind,
+                         threshold=0.01 if threshold is None else threshold, n_tokens=n_tokens, progress=progress,
+                         task=None if lm else task)
         df.attrs["kind"] = kind
         return df
     if method == "patching":

@@ -111,9 +111,10 @@ VISION_FAMILIES: tuple[str, ...] = ("vit",)
 ENCODER_FAMILIES: tuple[str, ...] = ("bert",)
 
 #: The calls that take an encoder with an encoder task (``task=SentencePairTask(pairs)``); the
-#: encoder tests (tests/unit/test_tasks.py, test_prune_encoders.py) cover each. ``patch`` and
-#: ``acdc`` need paired clean/corrupted inputs, which the sentence-pair task does not have.
-ENCODER_TASK_CALLS: tuple[str, ...] = ("ablate", "score", "prune", "prune_units", "evaluate", "encoder_sweep")
+#: encoder tests (tests/unit/test_tasks.py, test_prune_encoders.py, test_acdc_tasks.py) cover each.
+#: ``patch`` needs paired clean/corrupted inputs, which the sentence-pair task does not have.
+ENCODER_TASK_CALLS: tuple[str, ...] = ("ablate", "score", "acdc", "prune", "prune_units", "evaluate",
+                                       "encoder_sweep")
 
 
 def refuse_encoder(model, what: str = "analysis") -> None:
@@ -128,14 +129,14 @@ def refuse_encoder(model, what: str = "analysis") -> None:
         raise UnsupportedModelError(
             f"model family {name!r} is a vision transformer: the {what} with the default LM task reads next-token "
             "logits of text prompts, which an image classifier does not predict. Pass images through the image "
-            "task instead: task=cnb.ImageClassificationTask(images, labels) (ablate, patch and score read the "
-            "class logits on the CLS token; images from e.g. cnb.load_fashion_mnist('test'))")
+            "task instead: task=cnb.ImageClassificationTask(images, labels) (ablate, patch, score and acdc read "
+            "the class logits on the CLS token; images from e.g. cnb.load_fashion_mnist('test'))")
     if name in ENCODER_FAMILIES:
         raise UnsupportedModelError(
             f"model family {name!r} is an encoder: the {what} with the default LM task reads next-token logits, "
             "which an encoder does not predict. Pass an encoder task instead: task=cnb.SentencePairTask(pairs) "
             f"({', '.join(ENCODER_TASK_CALLS)} take it and read the pooled sentence embeddings, cosine per pair; "
-            "patch and acdc need paired clean/corrupted inputs the pair task lacks; see also "
+            "patch needs paired clean/corrupted inputs the pair task lacks; see also "
             "cnb.sentence_embeddings / similarity_eval / probe_eval), or use a decoder family "
             f"({', '.join(ANALYSIS_FAMILIES)})")
 

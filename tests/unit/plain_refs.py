@@ -127,3 +127,20 @@ def plain_bert_cosines(bert_model, enc, heads=None, neurons=None, blocks=(), mea
     m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
     v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
     return (v[0::2] * v[1::2]).sum(-1).double(), v
+
+
+def bridge_pair_cosines(model, enc, hooks=()) -> tuple:
+    """Pair cosines (rows 2i, 2i + 1) and L2-normalised embeddings of a bridge's full forward with
+    ``hooks``: its last block's output mean-pooled by hand over the real tokens (no kit pooling)."""
+    got = {}
+
+    def keep(x, hook):
+        got["h"] = x
+        return x
+
+    with torch.no_grad():
+        model.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
+                             fwd_hooks=[*hooks, (f"blocks.{model.cfg.n_layers - 1}.hook_out", keep)])
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    v = torch.nn.functional.normalize((got["h"].float() * m).sum(1) / m.sum(1), dim=-1)
+    return (v[0::2] * v[1::2]).sum(-1).double(), v

@@ -63,7 +63,7 @@ def test_options_the_method_ignores_are_errors(model):
     with pytest.raises(ValueError, match=r"metric= is not used by method 'taylor' \(it scores the loss\); "
                                          r"methods that take metric=: ablation, patching"):
         cnb.score(model, TEXTS, "taylor", metric="kl", n_tokens=N)
-    with pytest.raises(ValueError, match=r"metric= is not used by method 'acdc' \(it scores the KL divergence\)"):
+    with pytest.raises(ValueError, match=r"metric= is not used by method 'acdc' \(it scores the KL divergence, or a sentence-pair task's own metric\)"):
         cnb.score(model, TEXTS, "acdc", metric="loss", n_tokens=N)
     with pytest.raises(ValueError, match="kind= is not used by method 'magnitude'; methods that take kind=: ablation"):
         cnb.score(model, TEXTS, "magnitude", kind="zero")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from plain_refs import plain_bert_cosines, plain_bert_means
+from plain_refs import bridge_pair_cosines, plain_bert_cosines, plain_bert_means
 
 import causal_nb as cnb
 from causal_nb.models.families import UnsupportedModelError
@@ -53,22 +53,6 @@ def texts():
     return [s for pair in zip(PAIRS.sentence1, PAIRS.sentence2) for s in pair]
 
 
-def bridge_cosines(model, enc):
-    """The bridge's last block output mean-pooled by hand (no kit pooling code)."""
-    got = {}
-
-    def keep(x, hook):
-        got["h"] = x
-        return x
-
-    with torch.no_grad():
-        model.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                             fwd_hooks=[(f"blocks.{model.cfg.n_layers - 1}.hook_out", keep)])
-    m = enc["attention_mask"].unsqueeze(-1).float()
-    v = torch.nn.functional.normalize((got["h"].float() * m).sum(1) / m.sum(1), dim=-1)
-    return (v[0::2] * v[1::2]).sum(-1).double(), v
-
-
 def encoder_param_count(model) -> int:
     return sum(p.numel() for p in model.original_model.bert.parameters())
 
@@ -96,8 +80,8 @@ def test_pruning_equals_the_plain_bert_with_the_units_removed(bert, plain, task,
     assert (want - clean).abs().max() > 1e-4  # the removal changes the cosines: the check can fail
     masked = cnb.prune_units(bert, **sel, physical=False, fill=fill, reference=REF if fill == "mean" else None, task=task)
     physical = cnb.prune_units(bert, **sel, physical=True, fill=fill, reference=REF if fill == "mean" else None, task=task)
-    got_m, emb_m = bridge_cosines(masked, enc)
-    got_p, emb_p = bridge_cosines(physical, enc)
+    got_m, emb_m = bridge_pair_cosines(masked, enc)
+    got_p, emb_p = bridge_pair_cosines(physical, enc)
     assert (got_m - want).abs().max() < 1e-5 and (emb_m - want_emb).abs().max() < 1e-5
     assert (emb_p - emb_m).abs().max() / emb_m.abs().max() < 1e-5  # physical = masked, relative
     assert (got_p - got_m).abs().max() < 1e-5
@@ -119,7 +103,7 @@ def test_one_pruned_unit_equals_its_ablation(bert, task, unit, layer, index, fil
     sel = {"block": {"blocks": [layer]}, "head": {"heads": {layer: [index]}}, "neuron": {"neurons": {layer: [index]}}}
     for physical in (False, True):
         pruned = cnb.prune_units(bert, **sel[unit], physical=physical, fill=fill, task=task, **kw)
-        got, _ = bridge_cosines(pruned, enc_of(bert, texts()))
+        got, _ = bridge_pair_cosines(pruned, enc_of(bert, texts()))
         assert np.abs(got.numpy() - want).max() < 1e-5
 
 
@@ -135,7 +119,7 @@ def test_uneven_heads_save_and_reload_with_the_pooling(bert, bert_folder, task, 
     assert pooling_config(back) == pooling_config(bert)
     assert encoder_param_count(back) == encoder_param_count(pruned)
     enc = enc_of(bert, texts())
-    (_, a), (_, b) = bridge_cosines(pruned, enc), bridge_cosines(back, enc)
+    (_, a), (_, b) = bridge_pair_cosines(pruned, enc), bridge_pair_cosines(back, enc)
     assert (a - b).abs().max() < 1e-6
     assert (cnb.sentence_embeddings(back, texts()) - a).abs().max() < 1e-5
     # layer 0 is a removed block (one zeroed stand-in head); layer 1 keeps head 0 of four

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from plain_refs import bridge_pair_cosines
 
 import causal_nb as cnb
 from causal_nb.engine.replay import _head_fast_path, _mlp_fast_path, capture, run_from
@@ -32,23 +33,6 @@ def task():
 def tokens_of(model, pairs=PAIRS):
     texts = [s for p in pairs for s in p]
     return model.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
-
-
-def hand_cosines(model, enc, hooks=()):
-    """Full bridge forward with ``hooks``; mean pool of the last block's output; pair cosines."""
-    got = {}
-
-    def keep(x, hook):
-        got["h"] = x
-        return x
-
-    with torch.no_grad():
-        model.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                             fwd_hooks=[*hooks, (f"blocks.{N_LAYERS - 1}.hook_out", keep)])
-    m = enc["attention_mask"].unsqueeze(-1).float()
-    v = (got["h"].float() * m).sum(1) / m.sum(1)
-    v = v / v.norm(dim=-1, keepdim=True)
-    return (v[0::2] * v[1::2]).sum(-1).double()
 
 
 def hand_means(model, enc, names):
@@ -89,8 +73,8 @@ def hook_loop(model, unit, kind, n_units_per_layer):
                     return x
                 return fn
 
-            rows.append(hand_cosines(model, enc, [(h, make(h, idx)) for h, idx in unit_hooks(unit, layer, i)]))
-    return torch.stack(rows).numpy(), hand_cosines(model, enc).numpy()
+            rows.append(bridge_pair_cosines(model, enc, [(h, make(h, idx)) for h, idx in unit_hooks(unit, layer, i)])[0])
+    return torch.stack(rows).numpy(), bridge_pair_cosines(model, enc)[0].numpy()
 
 
 @pytest.mark.parametrize("unit,count", [("head", 4), ("neuron", 64), ("mlp", 1), ("attn", 1), ("block", 1)])
@@ -237,8 +221,8 @@ def test_bad_input_for_the_pair_task_is_named(bert, task):
         cnb.ablate(bert, task=task, kind="resample")
     with pytest.raises(ValueError, match="patching needs paired clean/corrupted inputs"):
         cnb.patch(bert, ["a"], ["b"], task=task)
-    with pytest.raises(ValueError, match=r"method='acdc' is not available.*methods with this task"):
-        cnb.score(bert, task=task, method="acdc")
+    with pytest.raises(ValueError, match=r"method='duplication' is not available.*methods with this task"):
+        cnb.score(bert, task=task, method="duplication")
     with pytest.raises(ValueError, match="unit 'resid' is not available"):
         cnb.ablate(bert, task=task, unit="resid")
     with pytest.raises(ValueError, match="n_tokens= is not used"):
