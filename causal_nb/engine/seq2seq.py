@@ -22,10 +22,10 @@ stack kinds are refused on a model that is not an encoder-decoder.
 
 ``ablate`` (zero, or mean over the pairs or a ``reference``), ``patch`` (the task's pairs are
 the clean run; ``corrupted=`` other sources for the same targets, each of its clean source's
-token length; exact or attribution patching) and ``score`` (``"ablation"``, ``"patching"``, ``"attribution"``,
-``"attribution-abs"``, ``"taylor"``, ``"fisher"``, ``"magnitude"``, ``"random"``; the gradient
-methods take the gradient of ``"target_logprob"``, from both stacks' first residual streams)
-take the task; ``evaluate(model, task=...)`` is ``evaluation.seq2seq_quality``. The engine hands
+token length; exact or attribution patching) and ``score`` (``"ablation"``, ``"patching"``,
+``"attribution"``, ``"attribution-abs"``, ``"taylor"``, ``"fisher"``, ``"magnitude"``,
+``"random"``; the gradient methods take the gradient of ``"target_logprob"``, from both stacks'
+first residual streams) take the task; ``evaluate(model, task=...)`` is ``evaluation.seq2seq_quality``. The engine hands
 the capture and the replay of the two stacks to ``engine.seq2seq_replay``.
 """
 
