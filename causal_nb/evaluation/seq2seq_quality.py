@@ -39,7 +39,9 @@ def greedy_generations(model, task, max_new_tokens: int | None = None, batch_siz
     for i in range(0, len(batch.tokens), int(batch_size)):
         ids = hf.generate(input_ids=batch.tokens[i:i + batch_size], attention_mask=batch.mask[i:i + batch_size].long(),
                           max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
-                          return_dict_in_generate=True)
+                          # the bridge sets output_attentions on the config (for its hooks); the
+                          # generation keeps none of them
+                          return_dict_in_generate=True, output_attentions=False, output_hidden_states=False)
         out += [tok.decode(row, skip_special_tokens=True) for row in ids.sequences.tolist()]
     return [s.strip() for s in out]
 
