@@ -34,7 +34,8 @@ API vocabulary (one meaning per name, everywhere):
   per pair where the LM has one per prompt; ``Seq2SeqTask(sources, targets)`` reads an
   encoder-decoder (T5) through its teacher-forced target log-probs (``"target_logprob"``,
   ``"kl"``, ``"top1"``), with units per stack (``"enc_head"``, ``"dec_head"``,
-  ``"cross_head"``, ``"enc_neuron"``, ``"dec_neuron"``...);
+  ``"cross_head"``, ``"enc_neuron"``, ``"dec_neuron"``...; ``patch(t5, corrupted=sources,
+  task=...)``; ``evaluate`` adds BLEU of greedy generations);
   ``ImageClassificationTask(images, labels)`` reads a ViT's
   class logits on the CLS token (``"label_logprob"``, ``"kl"``, ``"accuracy"``, ``"top1"``), one
   value per image (``patch`` too: ``patch(vit, corrupted=images, task=...)``).

@@ -170,7 +170,11 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             metric ``"cosine"``); ``attribution`` its first-order estimate; ``taylor``/``fisher``
             take the cosine's gradient. ``cnb.ImageClassificationTask(images, labels)``: a ViT
             scored on its images (ablation default metric ``"kl"``; the gradient methods take the
-            label's cross-entropy, ``"loss"``).
+            label's cross-entropy, ``"loss"``). ``cnb.Seq2SeqTask(sources, targets)``: a T5's
+            units per stack (``"enc_head"``, ``"cross_head"``, ``"dec_neuron"``...) by ablation,
+            attribution(-abs), Taylor, Fisher (the gradient of each pair's mean target-token
+            log-prob), patching (``corrupted=`` sources, as ``patch`` takes them), magnitude or
+            random.
         executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
             ``SubmititExecutor``...; see ``engine.split``), each loading the model once; the merged
             table (``per_prompt`` included) equals this process's. Not ACDC (its walk crosses layers).
@@ -259,12 +263,15 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
     if method == "patching":
         if corrupted is None:
             raise ValueError("method='patching' needs corrupted prompts (corrupted=...), paired with prompts")
-        metric = metric or "logprob"
-        df = patch(model, pb, corrupted, unit=unit, metric=metric, direction="noise", n_tokens=n_tokens,
-                   progress=progress, batch_size=batch_size, memory_budget_mb=memory_budget_mb, layers=layers)
+        metric = metric or task.patch_metric
+        opts = {"unit": unit, "metric": metric, "direction": "noise", "progress": progress, "batch_size": batch_size,
+                "memory_budget_mb": memory_budget_mb, "layers": layers}
+        # a task that carries its clean inputs (Seq2SeqTask) pairs corrupted= with them itself
+        df = patch(model, pb, corrupted, n_tokens=n_tokens, **opts) if lm else \
+            patch(model, corrupted=corrupted, task=task, **opts)
         per = df.attrs["per_prompt"].to_numpy()
-        dmg = _damage(per, np.asarray(df.attrs["clean_per_prompt"]), metric)
-        return _table(units, unit, dmg.mean(1), dmg, pb.ids, {**attrs, "metric": str(metric)})
+        dmg = _damage(per, np.asarray(df.attrs["clean_per_prompt"]), metric, task.higher_is_worse)
+        return _table(units, unit, dmg.mean(1), dmg, task.ids(pb), {**attrs, "metric": str(metric)})
     # activation norms are read for every layer (then picked); the gradient methods hook only `units`
     hooks = sorted({e.hook for u in (every if method == "activation" else units) for e in u.edits})
     if lm:
@@ -299,8 +306,12 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
         grads, acts, _ = metric_gradients(model, pb.tokens, set(hooks), loss, scored, None, keep_acts=True,
                                           task=gtask)
         with torch.no_grad():
-            sources = masked_means(acts, pb.mask, hooks) if kind == "mean" else \
-                ablation_sources(model, kind, pb, hooks, None, n_tokens, seed, task=gtask)
+            if kind != "mean":
+                sources = ablation_sources(model, kind, pb, hooks, None, n_tokens, seed, task=gtask)
+            elif hasattr(task, "means_of"):  # hooks under different masks (an encoder-decoder's two stacks)
+                sources = task.means_of(acts, pb, hooks)
+            else:
+                sources = masked_means(acts, pb.mask, hooks)
         est, _ = attribution_scores(model, pb.tokens, sources, acts, units, loss, scored, 0, grads=grads)
         # estimated loss increase per prompt (cosine drop per pair)
         per = est.numpy() if lm else sign * task.per_value(est).numpy()

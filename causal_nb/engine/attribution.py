@@ -29,7 +29,8 @@ def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch | object,
     """Per-prompt metric gradients w.r.t. activations at ``hooks`` (a forward + backward).
 
     ``task``: the forward and readout the metric reads (None: the LM's logits at the scored
-    positions, as ``engine.tasks.LMTask``).
+    positions, as ``engine.tasks.LMTask``). The graph starts at ``blocks.0.hook_resid_pre``, or
+    at the task's ``gradient_roots`` (an encoder-decoder: each stack's first residual stream).
 
     Returns (grads, metric values) or, with ``keep_acts``, (grads, detached activations, values).
     """
@@ -51,7 +52,10 @@ def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch | object,
 
         return fn
 
-    fwd = [(first, start)] + [(n, save(n)) for n in names]
+    roots = getattr(task, "gradient_roots", (first,)) if task is not None else (first,)
+    if interp is not None and len(roots) != 1:
+        raise ValueError("EAP-IG interpolates one input stream; this task's graph starts at several")
+    fwd = [(r, start) for r in roots] + [(n, save(n)) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens, return_type="logits")[:, scored.positions] if task is None else \
             task.run(model, tokens, scored)

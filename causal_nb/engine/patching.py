@@ -83,7 +83,10 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
             needs paired clean/corrupted inputs: ``cnb.ImageClassificationTask(images, labels)``
             carries the clean images (then ``clean=None``, ``corrupted=`` images of the same
             shape; exact or attribution patching; metric default ``"label_logprob"``);
-            ``SentencePairTask`` is refused (use ``ablate``).
+            ``cnb.Seq2SeqTask(sources, targets)`` carries the clean pairs (``corrupted=`` a list
+            of sources, each of its clean source's token length, or a ``Seq2SeqTask`` with the
+            same targets; units per stack, ``"enc_head"``, ``"cross_head"``...; metric default
+            ``"target_logprob"``); ``SentencePairTask`` is refused (use ``ablate``).
 
     Raises:
         ValueError: an option the method doesn't use (``steps`` without EAP-IG, ``batch_size``
@@ -149,13 +152,15 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
 
 def _patch_carried(model, task, clean, corrupted, unit, metric, method, direction, positions, per_position, layers,
                    scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers) -> pd.DataFrame:
-    """``patch`` with a task that carries the clean inputs (``ImageClassificationTask``): the
-    corrupted inputs are paired with them by index; exact patching through the one engine."""
+    """``patch`` with a task that carries the clean inputs (``ImageClassificationTask``,
+    ``Seq2SeqTask``): the corrupted inputs (``task.corrupted_batch``) are paired with them by
+    index; exact or attribution patching through the one engine."""
     task.check_model(model, "patch")
     if clean is not None:
-        raise ValueError(f"{task!r} carries the clean inputs: pass clean=None and the corrupted images as corrupted=")
+        raise ValueError(f"{task!r} carries the clean inputs: pass clean=None and the corrupted inputs as corrupted=")
     if corrupted is None:
-        raise TypeError(f"patch with {task!r} needs corrupted= images, paired with the task's by index")
+        raise TypeError(f"patch with {task!r} needs corrupted= inputs (images; for Seq2SeqTask, sources), paired with "
+                        "the task's by index")
     if method not in ("exact", "attribution"):
         raise ValueError(f"method={method!r} patching is not available with {task!r} yet; use method='exact' or "
                          "'attribution'")
@@ -165,7 +170,8 @@ def _patch_carried(model, task, clean, corrupted, unit, metric, method, directio
     unused = {"n_tokens": n_tokens, "answers": answers, "steps": steps}
     given = [k for k, v in unused.items() if v is not None]
     if given:
-        raise ValueError(f"{given[0]}= is not used by patch with {task!r} (it reads the class logits of images)")
+        raise ValueError(f"{given[0]}= is not used by patch with {task!r} (it reads the task's own readout: class "
+                         "logits of images, or a decoder's target tokens)")
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     metric = task.patch_metric if metric in (None, "logprob") else metric  # "logprob": patch's default, the LM's

@@ -20,9 +20,13 @@ block before its residual add: zeroing them all passes the block's input through
 the block's index in its stack. The LM kinds (``"head"``...) are refused as ambiguous, and the
 stack kinds are refused on a model that is not an encoder-decoder.
 
-``ablate`` (zero, or mean over the pairs or a ``reference``) and ``score`` (``"ablation"``,
-``"magnitude"``, ``"random"``) take the task; the engine hands the capture and the replay of the
-two stacks to ``engine.seq2seq_replay``.
+``ablate`` (zero, or mean over the pairs or a ``reference``), ``patch`` (the task's pairs are
+the clean run; ``corrupted=`` other sources for the same targets, each of its clean source's
+token length; exact or attribution patching) and ``score`` (``"ablation"``, ``"patching"``,
+``"attribution"``, ``"attribution-abs"``, ``"taylor"``, ``"fisher"``, ``"magnitude"``,
+``"random"``; the gradient methods take the gradient of ``"target_logprob"``, from both stacks'
+first residual streams) take the task; ``evaluate(model, task=...)`` is ``evaluation.seq2seq_quality``. The engine hands
+the capture and the replay of the two stacks to ``engine.seq2seq_replay``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .metrics import METRICS, ScoredBatch, kl, logprob, top1
 from .seq2seq_replay import (
     seq2seq_capture,
     seq2seq_evaluate,
+    seq2seq_masked_means,
     seq2seq_means,
     seq2seq_readout,
     seq2seq_weight_norms,
@@ -130,7 +135,11 @@ class Seq2SeqTask:
     higher_is_worse = frozenset({"kl"})
     units_kinds = tuple(STACK_UNIT_KINDS)
     score_units = units_kinds
-    score_methods = ("ablation", "magnitude", "random")
+    score_methods = ("ablation", "patching", "attribution", "attribution-abs", "taylor", "fisher", "magnitude",
+                     "random")
+    # where the gradient methods' graph starts (engine.attribution.metric_gradients): each stack's
+    # first residual stream (the decoder's does not depend on the encoder's)
+    gradient_roots = ("encoder_blocks.0.hook_resid_pre", "decoder_blocks.0.hook_resid_pre")
 
     def __init__(self, sources, targets, max_length: int | None = None):
         self.sources, self.targets = _pairs(sources, targets)
@@ -186,6 +195,39 @@ class Seq2SeqTask:
         if isinstance(reference, tuple) and len(reference) == 2:
             return self.tokenize(model, *_pairs(*reference))
         raise TypeError("reference= for Seq2SeqTask: a Seq2SeqTask or a (sources, targets) tuple of two lists")
+
+    def corrupted_batch(self, model, corrupted) -> Seq2SeqBatch:
+        """``patch``'s corrupted pairs: a ``Seq2SeqTask`` with the same targets, or a list of
+        sources (one per pair; the task's targets). Source i must have as many tokens as clean
+        source i, so encoder positions line up (the targets are the same)."""
+        if isinstance(corrupted, Seq2SeqTask):
+            if corrupted.targets != self.targets:
+                bad = [i for i, (a, b) in enumerate(zip(corrupted.targets, self.targets)) if a != b][:5]
+                raise ValueError(f"corrupted pairs {bad or 'count'} have other targets than the clean ones: patching "
+                                 "compares runs on the same targets; give corrupted=Seq2SeqTask(other_sources, "
+                                 "the same targets), or just the list of corrupted sources")
+            sources = corrupted.sources
+        elif isinstance(corrupted, (str, tuple)) or not hasattr(corrupted, "__iter__"):
+            raise TypeError("corrupted= for Seq2SeqTask: a list of corrupted sources (one per pair) or a "
+                            "Seq2SeqTask(corrupted_sources, the same targets)")
+        else:
+            sources = corrupted
+        sources, _ = _pairs(sources, self.targets)
+        clean = self.tokenize(model, self.sources, self.targets)
+        xb = self.tokenize(model, sources, self.targets)
+        n_clean, n_corr = clean.mask.sum(1), xb.mask.sum(1)
+        bad = (n_clean != n_corr).nonzero()[:5, 0].tolist()
+        if bad:
+            i = bad[0]
+            raise ValueError(f"corrupted source(s) {bad} differ in token length from their clean sources (pair {i}: "
+                             f"{int(n_clean[i])} vs {int(n_corr[i])} tokens), so encoder positions don't line up; "
+                             "use corrupted sources of the same token length (e.g. swap a word for another word of "
+                             "as many tokens: model.tokenizer.tokenize(text) shows them)")
+        return xb
+
+    @staticmethod
+    def check_positions(positions, batch):  # noqa: ARG004 - the task interface; units() refuses positions
+        return positions
 
     def scoring(self, model, batch: Seq2SeqBatch, scored_positions=None) -> Seq2SeqScored:  # noqa: ARG002
         if scored_positions is not None:
@@ -262,6 +304,10 @@ class Seq2SeqTask:
 
     def mean_activations(self, model, batch: Seq2SeqBatch, hooks) -> dict[str, Tensor]:
         return seq2seq_means(self, model, batch, hooks)
+
+    def means_of(self, acts: dict[str, Tensor], batch: Seq2SeqBatch, hooks) -> dict[str, Tensor]:
+        """``mean_activations`` from activations at hand: each over its own stack's real tokens."""
+        return seq2seq_masked_means(acts, batch, hooks)
 
     def weight_norms(self, model, kind: str, p: int) -> np.ndarray:
         self.units(model, kind)  # the same checks (and order) as the units themselves

@@ -28,7 +28,7 @@ from .common import masked_means
 from .replay import Capture, joint_hooks
 from .units import STACK_UNIT_KINDS, Unit
 
-__all__ = ["Seq2SeqCapture", "seq2seq_capture", "seq2seq_evaluate", "seq2seq_means", "seq2seq_readout",
+__all__ = ["Seq2SeqCapture", "seq2seq_capture", "seq2seq_evaluate", "seq2seq_masked_means", "seq2seq_means", "seq2seq_readout",
            "seq2seq_replay", "seq2seq_weight_norms", "stack_sizes", "unit_count", "unit_prefix"]
 
 
@@ -190,10 +190,16 @@ def seq2seq_means(task, model, batch, hooks: Sequence[str]) -> dict[str, Tensor]
     """Each hook's activation averaged over the pairs and the real positions of its stack (source
     tokens for encoder hooks, target tokens for decoder hooks), [1, 1, ...] float32."""
     cap = seq2seq_capture(task, model, batch.tokens, hooks, scored=task.scoring(model, batch))
+    return seq2seq_masked_means(cap.acts, batch, hooks)
+
+
+def seq2seq_masked_means(acts: dict[str, Tensor], batch, hooks: Sequence[str]) -> dict[str, Tensor]:
+    """``seq2seq_means`` from activations at hand (a gradient pass's): encoder hooks over the
+    real source tokens, decoder hooks over the real target tokens."""
     out = {}
     for h in hooks:
         mask = batch.mask if h.startswith("encoder_blocks.") else batch.target_mask
-        out.update(masked_means({h: cap.acts[h]}, mask, [h]))
+        out.update(masked_means({h: acts[h]}, mask, [h]))
     return out
 
 

@@ -264,7 +264,10 @@ def evaluate(model, prompts=None, full_model=None, n_tokens: int = 64, latency_b
             encoder's parameters, FLOPs and latency, no peak memory; per-pair lists as
             ``per_prompt_*``); ``ImageClassificationTask(images, labels)`` for a ViT:
             ``vision_quality.evaluate_images`` (accuracy, loss, confidence, KL and top-1
-            agreement with ``full_model``, parameters; no latency yet).
+            agreement with ``full_model``, parameters; no latency yet);
+            ``Seq2SeqTask(sources, targets)`` for a T5: ``seq2seq_quality.evaluate_seq2seq``
+            (target log-prob, loss, perplexity, token accuracy, KL and top-1 agreement with
+            ``full_model``, BLEU of greedy generations, parameters; no latency yet).
 
     Returns:
         ``loss``, ``kl``, ``top1_agreement``, ``params``, ``flops_per_token`` (at
@@ -285,7 +288,13 @@ def evaluate(model, prompts=None, full_model=None, n_tokens: int = 64, latency_b
                         "top-1 agreement compare with (reference= means prompts for mean ablation in causal_nb)")
     task = as_task(task)
     task.check_model(model, "evaluate")
-    if hasattr(task, "corrupted_batch"):  # ImageClassificationTask: a ViT on its images
+    if task.name == "seq2seq":  # Seq2SeqTask: a T5 on its (source, target) pairs
+        from .seq2seq_quality import evaluate_seq2seq  # noqa: PLC0415
+
+        if prompts is not None:
+            raise ValueError(f"{task!r} carries its inputs (the pairs); drop the prompts argument")
+        return evaluate_seq2seq(model, task, full_model=full_model)
+    if task.name == "image-classification":  # ImageClassificationTask: a ViT on its images
         from .vision_quality import evaluate_images  # noqa: PLC0415
 
         if prompts is not None:

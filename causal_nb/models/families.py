@@ -19,8 +19,9 @@ refused by name rather than run with silently wrong numbers. Vision transformers
 pruned masked and physically (``tests/unit/test_vit.py``); the LM task refuses them.
 
 The encoder-decoder T5 (``SEQ2SEQ_FAMILIES``) is tested in ``tests/unit/test_t5.py``: it loads
-as a bridge and is read with ``engine.seq2seq.Seq2SeqTask`` (ablate, score), its units per stack
-and attention kind; ``prune`` slices its heads and neurons (``pruning.seq2seq``).
+as a bridge and is read with ``engine.seq2seq.Seq2SeqTask`` (ablate, patch, score with the
+gradient methods, evaluate: ``tests/unit/test_t5_analyses.py``), its units per stack and
+attention kind; ``prune`` slices its heads and neurons, zero or mean fill (``pruning.seq2seq``).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def refuse_encoder(model, what: str = "analysis") -> None:
 
 
 #: Encoder-decoder families: they load (``load_model``) and are read by
-#: ``engine.seq2seq.Seq2SeqTask`` (ablate, score); the decoder-LM analyses and prune refuse them.
+#: ``engine.seq2seq.Seq2SeqTask`` (ablate, patch, score, prune, evaluate); the decoder-LM task refuses them.
 SEQ2SEQ_FAMILIES: tuple[str, ...] = ("t5",)
 
 
@@ -154,8 +155,8 @@ def refuse_seq2seq(model, what: str = "analysis") -> None:
         raise UnsupportedModelError(
             f"model family {name!r} is an encoder-decoder: the {what} with the default LM task (or a sentence-pair "
             "task) feeds one token sequence, while it needs source and target sequences. Pass "
-            "task=cnb.Seq2SeqTask(sources, targets) to ablate or score (units 'enc_head', 'dec_head', 'cross_head', "
-            "'enc_neuron', 'dec_neuron'...); patch, prune and evaluate do not take encoder-decoders yet")
+            "task=cnb.Seq2SeqTask(sources, targets) to ablate, patch, score or evaluate (units 'enc_head', "
+            "'dec_head', 'cross_head', 'enc_neuron', 'dec_neuron'...); prune takes its score tables")
 
 
 def check_loadable(model) -> str:

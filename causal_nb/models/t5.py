@@ -13,7 +13,10 @@ apart from it), so each cross-attention builds its own zeros.
 
 A spec is ``{"arch": "t5", "physical": True, "removed": {kind: {layer: [indices]}}}`` with the
 kinds ``HEAD_KINDS`` and ``NEURON_KINDS`` (``engine.seq2seq``'s unit kinds) and layers counted
-within their stack.
+within their stack. A mean-filled spec (``"fill": "mean"``, physical or not) also lists in
+``"biased"`` the output projections (``o``, ``wo``; bias-free in T5) that carry the removed
+units' mean output as a bias; ``apply_t5_structure`` gives them a zero bias for the weights to
+fill.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["HEAD_KINDS", "NEURON_KINDS", "apply_t5_structure", "load_pruned_t5", "t5_attention", "t5_mlp"]
+__all__ = ["HEAD_KINDS", "NEURON_KINDS", "apply_t5_structure", "load_pruned_t5", "set_bias", "t5_attention",
+           "t5_mlp"]
 
 HEAD_KINDS = ("enc_head", "dec_head", "cross_head")
 NEURON_KINDS = ("enc_neuron", "dec_neuron")
@@ -43,6 +47,20 @@ def t5_attention(hf, kind: str, layer: int) -> nn.Module:
 def t5_mlp(hf, kind: str, layer: int) -> nn.Module:
     """The DenseReluDense (wi/wo) of a neuron kind in ``layer`` of its stack."""
     return _stack(hf, kind).block[layer].layer[-1].DenseReluDense
+
+
+def set_bias(hf, name: str, bias: torch.Tensor | None = None) -> nn.Linear:
+    """Give the bias-free projection ``name`` (e.g. ``encoder.block.0.layer.0.SelfAttention.o``) a
+    bias: ``bias``, or zeros. Returns the new Linear (weights shared with the old one)."""
+    parent, attr = name.rsplit(".", 1)
+    old = hf.get_submodule(name)
+    w = old.weight
+    new = nn.Linear(old.in_features, old.out_features, bias=True, dtype=w.dtype, device=w.device)
+    new.weight = old.weight
+    with torch.no_grad():
+        new.bias.copy_(torch.zeros(old.out_features) if bias is None else bias)
+    setattr(hf.get_submodule(parent), attr, new)
+    return new
 
 
 def _rows(lin: nn.Linear, idx: list[int]) -> nn.Linear:
@@ -109,9 +127,10 @@ def _own_zero_bias(mod, args, kwargs):  # noqa: ARG001 - the forward pre-hook si
 
 
 def apply_t5_structure(hf, spec: dict) -> None:
-    """Slice a full-size T5 in place to a pruning spec and fit its position biases."""
+    """Slice a full-size T5 in place to a pruning spec (a physical one) and fit its position
+    biases; give the spec's ``"biased"`` projections a zero bias."""
     n_full = hf.config.num_heads
-    removed = spec["removed"]
+    removed = spec["removed"] if spec.get("physical", True) else {}
     for kind in HEAD_KINDS:
         keeps = {}
         for layer, idx in removed.get(kind, {}).items():
@@ -137,6 +156,8 @@ def apply_t5_structure(hf, spec: dict) -> None:
                 if hasattr(ff, name):
                     setattr(ff, name, _rows(getattr(ff, name), keep))
             ff.wo = _cols(ff.wo, keep)
+    for name in spec.get("biased", ()):
+        set_bias(hf, name)
 
 
 def load_pruned_t5(folder, dtype=torch.float32):

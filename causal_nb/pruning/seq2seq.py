@@ -1,6 +1,10 @@
 """Structured pruning of an encoder-decoder (T5): heads of its three attention kinds and MLP
 neurons, masked (output weights zeroed) or physical (weights sliced, ``models.t5``), saved and
-reloaded (``load_model`` rebuilds a saved pruned folder).
+reloaded (``load_model`` rebuilds a saved pruned folder). ``fill="mean"`` folds each removed
+unit's mean output over reference pairs (its head's ``z`` or its neuron's ``wo`` input averaged
+over the real tokens of its stack, as ``ablate(kind="mean")`` averages) into a bias of the
+attention's ``o`` or the MLP's ``wo``, so the pruned model equals mean-ablating the removed
+units all at once.
 
 Units are ``Seq2SeqTask``'s (``engine.units.STACK_UNIT_KINDS``): ``enc_head``, ``dec_head``,
 ``cross_head``, ``enc_neuron``, ``dec_neuron``; layers count within their stack.
@@ -14,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..core.checks import check_sparsity, require_scores
-from ..engine.seq2seq_replay import stack_sizes, unit_count
+from ..engine.seq2seq_replay import stack_sizes, unit_count, unit_prefix
 from ..engine.units import STACK_UNIT_KINDS
 from ..models.hf import hf_state, quiet_loading
 from ..models.t5 import HEAD_KINDS, NEURON_KINDS, apply_t5_structure, t5_attention, t5_mlp
@@ -77,7 +81,47 @@ def _boot(hf, model):
     return bridge.eval()
 
 
-def prune_seq2seq_units(model, removed: dict[str, dict[int, list[int]]], physical: bool = True):
+def _mean_pairs(model, reference, task):
+    """The task and batch a mean fill averages over: ``reference`` (a ``Seq2SeqTask`` or
+    ``(sources, targets)``), else ``task``'s own pairs."""
+    from ..engine.seq2seq import Seq2SeqTask  # noqa: PLC0415
+
+    if task is not None and not isinstance(task, Seq2SeqTask):
+        raise TypeError(f"a T5 is pruned with task=cnb.Seq2SeqTask(sources, targets) (or none), not {task!r}")
+    if reference is None:
+        if task is None:
+            raise ValueError("fill='mean' needs the pairs to average over: reference=cnb.Seq2SeqTask(sources, "
+                             "targets) or (sources, targets), or task=cnb.Seq2SeqTask(...) (its pairs)")
+        return task, task.prepare(model)
+    if isinstance(reference, Seq2SeqTask):
+        return reference, reference.prepare(model)
+    if isinstance(reference, tuple) and len(reference) == 2:
+        t = Seq2SeqTask(*reference)
+        return t, t.prepare(model)
+    raise TypeError("reference= for a T5: a Seq2SeqTask or a (sources, targets) tuple of two lists")
+
+
+def _mean_biases(model, hf, removed: dict, reference, task) -> dict[str, torch.Tensor]:
+    """Per output projection (HF name) the bias that stands in for its removed units: the sum of
+    each removed unit's mean input slice times its columns of the full-size weight."""
+    hooks = {STACK_UNIT_KINDS[k][1][0].format(l=la): (k, la) for k, d in removed.items() for la, v in d.items() if v}
+    if not hooks:
+        return {}
+    t, batch = _mean_pairs(model, reference, task)
+    means = t.mean_activations(model, batch, sorted(hooks))
+    dk, out = hf.config.d_kv, {}
+    for hook, (kind, layer) in hooks.items():
+        idx = removed[kind][layer]
+        cols = [h * dk + i for h in idx for i in range(dk)] if kind in HEAD_KINDS else idx
+        name = unit_prefix(kind, layer) + (".o" if kind in HEAD_KINDS else ".wo")
+        w = hf.get_submodule(name).weight.detach()
+        m = means[hook].reshape(-1).to(w.dtype)  # [heads * d_kv] or [d_ff]
+        out[name] = out.get(name, 0) + w[:, cols] @ m[cols]
+    return out
+
+
+def prune_seq2seq_units(model, removed: dict[str, dict[int, list[int]]], physical: bool = True, fill: str = "zero",
+                        reference=None, task=None):
     """A copy of a T5 bridge without the given units: ``{kind: {layer: [indices]}}``.
 
     Args:
@@ -85,18 +129,26 @@ def prune_seq2seq_units(model, removed: dict[str, dict[int, list[int]]], physica
             heads or neurons to remove; every attention layer keeps at least one head.
         physical: slice the weights (smaller); False zeroes the removed units' o / wo columns
             (same shapes; equals zero-ablating them all at once).
+        fill: ``"zero"``, or ``"mean"``: the removed units' mean output over ``reference`` (a
+            ``Seq2SeqTask`` or ``(sources, targets)``; default: ``task``'s pairs) becomes a bias
+            of their o / wo, so the result equals mean-ablating them all at once.
+        task: a ``Seq2SeqTask``, the default pairs of ``fill="mean"``.
 
     Returns:
         A new bridge; ``.causal_nb_pruned`` holds the spec.
     """
+    if fill not in ("zero", "mean"):
+        raise ValueError(f"unknown fill {fill!r}; valid: 'zero', 'mean'")
+    if fill == "zero" and reference is not None:
+        raise ValueError("reference= is not used with fill='zero' (it is the pairs fill='mean' averages over)")
     removed = _check_removed(model, removed)
     hf = plain_t5(model)
     spec = {"arch": "t5", "physical": bool(physical),
             "removed": {k: {str(la): v for la, v in d.items()} for k, d in removed.items()}}
-    if physical:
-        apply_t5_structure(hf, spec)
-        hf.config.causal_nb_pruned = spec
-    else:
+    biases = _mean_biases(model, hf, removed, reference, task) if fill == "mean" else {}
+    if fill == "mean":
+        spec.update(fill="mean", biased=sorted(biases))
+    if not physical:
         dk = hf.config.d_kv
         with torch.no_grad():
             for kind, layers in removed.items():
@@ -105,15 +157,23 @@ def prune_seq2seq_units(model, removed: dict[str, dict[int, list[int]]], physica
                         t5_attention(hf, kind, layer).o.weight[:, [h * dk + i for h in idx for i in range(dk)]] = 0
                     else:
                         t5_mlp(hf, kind, layer).wo.weight[:, idx] = 0
+    if physical or biases:  # the spec rebuilds the sliced shapes and the added biases on loading
+        apply_t5_structure(hf, spec)
+        hf.config.causal_nb_pruned = spec
+    with torch.no_grad():
+        for name, b in biases.items():
+            hf.get_submodule(name).bias.copy_(b)
     bridge = _boot(hf, model)
     bridge.causal_nb_source = {**getattr(model, "causal_nb_source", {}), "pruned": True}
     bridge.causal_nb_pruned = spec
     return bridge
 
 
-def prune_seq2seq(model, scores, sparsity: float, physical: bool = True, budget: str = "global"):
+def prune_seq2seq(model, scores, sparsity: float, physical: bool = True, budget: str = "global", fill: str = "zero",
+                  reference=None, task=None):
     """The lowest-scoring share of each scored unit kind removed (``score(..., task=Seq2SeqTask)``
-    tables of ``HEAD_KINDS``/``NEURON_KINDS``; one table per kind, or a list)."""
+    tables of ``HEAD_KINDS``/``NEURON_KINDS``; one table per kind, or a list); ``fill``,
+    ``reference`` and ``task`` as in ``prune_seq2seq_units``."""
     sparsity = check_sparsity(sparsity)
     tables = scores if isinstance(scores, (list, tuple)) else [scores]
     removed = {}
@@ -130,7 +190,7 @@ def prune_seq2seq(model, scores, sparsity: float, physical: bool = True, budget:
         require_scores(t, "prune", units=("head", "neuron"))
         n_layers = stack_sizes(model)[0 if STACK_UNIT_KINDS[kind][0] == "encoder" else 1]
         removed[kind] = select_units(t, sparsity, unit_count(model, kind, 0), n_layers, budget)
-    return prune_seq2seq_units(model, removed, physical)
+    return prune_seq2seq_units(model, removed, physical, fill=fill, reference=reference, task=task)
 
 
 def save_pruned_seq2seq(model, folder) -> Path:
@@ -139,8 +199,12 @@ def save_pruned_seq2seq(model, folder) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    import copy  # noqa: PLC0415
+
     hf = model.original_model
-    hf.config.save_pretrained(str(folder))
+    cfg = copy.deepcopy(hf.config)
+    cfg.output_attentions = False  # the bridge's setting (it hooks the patterns), not the model's
+    cfg.save_pretrained(str(folder))
     # embed_tokens and lm_head are tied to shared.weight; T5 has no biases (the bridge's are zeros)
     state = {k: v.detach().contiguous().cpu() for k, v in hf_state(hf).items()
              if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"

@@ -88,16 +88,15 @@ def prune(model, scores, sparsity: float, physical: bool = True, budget: str = "
             reference).
 
     A T5 takes ``score(..., task=Seq2SeqTask(...))`` tables of ``enc_head``, ``dec_head``,
-    ``cross_head``, ``enc_neuron`` or ``dec_neuron`` (one per kind; ``fill="zero"`` only), and
-    ``sparsity`` applies to each kind (``pruning.seq2seq``).
+    ``cross_head``, ``enc_neuron`` or ``dec_neuron`` (one per kind), and ``sparsity`` applies to
+    each kind (``pruning.seq2seq``); ``fill="mean"`` averages over ``reference=`` pairs (a
+    ``Seq2SeqTask`` or ``(sources, targets)``) or ``task=Seq2SeqTask(...)``'s own.
 
     Returns:
         A new ``TransformerBridge``; ``model.causal_nb_pruned`` holds the removed units.
     """
     if family(model) in SEQ2SEQ_FAMILIES:  # a T5: heads of three attention kinds, two stacks
-        if fill != "zero" or reference is not None:
-            raise ValueError("a T5 is pruned with fill='zero' only (no reference=) so far")
-        return prune_seq2seq(model, scores, sparsity, physical, budget)
+        return prune_seq2seq(model, scores, sparsity, physical, budget, fill=fill, reference=reference, task=task)
     task = as_task(task)
     task.check_model(model, "prune")  # an encoder needs its task; a pair task needs an encoder
     sparsity = check_sparsity(sparsity)

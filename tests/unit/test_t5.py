@@ -229,14 +229,14 @@ def test_bad_input(t5, tiny_dirs):
     with pytest.raises(ValueError, match="layer"):
         cnb.ablate(t5, task=task, unit="dec_head", layers=[2])
     with pytest.raises(ValueError, match="not available"):
-        cnb.score(t5, task=task, method="taylor", unit="enc_head")
+        cnb.score(t5, task=task, method="activation", unit="enc_head")
     with pytest.raises(ValueError, match="resample ablation is not available"):
         cnb.ablate(t5, task=task, unit="enc_head", kind="resample")
     with pytest.raises(TypeError, match="reference= for Seq2SeqTask"):
         cnb.ablate(t5, task=task, unit="enc_head", kind="mean", reference=["the cat"])
     scores = cnb.score(t5, task=task, method="magnitude", unit="enc_head")
-    with pytest.raises(ValueError, match="fill='zero' only"):
-        cnb.prune(t5, scores, 0.5, fill="mean", reference=task)
+    with pytest.raises(ValueError, match="fill='mean' needs the pairs"):
+        cnb.prune(t5, scores, 0.5, fill="mean")
     with pytest.raises(ValueError, match="score tables of"):
         cnb.prune(t5, scores.assign(score=1.0).pipe(lambda d: d.attrs.update(unit="enc_block") or d), 0.5)
     from causal_nb.pruning.seq2seq import prune_seq2seq_units
