@@ -9,7 +9,9 @@ each test replays only the blocks from the unit's layer on, from the cached clea
 Tasks (``task=``): the decoder LM (KL of the next-token distributions) and a ViT's
 ``ImageClassificationTask`` (KL of the class distributions) measure the KL divergence to the
 full model; a ``SentencePairTask`` has no distribution, so its walk measures the mean absolute
-change of the task's per-pair metric (cosine, or separation) from the full model's.
+change of the task's per-pair metric (cosine, or separation) from the full model's. A
+``Seq2SeqTask`` (T5) walks one stack's units (``unit="enc_head"``, ``"cross_head"``...) on the KL
+of the decoder's target-token distributions, replaying through the task's ``replay_from``.
 """
 
 from __future__ import annotations
@@ -51,17 +53,15 @@ class Walk:
     """
 
     def __init__(self, model, prompts, unit: str, kind: str, reference, n_tokens, task):
-        if unit not in ACDC_UNITS:
-            raise ValueError(f"unknown unit {unit!r} for ACDC; valid: {list(ACDC_UNITS)}")
+        task = as_task(task)
+        valid = getattr(task, "acdc_units", ACDC_UNITS)
+        if unit not in valid:
+            raise ValueError(f"unknown unit {unit!r} for ACDC; valid: {list(valid)}")
         if kind not in ("zero", "mean"):
             raise ValueError(f"ACDC ablates with 'zero' or 'mean', got {kind!r}")
         reject_unused(kind, {"reference": reference}, {"reference": ("mean",)},
                       {("reference", "zero"): "zero ablation reads no prompts"}, what="kind")
-        task = as_task(task)
         task.check_model(model, "acdc")
-        if hasattr(task, "evaluate_units"):  # an encoder-decoder's two-stack replay (engine.seq2seq)
-            raise ValueError(f"acdc with {task!r} is not available: its walk replays one stack of blocks; score the "
-                             "units with score(model, task=..., method='ablation') and prune them instead")
         self.task = None if isinstance(task, LMTask) else task  # the engine's LM path takes task=None
         pb = task.prepare(model, prompts, n_tokens)
         self.units = task.units(model, unit)
@@ -76,6 +76,12 @@ class Walk:
                                           task=self.task)
         with torch.no_grad():
             self.sources = ablation_sources(model, kind, pb, hooks, reference, n_tokens, 0, task=self.task)
+
+    def replay(self, model, unit: Unit):
+        """The readout with the blocks from ``unit``'s layer on replayed from the clean run."""
+        if hasattr(self.task, "replay_from"):  # a task with its own replay (an encoder-decoder's stacks)
+            return self.task.replay_from(model, self.base, unit, self.scored)
+        return run_from(model, self.base, unit.layer, 1, self.positions, task=self.task, scored=self.scored)
 
     def distance(self, readout) -> float:
         """Mean KL to the full model, or mean |metric change| (``quantity``)."""
@@ -114,7 +120,7 @@ def acdc_walk(model, walk: Walk, threshold: float, floor: int = 1,
             continue
         trial = [units[j] for j in removed] + [u]
         with model.hooks(fwd_hooks=joint_hooks(trial, walk.sources)):
-            readout = run_from(model, walk.base, u.layer, 1, walk.positions, task=walk.task, scored=walk.scored)
+            readout = walk.replay(model, u)
         value = walk.distance(readout)
         delta[i] = value - current
         if delta[i] < threshold:
@@ -135,12 +141,14 @@ def acdc(model, prompts=None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, 
             task that carries its inputs (images, sentence pairs) takes none.
         thresholds: distance increases (KL in nats; with sentence pairs, mean |metric change|)
             below which a unit is removed.
-        unit: ``"head"``, ``"neuron"``, ``"mlp"`` or ``"block"``.
+        unit: ``"head"``, ``"neuron"``, ``"mlp"`` or ``"block"`` (T5: a stack's kind, ``"enc_head"``,
+            ``"dec_head"``, ``"cross_head"``, ``"enc_neuron"``...).
         kind: ``"zero"`` or ``"mean"`` (over ``reference``, default ``prompts``).
         floor: units per layer never removed (default 1 for heads and neurons, so a physically
             pruned model keeps every layer; 0 for whole MLPs and blocks).
         task: None (the decoder LM), ``cnb.ImageClassificationTask(images, labels)`` (KL of the
-            class distributions) or ``cnb.SentencePairTask(pairs)`` (the task's metric).
+            class distributions), ``cnb.SentencePairTask(pairs)`` (the task's metric) or
+            ``cnb.Seq2SeqTask(sources, targets)`` (KL of the target-token distributions).
 
     Returns:
         One row per threshold: ``tau``, ``removed``, ``units``, ``sparsity`` and the pruned
@@ -151,7 +159,7 @@ def acdc(model, prompts=None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, 
     """
     if not thresholds or any(t < 0 for t in thresholds):
         raise ValueError(f"thresholds must be a non-empty list of non-negative increases, got {list(thresholds)}")
-    floor = (1 if unit in ("head", "neuron") else 0) if floor is None else floor
+    floor = (1 if unit.endswith(("head", "neuron")) else 0) if floor is None else floor
     walk = Walk(model, prompts, unit, kind, reference, n_tokens, task)
     units = walk.units
     rows, selections, deltas = [], [], []

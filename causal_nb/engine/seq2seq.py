@@ -49,6 +49,7 @@ from .seq2seq_replay import (
     seq2seq_masked_means,
     seq2seq_means,
     seq2seq_readout,
+    seq2seq_replay,
     seq2seq_weight_norms,
     stack_sizes,
     unit_count,
@@ -135,8 +136,9 @@ class Seq2SeqTask:
     higher_is_worse = frozenset({"kl"})
     units_kinds = tuple(STACK_UNIT_KINDS)
     score_units = units_kinds
-    score_methods = ("ablation", "patching", "attribution", "attribution-abs", "taylor", "fisher", "magnitude",
-                     "random")
+    score_methods = ("ablation", "patching", "attribution", "attribution-abs", "acdc", "taylor", "fisher",
+                     "magnitude", "random")
+    acdc_units = units_kinds  # one stack's units per walk: analyses.acdc replays from a unit through replay_from
     # where the gradient methods' graph starts (engine.attribution.metric_gradients): each stack's
     # first residual stream (the decoder's does not depend on the encoder's)
     gradient_roots = ("encoder_blocks.0.hook_resid_pre", "decoder_blocks.0.hook_resid_pre")
@@ -292,6 +294,11 @@ class Seq2SeqTask:
 
     def per_value(self, rows: Tensor) -> Tensor:
         return rows
+
+    def replay_from(self, model, base, unit: Unit, scored=None):  # noqa: ARG002 - the task interface
+        """The decoder logits with ``unit``'s stack replayed from its layer (an encoder unit: the
+        rest of the encoder, then the whole decoder); hooks active on the model apply."""
+        return seq2seq_replay(model, base, STACK_UNIT_KINDS[unit.kind][0], unit.layer)
 
     # The engine hands these to the task (engine.replay.capture / evaluate_units,
     # engine.common.ablation_sources, analyses.scoring): T5 has two stacks.

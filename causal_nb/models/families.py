@@ -155,7 +155,7 @@ def refuse_seq2seq(model, what: str = "analysis") -> None:
         raise UnsupportedModelError(
             f"model family {name!r} is an encoder-decoder: the {what} with the default LM task (or a sentence-pair "
             "task) feeds one token sequence, while it needs source and target sequences. Pass "
-            "task=cnb.Seq2SeqTask(sources, targets) to ablate, patch, score or evaluate (units 'enc_head', "
+            "task=cnb.Seq2SeqTask(sources, targets) to ablate, patch, score, acdc or evaluate (units 'enc_head', "
             "'dec_head', 'cross_head', 'enc_neuron', 'dec_neuron'...); prune takes its score tables")
 
 

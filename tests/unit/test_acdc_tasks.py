@@ -6,8 +6,10 @@ models (forward hooks on their own modules, a full forward per test, never throu
 - BERT (``SentencePairTask``): the mean over pairs of |cosine - the full model's cosine| (or the
   separation metric's per-pair values), heads zeroed or set to their mean at the attention output
   dense's input;
+- T5 (``Seq2SeqTask``): one stack's heads or neurons, KL of the target-token distributions, units
+  zeroed at the input of their ``o`` / ``wo`` projection;
 - the selection prunes (``prune_units``) to the distance the walk reports; ``score(method="acdc")``
-  takes the task; T5 is refused by name.
+  takes the task.
 """
 
 from __future__ import annotations
@@ -197,15 +199,39 @@ def test_acdc_scores_with_the_separation_metric(bert, bert_plain):
     assert s.attrs["quantity"] == "abs_change" and "separation" in s.attrs["task"]
 
 
-def test_acdc_refuses_what_it_cannot_walk(bert, tmp_path):
+def test_acdc_refuses_what_it_cannot_walk(bert):
     task = cnb.SentencePairTask(PAIRS)
     with pytest.raises(ValueError, match="ACDC ablates with 'zero' or 'mean'"):
         cnb.acdc(bert, task=task, kind="resample")
     with pytest.raises(ValueError, match="unknown unit 'attn' for ACDC"):
         cnb.acdc(bert, task=task, unit="attn")
+
+
+@pytest.mark.parametrize("kind,n", [("cross_head", 4), ("enc_head", 4), ("dec_neuron", 64)])
+def test_acdc_on_t5_equals_a_plain_hf_greedy_walk(tmp_path_factory, kind, n):
+    from test_t5 import SOURCES, TARGETS, _logits, _metrics, _zeroing_hooks
+    from test_t5_analyses import _ref
+
     from causal_nb.zoo.tiny_t5 import make_tiny_t5
 
-    t5 = cnb.load_model(make_tiny_t5(tmp_path / "t5"), device="cpu")
-    s2s = cnb.Seq2SeqTask(["a b c"], ["x y"])
-    with pytest.raises(ValueError, match="acdc with Seq2SeqTask.*not available.*method='ablation'"):
-        cnb.acdc(t5, task=s2s, thresholds=[0.01])
+    folder = make_tiny_t5(tmp_path_factory.mktemp("t5") / "tiny-t5", n_layers=2, d_model=32, n_heads=4, d_kv=8,
+                          d_ff=64, seed=3)
+    t5, ref = cnb.load_model(folder, device="cpu"), _ref(folder)
+    clean = _logits(ref)
+
+    def distance(removed):
+        sel = {}
+        for la, i in removed:
+            sel.setdefault(la, []).append(i)
+        return float(_metrics(_logits(ref, _zeroing_hooks(ref, {kind: sel})), clean, ref)["kl"].mean())
+
+    taus = [1e-4, 1e-2, 1e9]
+    df = cnb.acdc(t5, task=cnb.Seq2SeqTask(SOURCES, TARGETS), thresholds=taus, unit=kind, progress=False)
+    assert df.attrs["quantity"] == "kl"
+    for i, tau in enumerate(taus):
+        want, value = greedy(2, n, distance, tau, floor=1)
+        assert as_pairs(df.attrs["selections"][i]) == want, tau
+        assert df["kl"][i] == pytest.approx(value, abs=1e-5)
+    assert df["removed"].iloc[0] < df["removed"].iloc[-1]
+    s = cnb.score(t5, task=cnb.Seq2SeqTask(SOURCES, TARGETS), method="acdc", unit=kind, kind="zero", progress=False)
+    assert len(s) == 2 * n and s.attrs["method"] == "acdc"
