@@ -7,8 +7,9 @@ updates, in place, the metric change, the per-token effect along the prompt and 
 promoted/demoted tokens. ``SparsityExplorer`` has one slider per importance metric; moving it
 masks that metric's least important heads and re-plots quality (KL to the full model, top-1
 agreement) on held-out prompts. ``ImageHeadExplorer`` (``notebook.image_views``) is the vision
-transformer's head grid: an image's class probabilities and the CLS attention map. The
-callbacks are plain methods (``toggle``, ``set_kind``, ``set_prompt``, ``set_sparsity``) so tests
+transformer's head grid: an image's class probabilities and the CLS attention map;
+``TaskExplorer`` (``notebook.task_explorer``) is the grid for any task that carries its inputs
+(sentence pairs, T5 translation pairs, images): each item's metric, live. The callbacks are plain methods (``toggle``, ``set_kind``, ``set_prompt``, ``set_sparsity``) so tests
 drive them without a browser.
 """
 
@@ -29,8 +30,9 @@ from ..engine.metrics import get_metric
 from ..pruning.selection import select_units
 from . import views
 from .image_views import ImageHeadExplorer
+from .task_explorer import TaskExplorer
 
-__all__ = ["HeadExplorer", "ImageHeadExplorer", "SparsityExplorer"]
+__all__ = ["HeadExplorer", "ImageHeadExplorer", "SparsityExplorer", "TaskExplorer"]
 
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "height": 300}
 
