@@ -42,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     add_compose_parser(sub)
     a = p.parse_args(argv)
     if a.cmd == "compose":
+        from .core.executors import ExecutorError  # noqa: PLC0415
         from .models.families import UnsupportedModelError  # noqa: PLC0415
         from .models.loading import ModelNotAvailableError  # noqa: PLC0415
         from .pruning.compose_cli import run_compose  # noqa: PLC0415
 
         try:
             return run_compose(a)
-        except (ValueError, UnsupportedModelError, ModelNotAvailableError) as e:
+        except (ValueError, UnsupportedModelError, ModelNotAvailableError, ExecutorError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
     if a.cmd == "models":

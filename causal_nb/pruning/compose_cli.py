@@ -50,6 +50,10 @@ def add_compose_parser(sub) -> None:
             p.add_argument("--lr", type=float, default=None, help="learning rate (module 1e-3, model 3e-4)")
         if name == "finetune-modules":
             p.add_argument("--windows", type=int, default=32, help="training windows whose inputs are captured")
+            p.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
+                           help="where the variants train: this process, or Ray workers (independent jobs)")
+            p.add_argument("--workers", type=int, default=None, help="ray: variants in flight at once")
+            p.add_argument("--address", default=None, help="ray: cluster address (default: a local cluster)")
         if name in ("build", "finetune-model", "finetune-baseline"):
             p.add_argument("-n", type=int, required=True, help="configuration number (1..N)")
             p.add_argument("-o", "--out", default=None, help="save the model as a Hugging Face folder")
@@ -61,6 +65,7 @@ def add_compose_parser(sub) -> None:
 
 def run_compose(a) -> int:
     """Run a parsed ``compose`` command; prints what it wrote."""
+    from ..core.executors import make_executor  # noqa: PLC0415
     from .compose_scheme import load_configurations, load_scheme, make_scheme, save_configurations, save_scheme  # noqa: PLC0415
     from .compose_stages import build, configure, finetune_configuration, finetune_variants, prune_variants  # noqa: PLC0415
 
@@ -78,7 +83,11 @@ def run_compose(a) -> int:
     if a.stage == "prune":
         print(f"{len(prune_variants(scheme, work, a.seed))} variants in {work / 'pruned'}")
     elif a.stage == "finetune-modules":
-        done = finetune_variants(scheme, work, a.steps, a.lr or 1e-3, a.windows, a.seed)
+        ray = {k: v for k, v in (("workers", a.workers), ("address", a.address)) if v is not None}
+        if ray and a.executor != "ray":
+            raise ValueError("--workers/--address are options of --executor ray")
+        executor = make_executor("ray", **ray) if a.executor == "ray" else None
+        done = finetune_variants(scheme, work, a.steps, a.lr or 1e-3, a.windows, a.seed, executor)
         skipped = sum(v["skipped"] for v in done.values())
         print(f"{len(done) - skipped} variants fine-tuned, {skipped} already done -> {work / 'finetuned'}")
     elif a.stage == "build":

@@ -30,8 +30,8 @@ from .compose_train import capture, code_windows, finetune_model, finetune_modul
 
 __all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants"]
 
-#: Data settings every stage shares (window length, files per domain, held-out windows).
-DATA = {"seq": 128, "n_files": 24, "n_heldout": 64}
+#: Data settings every stage shares (window length, files per domain, held-out and training windows).
+DATA = {"seq": 128, "n_files": 24, "n_heldout": 64, "n_train": 512}
 
 
 def configure(model: str, attention, linear, n: int | None = None, criterion: str = "l1") -> dict:
@@ -85,17 +85,52 @@ def prune_variants(scheme: dict, workdir, seed: int = 0) -> list[Path]:
     return out
 
 
+class ModuleSetup:
+    """A worker's state for module-level fine-tuning: the dense model and the captured inputs
+    and outputs of the modules to train (picklable, so Ray or SLURM workers build it themselves)."""
+
+    def __init__(self, scheme: dict, modules: list[str], n_windows: int, seed: int):
+        self.scheme, self.modules, self.n_windows, self.seed = scheme, modules, n_windows, seed
+
+    def __call__(self):
+        t0 = time.perf_counter()
+        hf, tok = _dense(self.scheme)
+        x = code_windows(tok, "train", self.n_windows, DATA["seq"], self.seed, DATA["n_files"])
+        return hf, capture(hf, self.modules, x), time.perf_counter() - t0
+
+
+def train_variant(state, job: tuple) -> dict:
+    """Fine-tune one pruned variant against its dense module; writes its file and stats CSV."""
+    hf, data, setup_s = state
+    v, workdir, steps, lr, seed, base = job
+    folder = Path(workdir) / "finetuned"
+    folder.mkdir(parents=True, exist_ok=True)
+    mod, masks, meta = load_variant(Path(workdir) / "pruned" / f"{v['key']}.safetensors", hf, base)
+    stats = finetune_module(mod, masks, data[v["module"]], steps, lr, seed)
+    stats.to_csv(folder / f"{v['key']}.csv", index=False)
+    save_variant(folder / f"{v['key']}.safetensors", mod, masks,
+                 {k: meta[k] for k in meta if k not in ("variant", "finetuned")}, v, base, finetuned=True)
+    return {"seconds": float(stats.seconds.iloc[-1]), "setup_seconds": setup_s, "mse_before": float(stats.mse.iloc[0]),
+            "mse_after": float(stats.mse.iloc[-1]), "steps": steps, "lr": lr, "seed": seed}
+
+
 def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3, n_windows: int = 32,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, executor=None) -> dict:
     """Module-level fine-tuning of every pruned variant, each once; already trained ones skipped.
 
-    Inputs are captured once from the dense model on ``n_windows`` training windows.
+    Inputs are captured once per worker from the dense model on ``n_windows`` training windows.
+
+    Args:
+        executor: where the variants train (``core.executors.make_executor``: ``None`` in this
+            process, ``"ray"`` or an executor object: variants are independent jobs).
 
     Returns:
-        ``{key: {"seconds", "mse_before", "mse_after", "skipped"}}`` (also ``<workdir>/finetuned/summary.json``).
+        ``{key: {"seconds" (training plus its share of the capture), "mse_before", "mse_after",
+        "skipped", ...}}`` (also ``<workdir>/finetuned/summary.json``).
     """
+    from ..core.executors import Failure, make_executor  # noqa: PLC0415
+
     workdir = Path(workdir)
-    hf, tok = _dense(scheme)
     todo = [v for v in scheme["variants"] if not (workdir / "finetuned" / f"{v['key']}.safetensors").exists()]
     summary_path = workdir / "finetuned" / "summary.json"
     summary = load_json(summary_path) if summary_path.exists() else {}
@@ -103,22 +138,13 @@ def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3,
         missing = [v["key"] for v in todo if not (workdir / "pruned" / f"{v['key']}.safetensors").exists()]
         if missing:
             raise ComposeError(f"variants {missing[:3]} are not pruned yet: run `compose prune` first")
-        t0 = time.perf_counter()
-        x = code_windows(tok, "train", n_windows, DATA["seq"], seed, DATA["n_files"])
-        data = capture(hf, sorted({v["module"] for v in todo}), x)
-        capture_s = (time.perf_counter() - t0) / len(todo)  # the one dense pass, shared out
-        for v in todo:
-            mod, masks, meta = load_variant(workdir / "pruned" / f"{v['key']}.safetensors", hf,
-                                            scheme["base_fingerprint"])
-            stats = finetune_module(mod, masks, data[v["module"]], steps, lr, seed)
-            (workdir / "finetuned").mkdir(parents=True, exist_ok=True)
-            stats.to_csv(workdir / "finetuned" / f"{v['key']}.csv", index=False)
-            save_variant(workdir / "finetuned" / f"{v['key']}.safetensors", mod, masks,
-                         {k: meta[k] for k in meta if k not in ("variant", "finetuned")}, v,
-                         scheme["base_fingerprint"], finetuned=True)
-            summary[v["key"]] = {"seconds": float(stats.seconds.iloc[-1]) + capture_s,
-                                 "mse_before": float(stats.mse.iloc[0]), "mse_after": float(stats.mse.iloc[-1]),
-                                 "steps": steps, "lr": lr, "seed": seed}
+        setup = ModuleSetup(scheme, sorted({v["module"] for v in todo}), n_windows, seed)
+        jobs = [(v, str(workdir.resolve()), steps, lr, seed, scheme["base_fingerprint"]) for v in todo]
+        for i, r in make_executor(executor).run(setup, train_variant, jobs):
+            if isinstance(r, Failure):
+                raise ComposeError(f"fine-tuning {todo[i]['key']} failed: {r.error}\n{r.traceback}")
+            r["seconds"] += r["setup_seconds"] / len(todo)  # the one dense pass, shared out
+            summary[todo[i]["key"]] = r
             save_json(summary, summary_path)
     return {v["key"]: {**summary.get(v["key"], {}), "skipped": v not in todo} for v in scheme["variants"]}
 
@@ -156,7 +182,8 @@ def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed",
     hf, tok = _dense(scheme)
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if arm == "composed" else "pruned"))
     held = code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files"])
-    train = code_windows(tok, "train", max(64, steps * batch_size // 4), DATA["seq"], seed + 7, DATA["n_files"])
+    # one pool of training windows whatever the step count, so both arms draw from the same data
+    train = code_windows(tok, "train", DATA["n_train"], DATA["seq"], seed + 7, DATA["n_files"])
     stats = finetune_model(model, masks, train, steps, batch_size, lr, seed, kl, hf if kl else None, held, eval_every)
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
