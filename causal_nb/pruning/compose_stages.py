@@ -64,6 +64,7 @@ def _head_scores(scheme: dict, workdir: Path, tok, seed: int):
     batch = TokenBatch(x, torch.ones_like(x, dtype=torch.bool), tuple(f"w{i}" for i in range(len(x))))
     bridge = load_model(scheme["model"], device="cpu")
     df = score(bridge, batch, method="ablation", unit="head", progress=False)
+    workdir.mkdir(parents=True, exist_ok=True)
     df[["layer", "head", "score"]].to_csv(path, index=False)
     return df
 

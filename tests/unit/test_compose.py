@@ -292,3 +292,20 @@ def test_cli_end_to_end(tiny, tmp_path, capsys):
     assert main(["compose", "config", "-m", str(folder), "--attention", "0.25", "--linear", "0.3", "0.3",
                  "-o", str(conf)]) == 1
     assert "equal length" in capsys.readouterr().err
+
+
+def test_causal_criterion_removes_lowest_scored_heads(tiny, tmp_path):
+    arch, folder, hf, _ = tiny
+    if arch != "llama":
+        pytest.skip("one family is enough for the criterion switch")
+    scheme = make_scheme(cnb.compose_config(str(folder), [0.5], [0.0], criterion="causal"))
+    assert [v["criterion"] for v in scheme["variants"]] == ["causal", "causal"]
+    cnb.prune_variants(scheme, tmp_path)
+    import pandas as pd
+
+    scores = pd.read_csv(tmp_path / "head_scores.csv")
+    assert len(scores) == 2 * H
+    for v in scheme["variants"]:
+        _, _, meta = load_variant(tmp_path / "pruned" / f"{v['key']}.safetensors", hf, scheme["base_fingerprint"])
+        t = scores[scores.layer == int(v["module"].split(".")[2])]
+        assert meta["removed"] == sorted(t.nsmallest(H // 2, "score")["head"].tolist())
