@@ -47,7 +47,7 @@ def add_compose_parser(sub) -> None:
         p.add_argument("--seed", type=int, default=0)
         if name != "prune":
             p.add_argument("--steps", type=int, default=100, help="training steps")
-            p.add_argument("--lr", type=float, default=None, help="learning rate (module 1e-3, model 3e-4)")
+            p.add_argument("--lr", type=float, default=None, help="learning rate (module 1e-3, model 5e-5)")
         if name == "finetune-modules":
             p.add_argument("--windows", type=int, default=32, help="training windows whose inputs are captured")
             p.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
@@ -95,7 +95,7 @@ def run_compose(a) -> int:
         print(f"configuration {a.n}: held-out loss {loss:.4f}" + (f" -> {a.out}" if a.out else ""))
     else:
         arm = "composed" if a.stage == "finetune-model" else "baseline"
-        r = finetune_configuration(scheme, work, a.n, arm, a.steps, a.batch, a.lr or 3e-4, a.kl, a.seed,
+        r = finetune_configuration(scheme, work, a.n, arm, a.steps, a.batch, a.lr or 5e-5, a.kl, a.seed,
                                    a.eval_every, a.out)
         print(json.dumps(r, indent=1))
     return 0

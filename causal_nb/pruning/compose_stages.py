@@ -30,8 +30,9 @@ from .compose_train import capture, code_windows, finetune_model, finetune_modul
 
 __all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants"]
 
-#: Data settings every stage shares (window length, files per domain, held-out and training windows).
-DATA = {"seq": 128, "n_files": 24, "n_heldout": 64, "n_train": 512}
+#: Data settings every stage shares: window length, training files per domain (a seeded subset),
+#: held-out windows (from every held-out file: there are about 150), the training-window pool.
+DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512}
 
 
 def configure(model: str, attention, linear, n: int | None = None, criterion: str = "l1") -> dict:
@@ -160,7 +161,7 @@ def build(scheme: dict, workdir, k: int, out=None, finetuned: bool = True):
     workdir = Path(workdir)
     hf, tok = _dense(scheme)
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if finetuned else "pruned"))
-    loss = heldout_loss(model, code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files"]))
+    loss = heldout_loss(model, code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files_heldout"]))
     if out is not None:
         model.save_pretrained(str(out), safe_serialization=True)
         tok.save_pretrained(str(out))
@@ -168,7 +169,7 @@ def build(scheme: dict, workdir, k: int, out=None, finetuned: bool = True):
 
 
 def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed", steps: int = 100,
-                           batch_size: int = 8, lr: float = 3e-4, kl: float = 0.0, seed: int = 0,
+                           batch_size: int = 8, lr: float = 5e-5, kl: float = 0.0, seed: int = 0,
                            eval_every: int = 0, out=None) -> dict:
     """Model-level fine-tuning of configuration ``k``: ``arm="composed"`` starts from the
     fine-tuned variants, ``arm="baseline"`` from direct pruning (the control, same settings).
@@ -182,7 +183,7 @@ def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed",
     workdir = Path(workdir)
     hf, tok = _dense(scheme)
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if arm == "composed" else "pruned"))
-    held = code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files"])
+    held = code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files_heldout"])
     # one pool of training windows whatever the step count, so both arms draw from the same data
     train = code_windows(tok, "train", DATA["n_train"], DATA["seq"], seed + 7, DATA["n_files"])
     stats = finetune_model(model, masks, train, steps, batch_size, lr, seed, kl, hf if kl else None, held, eval_every)

@@ -19,6 +19,7 @@ from torch.nn.utils import prune as tprune
 import causal_nb as cnb
 from causal_nb.__main__ import main
 from causal_nb.models.hf import plain_hf
+from causal_nb.pruning import compose_stages
 from causal_nb.pruning.compose_modules import (
     compose_model,
     head_l1_scores,
@@ -37,6 +38,13 @@ D, H, DH = 32, 4, 8
 GPT2_MODS = {"attention": ["transformer.h.0.attn", "transformer.h.1.attn"],
              "linear": ["transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj",
                         "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"]}
+
+
+@pytest.fixture(autouse=True)
+def small_data(monkeypatch):
+    """A few corpus files and short windows: the code paths, not the numbers, are tested here."""
+    for k, v in {"seq": 32, "n_files": 4, "n_heldout": 8, "n_files_heldout": 4, "n_train": 32}.items():
+        monkeypatch.setitem(compose_stages.DATA, k, v)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
