@@ -317,3 +317,24 @@ def test_causal_criterion_removes_lowest_scored_heads(tiny, tmp_path):
         _, _, meta = load_variant(tmp_path / "pruned" / f"{v['key']}.safetensors", hf, scheme["base_fingerprint"])
         t = scores[scores.layer == int(v["module"].split(".")[2])]
         assert meta["removed"] == sorted(t.nsmallest(H // 2, "score")["head"].tolist())
+
+
+def test_model_finetuning_keeps_pruned_weights_zero(tiny, tmp_path):
+    from causal_nb.pruning.compose_train import finetune_model
+
+    arch, folder, hf, _ = tiny
+    base = weights_fingerprint(hf)
+    scheme = make_scheme(make_configurations(str(folder), prunable_modules(hf), [0.25], [0.5], base_fingerprint=base))
+    for v in scheme["variants"]:
+        save_variant(tmp_path / f"{v['key']}.safetensors", *make_variant(hf, v), v, base, finetuned=False)
+    model, masks = compose_model(hf, scheme, 1, tmp_path)
+    assert set(masks) >= {f"{m}.weight" for m in prunable_modules(hf)["linear"]}
+    with pytest.raises(ValueError, match="dense model"):
+        finetune_model(model, masks, tokens(8, 12), steps=1, kl=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = finetune_model(model, masks, tokens(8, 12), steps=3, batch_size=2, lr=1e-2, kl=1.0, dense=hf,
+                           heldout=tokens(2, 12, seed=9))
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        assert torch.all(params[name][m == 0] == 0) and not torch.equal(params[name], before[name])
+    assert stats.val_loss.notna().sum() == 2 and stats.train_loss.iloc[1:].notna().all()
