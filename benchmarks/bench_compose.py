@@ -58,7 +58,7 @@ def main(argv=None) -> None:
                      f"baseline_at_{a.steps}": round(float(at_steps.val_loss), 4),
                      "baseline_final": round(b["heldout_after"], 4),
                      "composed_model_s": round(c["model_seconds"], 1),
-                     "baseline_s_per_step": b["model_seconds"] / b["steps"],
+                     "baseline_s_per_step": round(b["model_seconds"] / b["steps"], 3),
                      "baseline_steps_to_1pct": int(reach.step.iloc[0]) if len(reach) else None})
     df = pd.DataFrame(rows)
     print(df.to_string(index=False))
@@ -68,12 +68,15 @@ def main(argv=None) -> None:
         module_s = sum(mods[key]["seconds"] for key in used)
         comp = module_s + df.composed_model_s[:n].sum()
         base_eq = (df.baseline_s_per_step[:n] * a.steps).sum()
+        base_all = (df.baseline_s_per_step[:n] * (a.baseline_steps or 3 * a.steps)).sum()
         reach = df.baseline_steps_to_1pct[:n]
         base_reach = (df.baseline_s_per_step[:n] * reach).sum() if reach.notna().all() else float("nan")
         fam.append({"N": n, "variants": len(used), "module_s": round(module_s, 1), "composed_total_s": round(comp, 1),
-                    f"baseline_{a.steps}_steps_s": round(base_eq, 1), "baseline_to_1pct_s": round(base_reach, 1),
+                    f"baseline_{a.steps}_steps_s": round(base_eq, 1), "baseline_final_s": round(base_all, 1),
+                    "baseline_to_1pct_s": round(base_reach, 1),
                     "composed_mean_loss": round(df.composed_final[:n].mean(), 4),
-                    f"baseline_{a.steps}_mean_loss": round(df[f"baseline_at_{a.steps}"][:n].mean(), 4)})
+                    f"baseline_{a.steps}_mean_loss": round(df[f"baseline_at_{a.steps}"][:n].mean(), 4),
+                    "baseline_final_mean_loss": round(df.baseline_final[:n].mean(), 4)})
     fam_df = pd.DataFrame(fam)
     print(fam_df.to_string(index=False))
     (a.out / "results.json").write_text(json.dumps({"configs": rows, "families": fam, "args": vars(a)}, indent=1,
