@@ -47,7 +47,7 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def make_configurations(model: str, modules: dict[str, list[str]], attention: list[float], linear: list[float],
+def make_configurations(model: str, modules: dict[str, list[str]], attention: list, linear: list,
                         n: int | None = None, criterion: str = "l1", base_fingerprint: str = "") -> dict:
     """N configurations: configuration i prunes every attention module at ``attention[i]`` and
     every MLP linear at ``linear[i]``.

@@ -176,7 +176,7 @@ def _lm_loss(logits: Tensor, x: Tensor) -> Tensor:
 
 def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor, "batch pos"], steps: int = 100,
                    batch_size: int = 8, lr: float = 5e-5, seed: int = 0, kl: float = 0.0, dense: nn.Module | None = None,
-                   heldout: Int[Tensor, "batch pos"] | None = None, eval_every: int = 0) -> pd.DataFrame:
+                   heldout: Int[Tensor, "_ pos"] | None = None, eval_every: int = 0) -> pd.DataFrame:
     """Fine-tune a whole model end to end on next-token loss (plus ``kl`` x KL(dense || model)), in place.
 
     Args:
