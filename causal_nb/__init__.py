@@ -81,9 +81,31 @@ from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
 from .notebook.report import save_findings
+from .pruning.compose_scheme import (
+    ComposeError,
+    load_configurations,
+    load_scheme,
+    make_scheme,
+    save_configurations,
+    save_scheme,
+)
+from .pruning.compose_stages import build as compose_build
+from .pruning.compose_stages import configure as compose_config
+from .pruning.compose_stages import finetune_configuration, finetune_variants, prune_variants
 from .pruning.structure import prune, prune_units, save_pruned
 
 __all__ = [
+    "ComposeError",
+    "compose_build",
+    "compose_config",
+    "finetune_configuration",
+    "finetune_variants",
+    "load_configurations",
+    "load_scheme",
+    "make_scheme",
+    "prune_variants",
+    "save_configurations",
+    "save_scheme",
     "FASHION_MNIST_CLASSES",
     "FullModelRun",
     "IOIPrompts",

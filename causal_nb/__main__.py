@@ -1,4 +1,4 @@
-"""Command line: ``python -m causal_nb run|models|notebooks|sweep``."""
+"""Command line: ``python -m causal_nb run|models|notebooks|sweep|compose``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--gpus-per-job", type=int, default=None, help="submitit: GPUs per array task")
     sw.add_argument("--jobs", type=int, default=None, help="submitit: array tasks (default one per cell)")
     sw.add_argument("--submitit-folder", default=None, help="submitit: log folder (default <out>/submitit)")
+    from .pruning.compose_cli import add_compose_parser  # noqa: PLC0415
+
+    add_compose_parser(sub)
     a = p.parse_args(argv)
+    if a.cmd == "compose":
+        from .core.executors import ExecutorError  # noqa: PLC0415
+        from .models.families import UnsupportedModelError  # noqa: PLC0415
+        from .models.loading import ModelNotAvailableError  # noqa: PLC0415
+        from .pruning.compose_cli import run_compose  # noqa: PLC0415
+
+        try:
+            return run_compose(a)
+        except (ValueError, UnsupportedModelError, ModelNotAvailableError, ExecutorError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if a.cmd == "models":
         from .models.loading import list_models  # noqa: PLC0415
 

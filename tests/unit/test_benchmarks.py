@@ -57,3 +57,21 @@ def test_bench_patching_gpu_shape_runs_in_bf16():
     from causal_nb.engine.replay import stack_size
 
     assert stack_size(model, 8, 32, 15, 4) >= 1
+
+
+def test_bench_compose_runs_on_a_tiny_llama(tiny_dirs, tmp_path, capsys, monkeypatch):
+    import json
+
+    from causal_nb.pruning import compose_stages
+
+    for k, v in {"seq": 32, "n_files": 4, "n_heldout": 8, "n_files_heldout": 4, "n_train": 32}.items():
+        monkeypatch.setitem(compose_stages.DATA, k, v)  # the code path, not the numbers
+
+    _load("bench_compose").main(["--model", str(tiny_dirs["llama"]), "--attention", "0.25", "0.5", "--linear", "0.5",
+                                 "0.5", "--module-steps", "2", "--steps", "2", "--baseline-steps", "4",
+                                 "--eval-every", "2", "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "results.json").read_text())
+    # 2 configurations share the 6 linear variants; the attention rates differ: 6 + 2 + 2 variants
+    assert [f["variants"] for f in out["families"]] == [10]
+    assert all(c["composed_final"] > 0 and c["baseline_final"] > 0 for c in out["configs"])
+    assert "composed_total_s" in capsys.readouterr().out

@@ -1,0 +1,207 @@
+"""Composable pruning, the pipeline stages over one work folder (what ``python -m causal_nb compose`` runs).
+
+``configure`` -> ``make_scheme`` (``compose_scheme``) -> ``prune_variants`` (each distinct variant
+pruned once: ``<dir>/pruned/<key>.safetensors``) -> ``finetune_variants`` (each trained alone
+against the dense module: ``<dir>/finetuned/<key>.safetensors`` and ``.csv``; a variant already
+trained is skipped, so an interrupted run resumes) -> ``build`` (configuration k composed from
+the fine-tuned variants) -> ``finetune_configuration`` with ``arm="composed"`` (that model
+fine-tuned end to end) or ``arm="baseline"`` (the control: configuration k pruned directly, i.e.
+composed from the *un*-fine-tuned variants, fine-tuned end to end with the same settings).
+Results: ``<dir>/runs/c<k>_<arm>.csv`` (curves) and ``.json`` (held-out loss, seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..core.io import load_json, save_json
+from .compose_modules import (
+    compose_model,
+    load_dense,
+    load_variant,
+    make_variant,
+    prunable_modules,
+    save_variant,
+    weights_fingerprint,
+)
+from .compose_scheme import ComposeError, make_configurations
+from .compose_train import capture, code_windows, finetune_model, finetune_module, heldout_loss
+
+__all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants"]
+
+#: Data settings every stage shares: window length, training files per domain (a seeded subset),
+#: held-out windows (from every held-out file: there are about 150), the training-window pool.
+DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512}
+
+
+def configure(model: str, attention, linear, n: int | None = None, criterion: str = "l1") -> dict:
+    """``make_configurations`` for a model name or folder (its modules and weight digest read from it)."""
+    hf, _ = load_dense(model)
+    return make_configurations(model, prunable_modules(hf), attention, linear, n, criterion, weights_fingerprint(hf))
+
+
+def _dense(scheme: dict):
+    hf, tok = load_dense(scheme["model"])
+    if weights_fingerprint(hf) != scheme["base_fingerprint"]:
+        raise ComposeError(f"{scheme['model']} now has other weights than when the family was configured; "
+                           "configure it again (compose config, compose scheme)")
+    return hf, tok
+
+
+def _head_scores(scheme: dict, workdir: Path, tok, seed: int):
+    """The kit's causal head scores (mean-ablation KL on training windows), computed once per work folder."""
+    import pandas as pd  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from ..analyses.scoring import score  # noqa: PLC0415
+    from ..data.prompts import TokenBatch  # noqa: PLC0415
+    from ..models.loading import load_model  # noqa: PLC0415
+
+    path = workdir / "head_scores.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    x = code_windows(tok, "train", 32, 64, seed + 1, DATA["n_files"])
+    batch = TokenBatch(x, torch.ones_like(x, dtype=torch.bool), tuple(f"w{i}" for i in range(len(x))))
+    bridge = load_model(scheme["model"], device="cpu")
+    df = score(bridge, batch, method="ablation", unit="head", progress=False)
+    workdir.mkdir(parents=True, exist_ok=True)
+    df[["layer", "head", "score"]].to_csv(path, index=False)
+    return df
+
+
+def prune_variants(scheme: dict, workdir, seed: int = 0) -> list[Path]:
+    """Prune every variant of the scheme once into ``<workdir>/pruned/`` (existing files kept)."""
+    workdir = Path(workdir)
+    hf, tok = _dense(scheme)
+    scores = None
+    if any(v["criterion"] == "causal" for v in scheme["variants"]):
+        scores = _head_scores(scheme, workdir, tok, seed)
+    out = []
+    for v in scheme["variants"]:
+        path = workdir / "pruned" / f"{v['key']}.safetensors"
+        if not path.exists():
+            mod, masks, meta = make_variant(hf, v, scores)
+            save_variant(path, mod, masks, meta, v, scheme["base_fingerprint"], finetuned=False)
+        out.append(path)
+    return out
+
+
+class ModuleSetup:
+    """A worker's state for module-level fine-tuning: the dense model and the captured inputs
+    and outputs of the modules to train (picklable, so Ray or SLURM workers build it themselves)."""
+
+    def __init__(self, scheme: dict, modules: list[str], n_windows: int, seed: int):
+        self.scheme, self.modules, self.n_windows, self.seed = scheme, modules, n_windows, seed
+
+    def __call__(self):
+        t0 = time.perf_counter()
+        hf, tok = _dense(self.scheme)
+        x = code_windows(tok, "train", self.n_windows, DATA["seq"], self.seed, DATA["n_files"])
+        return hf, capture(hf, self.modules, x), time.perf_counter() - t0
+
+
+def train_variant(state, job: tuple) -> dict:
+    """Fine-tune one pruned variant against its dense module; writes its file and stats CSV."""
+    hf, data, setup_s = state
+    v, workdir, steps, lr, seed, base = job
+    folder = Path(workdir) / "finetuned"
+    folder.mkdir(parents=True, exist_ok=True)
+    mod, masks, meta = load_variant(Path(workdir) / "pruned" / f"{v['key']}.safetensors", hf, base)
+    stats = finetune_module(mod, masks, data[v["module"]], steps, lr, seed)
+    stats.to_csv(folder / f"{v['key']}.csv", index=False)
+    save_variant(folder / f"{v['key']}.safetensors", mod, masks,
+                 {k: meta[k] for k in meta if k not in ("variant", "finetuned")}, v, base, finetuned=True)
+    return {"seconds": float(stats.seconds.iloc[-1]), "setup_seconds": setup_s, "mse_before": float(stats.mse.iloc[0]),
+            "mse_after": float(stats.mse.iloc[-1]), "steps": steps, "lr": lr, "seed": seed}
+
+
+def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3, n_windows: int = 32,
+                      seed: int = 0, executor=None) -> dict:
+    """Module-level fine-tuning of every pruned variant, each once; already trained ones skipped.
+
+    Inputs are captured once per worker from the dense model on ``n_windows`` training windows.
+
+    Args:
+        executor: where the variants train (``core.executors.make_executor``: ``None`` in this
+            process, ``"ray"`` or an executor object: variants are independent jobs).
+
+    Returns:
+        ``{key: {"seconds" (training plus its share of the capture), "mse_before", "mse_after",
+        "skipped", ...}}`` (also ``<workdir>/finetuned/summary.json``).
+    """
+    from ..core.executors import Failure, make_executor  # noqa: PLC0415
+
+    workdir = Path(workdir)
+    todo = [v for v in scheme["variants"] if not (workdir / "finetuned" / f"{v['key']}.safetensors").exists()]
+    summary_path = workdir / "finetuned" / "summary.json"
+    summary = load_json(summary_path) if summary_path.exists() else {}
+    if todo:
+        missing = [v["key"] for v in todo if not (workdir / "pruned" / f"{v['key']}.safetensors").exists()]
+        if missing:
+            raise ComposeError(f"variants {missing[:3]} are not pruned yet: run `compose prune` first")
+        setup = ModuleSetup(scheme, sorted({v["module"] for v in todo}), n_windows, seed)
+        jobs = [(v, str(workdir.resolve()), steps, lr, seed, scheme["base_fingerprint"]) for v in todo]
+        for i, r in make_executor(executor).run(setup, train_variant, jobs):
+            if isinstance(r, Failure):
+                raise ComposeError(f"fine-tuning {todo[i]['key']} failed: {r.error}\n{r.traceback}")
+            r["seconds"] += r["setup_seconds"] / len(todo)  # the one dense pass, shared out
+            summary[todo[i]["key"]] = r
+            save_json(summary, summary_path)
+    return {v["key"]: {**summary.get(v["key"], {}), "skipped": v not in todo} for v in scheme["variants"]}
+
+
+def build(scheme: dict, workdir, k: int, out=None, finetuned: bool = True):
+    """Configuration ``k`` composed from the fine-tuned (or, ``finetuned=False``, the merely pruned)
+    variants; saved as a Hugging Face folder (``load_model`` reads it) when ``out`` is given.
+
+    Returns:
+        ``(model, masks, heldout_loss)``.
+    """
+    workdir = Path(workdir)
+    hf, tok = _dense(scheme)
+    model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if finetuned else "pruned"))
+    loss = heldout_loss(model, code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files_heldout"]))
+    if out is not None:
+        model.save_pretrained(str(out), safe_serialization=True)
+        tok.save_pretrained(str(out))
+    return model, masks, loss
+
+
+def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed", steps: int = 100,
+                           batch_size: int = 8, lr: float = 5e-5, kl: float = 0.0, seed: int = 0,
+                           eval_every: int = 0, out=None) -> dict:
+    """Model-level fine-tuning of configuration ``k``: ``arm="composed"`` starts from the
+    fine-tuned variants, ``arm="baseline"`` from direct pruning (the control, same settings).
+
+    Returns:
+        The result written to ``<workdir>/runs/c<k>_<arm>.json``: held-out loss before and after,
+        model-level seconds, and for the composed arm the module-level seconds of its variants.
+    """
+    if arm not in ("composed", "baseline"):
+        raise ValueError(f"arm must be 'composed' or 'baseline', got {arm!r}")
+    workdir = Path(workdir)
+    hf, tok = _dense(scheme)
+    model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if arm == "composed" else "pruned"))
+    held = code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files_heldout"])
+    # one pool of training windows whatever the step count, so both arms draw from the same data
+    train = code_windows(tok, "train", DATA["n_train"], DATA["seq"], seed + 7, DATA["n_files"])
+    stats = finetune_model(model, masks, train, steps, batch_size, lr, seed, kl, hf if kl else None, held, eval_every)
+    runs = workdir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stats.to_csv(runs / f"c{k}_{arm}.csv", index=False)
+    mods = {}
+    if arm == "composed":
+        summary_path = workdir / "finetuned" / "summary.json"
+        summary = load_json(summary_path) if summary_path.exists() else {}
+        mods = {key: summary.get(key, {}).get("seconds", float("nan"))
+                for key in scheme["configurations"][str(k)].values()}
+    result = {"configuration": k, "arm": arm, "heldout_before": float(stats.val_loss.iloc[0]),
+              "heldout_after": float(stats.val_loss.iloc[-1]), "dense_heldout": heldout_loss(hf, held),
+              "model_seconds": float(stats.seconds.iloc[-1]), "module_seconds": mods, "steps": steps,
+              "batch_size": batch_size, "lr": lr, "kl": kl, "seed": seed}
+    save_json(result, runs / f"c{k}_{arm}.json")
+    if out is not None:
+        model.save_pretrained(str(out), safe_serialization=True)
+        tok.save_pretrained(str(out))
+    return result

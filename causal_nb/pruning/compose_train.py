@@ -1,0 +1,223 @@
+"""Composable pruning, step 3: the training data, module-level and model-level fine-tuning.
+
+* Data: windows of the kit's offline code corpus (``zoo.corpus``: Python stdlib and C/C++
+  headers, split into train and held-out *by file*), half Python, half C++, each starting with
+  BOS, tokenised with the model's own tokenizer. A seeded subset of files keeps it quick.
+* Module level (``finetune_module``): a pruned module alone learns to reproduce the dense
+  module's output (MSE) on inputs captured from the dense model with forward hooks
+  (``capture``: positional and keyword inputs, so a Llama attention gets its rotary embeddings).
+* Model level (``finetune_model``): the whole (composed or directly pruned) model, next-token
+  loss on training windows, optionally plus ``kl`` times the KL divergence to the dense model.
+
+Both keep pruned weights at zero (masks re-applied after every step) and are seeded.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from ..zoo import corpus
+from ..zoo.quality import heldout_windows, mean_loss
+
+__all__ = ["capture", "code_windows", "finetune_model", "finetune_module", "heldout_loss"]
+
+DOMAINS = ("python", "cpp")
+_CACHE_KEYS = ("cache", "past_key_value", "past_key_values", "use_cache", "output_attentions")
+
+
+@functools.lru_cache(maxsize=4)
+def _files(domain: str, heldout: bool) -> tuple:
+    files = corpus.python_files() if domain == "python" else corpus.cpp_files()
+    return tuple(f for f in files if f.heldout == heldout)
+
+
+def _stream(tokenizer, domain: str, heldout: bool, n_files: int, seed: int) -> np.ndarray:
+    files = _files(domain, heldout)
+    if not files:
+        raise ValueError(f"no {'held-out' if heldout else 'train'} {domain} files in the corpus on this machine")
+    ids: list[int] = []
+    for i in np.random.default_rng(seed).permutation(len(files)):
+        if n_files <= 0:
+            break
+        try:
+            text = corpus.read(files[i])
+        except ValueError:  # a binary or oversized file
+            continue
+        ids += tokenizer(text, verbose=False)["input_ids"] + [tokenizer.eos_token_id]  # whole files: long on purpose
+        n_files -= 1
+    return np.asarray(ids, dtype=np.int64)
+
+
+def code_windows(tokenizer, split: str = "train", n: int = 64, seq: int = 128, seed: int = 0,
+                 n_files: int = 24) -> Int[Tensor, "batch pos"]:
+    """``n`` windows of ``seq`` tokens (BOS first), half Python, half C++, from ``n_files`` files
+    of each domain's ``split`` (``"train"`` or ``"heldout"``): random windows for training,
+    evenly spaced ones for held-out evaluation."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    rng = np.random.default_rng(seed)
+    rows = []
+    for j, d in enumerate(DOMAINS):
+        s = _stream(tokenizer, d, split == "heldout", n_files, seed + j)
+        if len(s) < seq:
+            raise ValueError(f"the {d} {split} files give {len(s)} tokens, fewer than seq={seq}; raise n_files")
+        k = n // 2 + (n % 2 if j == 0 else 0)
+        if split == "heldout":
+            rows.append(heldout_windows(s, seq, k, bos))
+        else:
+            starts = rng.integers(0, len(s) - seq + 1, k)
+            rows.append(torch.as_tensor(np.stack([np.concatenate([[bos], s[a:a + seq - 1]]) for a in starts])))
+    return torch.cat(rows)
+
+
+def heldout_loss(model: nn.Module, windows: Int[Tensor, "batch pos"]) -> float:
+    """Mean next-token loss (nats) on held-out windows."""
+    was = model.training
+    model.eval()
+    loss = mean_loss(model, windows)
+    model.train(was)
+    return loss
+
+
+def _detach(x):
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detach(v) for v in x)
+    return x
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def capture(hf: nn.Module, modules: list[str], windows: Int[Tensor, "batch pos"], batch_size: int = 16) -> dict:
+    """Inputs and outputs of the named modules of the dense ``hf`` over ``windows``, by forward hooks.
+
+    Returns:
+        ``{module: [(args, kwargs, output), ...]}``, one entry per batch (cache arguments dropped).
+    """
+    store: dict[str, list] = {m: [] for m in modules}
+    handles = []
+    for m in modules:
+        def hook(mod, args, kwargs, out, m=m):
+            kw = {k: _detach(v) for k, v in kwargs.items() if k not in _CACHE_KEYS}
+            store[m].append((_detach(args), kw, _first(out).detach()))
+        handles.append(hf.get_submodule(m).register_forward_hook(hook, with_kwargs=True))
+    was = hf.training
+    hf.eval()
+    try:
+        for i in range(0, len(windows), batch_size):
+            x = windows[i:i + batch_size]
+            hf(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        hf.train(was)
+    return store
+
+
+def _apply_masks(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].mul_(m.to(params[name].dtype))
+
+
+def _module_mse(module: nn.Module, data: list) -> float:
+    with torch.no_grad():
+        errs = [torch.nn.functional.mse_loss(_first(module(*a, **kw)), y).item() for a, kw, y in data]
+    return float(np.mean(errs))
+
+
+def finetune_module(module: nn.Module, masks: dict[str, Tensor], data: list, steps: int = 100, lr: float = 1e-3,
+                    seed: int = 0) -> pd.DataFrame:
+    """Train a pruned module to reproduce the dense module's outputs (MSE), in place.
+
+    Args:
+        masks: parameter name -> 0/1 mask of weights that stay zero.
+        data: ``capture`` entries of that module (each a batch).
+
+    Returns:
+        Training stats: ``step``, ``mse`` (the batch's, before its update; step 0 and the last
+        row are over all batches), ``seconds`` since the start.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = dict(module.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
+    t0 = time.perf_counter()
+    rows = [{"step": 0, "mse": _module_mse(module, data), "seconds": 0.0, "scope": "all"}]
+    module.train()
+    for step in range(1, steps + 1):
+        args, kw, y = data[rng.integers(len(data))]
+        loss = torch.nn.functional.mse_loss(_first(module(*args, **kw)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _apply_masks(params, masks)
+        rows.append({"step": step, "mse": loss.item(), "seconds": time.perf_counter() - t0, "scope": "batch"})
+    module.eval()
+    rows.append({"step": steps, "mse": _module_mse(module, data), "seconds": time.perf_counter() - t0, "scope": "all"})
+    return pd.DataFrame(rows)
+
+
+def _lm_loss(logits: Tensor, x: Tensor) -> Tensor:
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+
+
+def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor, "batch pos"], steps: int = 100,
+                   batch_size: int = 8, lr: float = 5e-5, seed: int = 0, kl: float = 0.0, dense: nn.Module | None = None,
+                   heldout: Int[Tensor, "_ pos"] | None = None, eval_every: int = 0) -> pd.DataFrame:
+    """Fine-tune a whole model end to end on next-token loss (plus ``kl`` x KL(dense || model)), in place.
+
+    Args:
+        masks: full parameter name -> 0/1 mask of weights that stay zero.
+        train: training windows; each step draws ``batch_size`` of them (seeded).
+        dense: the dense model, for ``kl > 0``.
+        heldout: windows for the validation loss, every ``eval_every`` steps (0: at the start
+            and the end only).
+
+    Returns:
+        ``step``, ``train_loss`` (the batch's LM loss), ``val_loss`` (NaN where not evaluated),
+        ``seconds`` (training time, evaluations excluded).
+    """
+    if kl < 0 or (kl > 0 and dense is None):
+        raise ValueError("kl must be >= 0, and kl > 0 needs the dense model (dense=...)")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = dict(model.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
+    val = (lambda: heldout_loss(model, heldout)) if heldout is not None else (lambda: float("nan"))
+    rows = [{"step": 0, "train_loss": float("nan"), "val_loss": val(), "seconds": 0.0}]
+    spent = 0.0
+    model.train()
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        x = train[rng.integers(0, len(train), batch_size)]
+        logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits.float()
+        lm = _lm_loss(logits, x)
+        loss = lm
+        if kl > 0:
+            with torch.no_grad():
+                ref = torch.log_softmax(dense(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits.float(), -1)
+            loss = lm + kl * torch.nn.functional.kl_div(torch.log_softmax(logits, -1), ref, log_target=True,
+                                                        reduction="batchmean") / x.shape[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _apply_masks(params, masks)
+        spent += time.perf_counter() - t0
+        last = step == steps or (eval_every and step % eval_every == 0)
+        rows.append({"step": step, "train_loss": lm.item(), "val_loss": val() if last else float("nan"),
+                     "seconds": spent})
+    model.eval()
+    return pd.DataFrame(rows)
