@@ -53,9 +53,13 @@ def metric_gradients(model, tokens, hooks, metric, scored: ScoredBatch | object,
         return fn
 
     roots = getattr(task, "gradient_roots", (first,)) if task is not None else (first,)
-    if interp is not None and len(roots) != 1:
-        raise ValueError("EAP-IG interpolates one input stream; this task's graph starts at several")
-    fwd = [(r, start) for r in roots] + [(n, save(n)) for n in names]
+
+    def plain(act, hook):  # a root that is not interpolated (an encoder-decoder's decoder stream)
+        return act.detach().requires_grad_(True)
+
+    # EAP-IG interpolates the first root (the input stream clean and corrupted differ in); the
+    # others start the graph as they are
+    fwd = [(r, start if i == 0 else plain) for i, r in enumerate(roots)] + [(n, save(n)) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens, return_type="logits")[:, scored.positions] if task is None else \
             task.run(model, tokens, scored)
@@ -88,14 +92,13 @@ def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor],
     if steps:
         if source_tokens is None:
             raise ValueError("EAP-IG needs a source input to interpolate towards (patching, or resample ablation)")
-        lo = capture(model, base_tokens).resid_pre(0)
-        hi = capture(model, source_tokens).resid_pre(0)
+        lo, hi = _input_stream(model, base_tokens, task, scored), _input_stream(model, source_tokens, task, scored)
         total = None
         for j in range(1, steps + 1):
-            g, _ = metric_gradients(model, base_tokens, hooks, metric, scored, (lo, hi, j / steps))
+            g, _ = metric_gradients(model, base_tokens, hooks, metric, scored, (lo, hi, j / steps), task=task)
             total = g if total is None else {n: total[n] + g[n] for n in g}
         grads = {n: t / steps for n, t in total.items()}
-        _, base_val = metric_gradients(model, base_tokens, set(), metric, scored, None)
+        _, base_val = metric_gradients(model, base_tokens, set(), metric, scored, None, task=task)
     elif grads is None:
         grads, base_val = metric_gradients(model, base_tokens, hooks, metric, scored, None, task=task)
     else:
@@ -103,6 +106,16 @@ def attribution_scores(model, base_tokens, source_acts: dict[str, torch.Tensor],
     prods = {h: ((source_acts[h].to(base_acts[h].dtype).expand_as(base_acts[h]) - base_acts[h]) * grads[h]).double()
              for h in hooks}
     return unit_sums(prods, units), None if base_val is None else base_val.double().cpu()
+
+
+def _input_stream(model, tokens, task, scored) -> torch.Tensor:
+    """The activation EAP-IG interpolates: the first block's input residual stream (a task's first
+    ``gradient_roots`` entry: an encoder-decoder's encoder stream)."""
+    if task is None:
+        return capture(model, tokens).resid_pre(0)
+    root = getattr(task, "gradient_roots", ("blocks.0.hook_resid_pre",))[0]
+    with torch.no_grad():
+        return capture(model, tokens, [root], task=task, scored=scored).acts[root]
 
 
 def unit_sums(prods: dict[str, torch.Tensor], units: list[Unit]) -> Float[torch.Tensor, "unit batch"]:
@@ -134,13 +147,10 @@ def attribute(model, cb: TokenBatch, xb: TokenBatch, units, unit: str, metric, s
               method: str, direction: str, per_position: bool, metric_name: str, steps: int = 5,
               task=None) -> pd.DataFrame:
     """``patch(method="attribution"|"eap-ig")``: estimated patched metric per unit (``task``: a
-    task's forward and readout, attribution only; None: the LM)."""
+    task's forward and readout; None: the LM)."""
     if method not in ("attribution", "eap-ig"):
         raise ValueError(f"unknown method {method!r}; valid: 'exact', 'attribution', 'eap-ig'")
     hooks = sorted({e.hook for u in units for e in u.edits})
-    if task is not None and method != "attribution":
-        raise ValueError(f"method={method!r} patching is not available with {task!r}; use method='exact' or "
-                         "'attribution'")
     clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric, reference=True, task=task)
     n_steps = steps if method == "eap-ig" else 0
     if direction == "denoise":

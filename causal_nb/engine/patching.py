@@ -154,20 +154,21 @@ def _patch_carried(model, task, clean, corrupted, unit, metric, method, directio
                    scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers) -> pd.DataFrame:
     """``patch`` with a task that carries the clean inputs (``ImageClassificationTask``,
     ``Seq2SeqTask``): the corrupted inputs (``task.corrupted_batch``) are paired with them by
-    index; exact or attribution patching through the one engine."""
+    index; exact, attribution or EAP-IG patching through the one engine."""
     task.check_model(model, "patch")
     if clean is not None:
         raise ValueError(f"{task!r} carries the clean inputs: pass clean=None and the corrupted inputs as corrupted=")
     if corrupted is None:
         raise TypeError(f"patch with {task!r} needs corrupted= inputs (images; for Seq2SeqTask, sources), paired with "
                         "the task's by index")
-    if method not in ("exact", "attribution"):
-        raise ValueError(f"method={method!r} patching is not available with {task!r} yet; use method='exact' or "
-                         "'attribution'")
-    if method == "attribution" and (batch_size is not None or memory_budget_mb is not None):
-        raise ValueError("batch_size= / memory_budget_mb= are not used by method='attribution' (one forward and "
-                         "backward for all units); drop them")
-    unused = {"n_tokens": n_tokens, "answers": answers, "steps": steps}
+    if method not in ("exact", "attribution", "eap-ig"):
+        raise ValueError(f"unknown method {method!r}; valid: 'exact', 'attribution', 'eap-ig'")
+    if method != "exact" and (batch_size is not None or memory_budget_mb is not None):
+        raise ValueError(f"batch_size= / memory_budget_mb= are not used by method={method!r} (forwards and "
+                         "backwards for all units at once); drop them")
+    if steps is not None and method != "eap-ig":
+        raise ValueError(f"steps= is not used by method={method!r} (only EAP-IG interpolates); drop it")
+    unused = {"n_tokens": n_tokens, "answers": answers}
     given = [k for k, v in unused.items() if v is not None]
     if given:
         raise ValueError(f"{given[0]}= is not used by patch with {task!r} (it reads the task's own readout: class "
@@ -181,9 +182,10 @@ def _patch_carried(model, task, clean, corrupted, unit, metric, method, directio
     units = task.units(model, unit, layers, positions, per_position)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = task.scoring(model, cb, scored_positions)
-    if method == "attribution":
+    if method != "exact":
         return attribute(model, cb, xb, units, unit, metric_fn, scored, method, direction, per_position,
-                         metric_name=str(getattr(metric, "__name__", metric)), task=task)
+                         metric_name=str(getattr(metric, "__name__", metric)), steps=5 if steps is None else steps,
+                         task=task)
     clean_cap, clean_val = scored_run(model, cb.tokens, hooks, scored, metric_fn, reference=True, task=task)
     corr_cap, corr_val = scored_run(model, xb.tokens, hooks, scored, metric_fn, task=task)
     base, src = (corr_cap, clean_cap) if direction == "denoise" else (clean_cap, corr_cap)

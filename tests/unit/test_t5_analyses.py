@@ -163,11 +163,29 @@ def test_score_by_patching(t5, ref, corr, task):
     assert list(s.attrs["per_prompt"].columns) == list(task.pair_ids)
 
 
-def _grads(base, kinds_layers):
+def _encoder_input(base):
+    """The hidden states entering the first encoder block of a plain HF forward."""
+    got = {}
+    h = base["hf"].encoder.block[0].register_forward_pre_hook(
+        lambda m, a, k: got.__setitem__("x", (a[0] if a else k["hidden_states"]).detach().clone()), with_kwargs=True)
+    try:
+        _logits(base)
+    finally:
+        h.remove()
+    return got["x"]
+
+
+def _grads(base, kinds_layers, encoder_input=None):
     """Per-pair target log-prob of a plain HF forward, and its gradient w.r.t. each projection
-    input (o for heads, wo for neurons), with the inputs themselves."""
+    input (o for heads, wo for neurons), with the inputs themselves; ``encoder_input`` replaces
+    the hidden states entering the first encoder block."""
     hf, got = base["hf"], {}
     mods = {kl: _module(hf, *kl) for kl in kinds_layers}
+
+    def swap(m, a, k):
+        if a:
+            return (encoder_input.clone(), *a[1:]), k
+        return a, {**k, "hidden_states": encoder_input.clone()}
 
     def keep(kl):
         def fn(m, args):
@@ -176,6 +194,8 @@ def _grads(base, kinds_layers):
         return fn
 
     handles = [m.register_forward_pre_hook(keep(kl)) for kl, m in mods.items()]
+    if encoder_input is not None:
+        handles.append(hf.encoder.block[0].register_forward_pre_hook(swap, with_kwargs=True))
     try:
         logits = hf(input_ids=base["src"], attention_mask=base["src_mask"], decoder_input_ids=base["dec"]).logits
     finally:
@@ -209,6 +229,33 @@ def test_attribution_patching_equals_hf_autograd(t5, ref, corr, task, direction)
         np.testing.assert_allclose(df.attrs["per_prompt"].to_numpy(), torch.stack(want).numpy(), atol=1e-5, rtol=0)
         exact = cnb.patch(t5, corrupted=CORRUPTED, task=task, unit=unit, layers=layers, direction=direction)
         assert np.abs(exact["value"].to_numpy() - df["value"].to_numpy()).max() > 1e-6  # an estimate
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_eap_ig_equals_hf_integrated_gradients(t5, ref, corr, task, direction):
+    """EAP-IG by hand: the first encoder block's input moved from the base sources' to the source
+    sources' (the targets, so the decoder's input, are shared), gradients averaged over the points
+    j / steps, times (source - base) of each head's slice."""
+    steps, kinds = 3, [("enc_head", 0), ("enc_head", 1), ("cross_head", 1)]
+    base, source = (corr, ref) if direction == "denoise" else (ref, corr)
+    lo, hi = _encoder_input(base), _encoder_input(source)
+    vals, g0 = _grads(base, kinds)
+    total = {kl: 0.0 for kl in kinds}
+    for j in range(1, steps + 1):
+        _, g = _grads(base, kinds, lo + j / steps * (hi - lo))
+        total = {kl: total[kl] + g[kl][1] for kl in kinds}
+    src = {kl: _record(lambda p, f: _logits(source, p, f), [(_module(ref["hf"], *kl), "in")])[0].double()
+           for kl in kinds}
+    for unit in ("enc_head", "cross_head"):
+        layers = [la for k, la in kinds if k == unit]
+        df = cnb.patch(t5, corrupted=CORRUPTED, task=task, unit=unit, layers=layers, method="eap-ig",
+                       direction=direction, steps=steps)
+        want = [vals + _unit_sum((src[(unit, la)] - g0[(unit, la)][0]) * total[(unit, la)] / steps, unit, h)
+                for la in layers for h in range(N_HEADS)]
+        np.testing.assert_allclose(df.attrs["per_prompt"].to_numpy(), torch.stack(want).numpy(), atol=1e-5, rtol=0)
+        attr = cnb.patch(t5, corrupted=CORRUPTED, task=task, unit=unit, layers=layers, method="attribution",
+                         direction=direction)
+        assert np.abs(attr["value"].to_numpy() - df["value"].to_numpy()).max() > 1e-6  # not the one-point estimate
 
 
 @pytest.mark.parametrize("kind", ["zero", "mean"])
@@ -255,8 +302,8 @@ def test_patch_bad_input(t5, task):
         cnb.patch(t5, SOURCES, CORRUPTED, task=task, unit="enc_head")
     with pytest.raises(ValueError, match="n_tokens= is not used"):
         cnb.patch(t5, corrupted=CORRUPTED, task=task, unit="enc_head", n_tokens=8)
-    with pytest.raises(ValueError, match="eap-ig"):
-        cnb.patch(t5, corrupted=CORRUPTED, task=task, unit="enc_head", method="eap-ig")
+    with pytest.raises(ValueError, match="steps= is not used by method='exact'"):
+        cnb.patch(t5, corrupted=CORRUPTED, task=task, unit="enc_head", steps=3)
     with pytest.raises(ValueError, match="ambiguous"):
         cnb.patch(t5, corrupted=CORRUPTED, task=task, unit="head")
     with pytest.raises(ValueError, match="positions="):

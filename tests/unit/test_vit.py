@@ -247,6 +247,52 @@ def test_attribution_patching_equals_hf_autograd(vit, ref, task, direction):
     assert np.abs(exact["value"].to_numpy() - df["value"].to_numpy()).max() > 1e-6  # an estimate, not the exact run
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_eap_ig_equals_hf_integrated_gradients(vit, ref, task, direction):
+    """EAP-IG by hand: the embeddings' output moved along the line from the base image's to the
+    source image's, d metric / d (o_proj input) averaged over the points j / steps, times
+    (source - base) of each head's slice."""
+    steps = 3
+    base, source = (CORRUPTED, IMAGES) if direction == "denoise" else (IMAGES, CORRUPTED)
+    mods = [blk.attention.o_proj for blk in ref.vit.layers]
+    src, bas = (record(ref, x, [(m, "pre") for m in mods]) for x in (source, base))
+    emb = {}
+    for name, x in (("lo", base), ("hi", source)):
+        with torch.no_grad():
+            emb[name] = ref.vit.embeddings(x)
+    total = [0.0] * N_LAYERS
+    for j in range(1, steps + 1):
+        got = {}
+
+        def keep(i, got=got):
+            def fn(x):
+                x.requires_grad_(True)
+                got[i] = x
+                return x
+            return fn
+
+        point = emb["lo"] + j / steps * (emb["hi"] - emb["lo"])
+        h = ref.vit.embeddings.register_forward_hook(lambda m, a, out, point=point: point.clone())
+        try:
+            with hooked([(m, "pre", keep(i)) for i, m in enumerate(mods)]):
+                vals = label_logprob(ref(pixel_values=base).logits)
+            grads = torch.autograd.grad(vals.sum(), [got[i] for i in range(N_LAYERS)])
+        finally:
+            h.remove()
+        total = [t + g for t, g in zip(total, grads, strict=True)]
+    base_val = label_logprob(logits_of(ref, base))
+    want = []
+    for i, m in enumerate(mods):
+        prod = ((src[(id(m), "pre")] - bas[(id(m), "pre")]) * total[i] / steps).double()
+        want += [base_val + prod[..., cols("head", hd)].sum((1, 2)) for hd in range(HEADS)]
+    df = cnb.patch(vit, corrupted=CORRUPTED, task=task, unit="head", method="eap-ig", direction=direction,
+                   steps=steps)
+    assert df.attrs["method"] == "eap-ig" and df.attrs["steps"] == steps
+    assert np.abs(df.attrs["per_prompt"].to_numpy() - torch.stack(want).numpy()).max() < 1e-5
+    attr = cnb.patch(vit, corrupted=CORRUPTED, task=task, unit="head", method="attribution", direction=direction)
+    assert np.abs(attr["value"].to_numpy() - df["value"].to_numpy()).max() > 1e-6  # not the one-point estimate
+
+
 def test_heads_at_the_cls_position_and_the_full_replay(vit, ref, task):
     df = cnb.ablate(vit, task=task, unit="head", positions=[0], metric="label_logprob")
     assert np.abs(df.attrs["per_prompt"].to_numpy() - hf_loop(ref, "head", "zero", HEADS, positions=[0])).max() < 1e-5
@@ -425,8 +471,8 @@ def test_bad_input_is_named(vit, task):
         cnb.ablate(vit, torch.zeros(2, 1, 28, 28), task=task)
     with pytest.raises(ValueError, match=r"positions= \[17\]: not token positions of this ViT.*1\.\.16 the patches"):
         cnb.ablate(vit, task=task, positions=[17])
-    with pytest.raises(ValueError, match=r"method='eap-ig' patching is not available.*method='exact' or 'attribution'"):
-        cnb.patch(vit, corrupted=CORRUPTED, task=task, method="eap-ig")
+    with pytest.raises(ValueError, match=r"steps= is not used by method='attribution'"):
+        cnb.patch(vit, corrupted=CORRUPTED, task=task, method="attribution", steps=3)
     with pytest.raises(ValueError, match="corrupted images have shape"):
         cnb.patch(vit, corrupted=CORRUPTED[:2], task=task)
     with pytest.raises(UnsupportedModelError, match=r"'vit' is a vision transformer.*ImageClassificationTask"):
