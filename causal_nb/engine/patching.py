@@ -82,7 +82,7 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
         task: the task (``engine.tasks``); None or ``LMTask()``: the decoder LM. Patching
             needs paired clean/corrupted inputs: ``cnb.ImageClassificationTask(images, labels)``
             carries the clean images (then ``clean=None``, ``corrupted=`` images of the same
-            shape; exact or attribution patching; metric default ``"label_logprob"``);
+            shape; exact, attribution or EAP-IG patching; metric default ``"label_logprob"``);
             ``cnb.Seq2SeqTask(sources, targets)`` carries the clean pairs (``corrupted=`` a list
             of sources, each of its clean source's token length, or a ``Seq2SeqTask`` with the
             same targets; units per stack, ``"enc_head"``, ``"cross_head"``...; metric default
