@@ -76,8 +76,13 @@ from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
-from .evaluation.vit_eval import VitEvaluation, evaluate_vit_models, pareto_front, plot_vit_evaluation
-from .evaluation.vit_eval import write_vit_evaluation
+from .evaluation.vit_eval import (
+                                  VitEvaluation,
+                                  evaluate_vit_models,
+                                  pareto_front,
+                                  plot_vit_evaluation,
+                                  write_vit_evaluation,
+)
 from .evaluation.vit_pipeline import optimize_vit, optimized_name
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
