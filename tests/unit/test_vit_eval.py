@@ -182,8 +182,9 @@ def test_names_and_bad_inputs(folders, tmp_path):
 
 
 def test_the_command_line_evaluates_and_names_bad_input(folders, tmp_path, capsys):
-    from causal_nb.__main__ import main
     from test_vit_train import write_idx
+
+    from causal_nb.__main__ import main
 
     data = write_idx(tmp_path / "idx", n_train=30, n_test=20)
     out = tmp_path / "ev"
