@@ -155,6 +155,43 @@ def removed_heads(folder) -> set:
     return {(i, h) for i, layer in enumerate(spec["layers"]) for h in layer["removed_heads"]}
 
 
+@pytest.mark.parametrize("use_task_loss", [True, False])
+def test_the_ablation_route_removes_the_heads_a_plain_hf_loop_finds_least_damaging(folders, tmp_path, use_task_loss):
+    from transformers import ViTForImageClassification
+
+    hf = ViTForImageClassification.from_pretrained(folders[1]).eval()
+    dh = D // HEADS
+
+    def logprobs(layer=None, head=None):
+        def zero(mod, args):
+            x = args[0].clone()
+            x[..., head * dh:(head + 1) * dh] = 0
+            return (x, *args[1:])
+        h = None if layer is None else hf.vit.layers[layer].attention.o_proj.register_forward_pre_hook(zero)
+        with torch.no_grad():
+            out = torch.log_softmax(hf(pixel_values=IMAGES).logits.double(), -1)
+        if h is not None:
+            h.remove()
+        return out
+
+    base = logprobs()
+    damage = {}
+    for layer in range(N_LAYERS):
+        for head in range(HEADS):
+            lp = logprobs(layer, head)
+            if use_task_loss:  # cross-entropy increase
+                damage[layer, head] = float((base - lp)[torch.arange(len(LABELS)), LABELS].mean())
+            else:  # KL(unpruned || ablated)
+                damage[layer, head] = float((base.exp() * (base - lp)).sum(-1).mean())
+    want = set(sorted(damage, key=damage.get)[:2])  # keep 0.75 of 8 heads: the 2 least damaging go
+    model = cnb.load_model(folders[1], device="cpu")
+    saved = cnb.optimize_vit(model, cnb.ImageClassificationTask(IMAGES, LABELS), keep_ratios=[0.75],
+                             scores=["ablation", "attribution", "taylor"], units=["head"], out=tmp_path,
+                             use_task_loss=use_task_loss)
+    assert removed_heads(saved["vit1_keep_0.75_ablation"]) == want
+    assert all(len(removed_heads(f)) == 2 for f in saved.values())
+
+
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), "x"])
 def test_ratios_outside_zero_one_are_named(bad, folders):
     with pytest.raises(ValueError, match=r"keep ratio .* (outside \(0, 1\]|not a number)"):
