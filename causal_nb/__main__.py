@@ -124,6 +124,7 @@ def add_vit_commands(sub) -> None:
     g = e.add_mutually_exclusive_group(required=True)
     g.add_argument("--auto-find", metavar="DIR", help="evaluate every model folder under DIR")
     g.add_argument("--model-paths", nargs="+", metavar="P", help="model folders or bundled names")
+    e.add_argument("--baseline", default=None, help="a model evaluated first, e.g. vit-fashion-mnist (with --auto-find)")
     e.add_argument("--out", default="runs/vit-evaluation", help="folder for evaluation_metrics.json and the figure")
     e.add_argument("--data-dir", default=None, help="folder of the idx files")
     e.add_argument("--n-images", type=int, default=None, help="test images to use (default all 10,000)")

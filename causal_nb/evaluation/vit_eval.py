@@ -282,6 +282,7 @@ def write_vit_evaluation(ev: VitEvaluation, out, png: bool = True, tolerance: fl
             fig.write_image(str(out / "evaluation.png"))
             paths["png"] = out / "evaluation.png"
         except Exception as e:  # noqa: BLE001 - kaleido's failures (no browser, ...) have many types
-            paths["png_error"] = (f"PNG export failed ({type(e).__name__}: {e}); kaleido needs Chrome or Chromium "
+            why = " ".join(str(e).split())
+            paths["png_error"] = (f"PNG export failed ({type(e).__name__}: {why}); kaleido needs Chrome or Chromium "
                                   "(`plotly_get_chrome`, or install chromium); the HTML figure was written")
     return paths

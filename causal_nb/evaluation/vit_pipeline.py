@@ -170,6 +170,8 @@ def evaluate_command(a) -> int:
     from .vit_eval import evaluate_vit_models, vit_report, write_vit_evaluation  # noqa: PLC0415
 
     models = find_model_folders(a.auto_find) if a.auto_find else list(a.model_paths)
+    if a.baseline:
+        models = [a.baseline, *models]
     test = load_fashion_mnist("test", a.data_dir)
     if a.n_images:
         test = test.head(a.n_images)

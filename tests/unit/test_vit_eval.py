@@ -229,6 +229,11 @@ def test_the_command_line_evaluates_and_names_bad_input(folders, tmp_path, capsy
                  "--batch-size", "10", "--no-png"]) == 0
     printed = capsys.readouterr().out
     assert "Recommendation: deploy" in printed and (out / "evaluation_metrics.json").exists()
+    assert main(["vit", "evaluate", "--auto-find", str(folders[0].parent), "--baseline", str(folders[1]),
+                 "--data-dir", str(data), "--out", str(out), "--batch-size", "10", "--no-png"]) == 0
+    saved = json.loads((out / "evaluation_metrics.json").read_text())
+    assert [m["model"] for m in saved["models"]] == ["vit1", "vit0", "vit1"]
+    capsys.readouterr()
     assert main(["vit", "evaluate", "--auto-find", str(tmp_path / "idx"), "--data-dir", str(data)]) == 1
     assert "no models under" in capsys.readouterr().err
     assert main(["vit", "optimize", "--keep-ratios", "0.8", "1.2", "--data-dir", str(data)]) == 1
