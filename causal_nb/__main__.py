@@ -101,6 +101,9 @@ def add_vit_commands(sub) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    t.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from an earlier run's model/ folder (a further phase with its own schedule)")
     t.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
     t.add_argument("--ship", action="store_true", help="copy the trained model into the package zoo")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -141,7 +144,7 @@ def vit_command(a) -> int:
             from .zoo.train_vit import TrainConfig, train_vit  # noqa: PLC0415
 
             cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, augment=not a.no_augment,
-                              val_size=a.val_size)
+                              val_size=a.val_size, warmup=a.warmup, init_from=a.init_from)
             card = train_vit(a.out, cfg, data_dir=a.data_dir, resume=a.resume, progress=not a.no_progress,
                              ship=a.ship)
             print(f"test top-1 {card['test_top1']:.4f} -> {a.out}/model" + (" (shipped to the zoo)" if a.ship else ""))

@@ -56,6 +56,8 @@ class TrainConfig:
         val_size: training images held out as the validation split.
         max_steps_per_epoch: stop each epoch after this many steps (tests; None: the whole split).
         spec: the model's shape (``VIT_SPECS`` entry).
+        init_from: start from the weights of an earlier run's ``model/`` folder (a further
+            phase with its own schedule; the card lists the earlier phases), not random init.
     """
 
     epochs: int = 12
@@ -68,6 +70,7 @@ class TrainConfig:
     val_size: int = 5000
     max_steps_per_epoch: int | None = None
     spec: dict = field(default_factory=lambda: dict(VIT_SPECS["vit-fashion-mnist"]))
+    init_from: str | None = None
 
 
 def build_vit(spec: dict, seed: int = 0):
@@ -121,6 +124,22 @@ def _accuracy(model, data: ImageSet, batch_size: int = 500) -> tuple[float, floa
     return correct / len(data), loss / len(data)
 
 
+def _weights_of(folder, model) -> dict:
+    """The state dict of an earlier run's model folder, checked against this run's shape."""
+    from transformers import ViTForImageClassification  # noqa: PLC0415
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise TrainVitError(f"--init-from {str(folder)!r} has no config.json: pass the model/ folder of an earlier run")
+    state = ViTForImageClassification.from_pretrained(str(folder)).state_dict()
+    own = model.state_dict()
+    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad:
+        raise TrainVitError(f"--init-from {folder}: its weights do not fit this run's shape (first mismatch {bad[0]}); "
+                            "start from a model of the same spec")
+    return state
+
+
 def _check_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if int(getattr(cfg, name)) < 1:
@@ -162,6 +181,8 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
     model = build_vit(cfg.spec, cfg.seed)
+    if cfg.init_from is not None:
+        model.load_state_dict(_weights_of(cfg.init_from, model))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     history, start, seconds = [], 0, 0.0
@@ -229,15 +250,34 @@ def _write_model(model, cfg: TrainConfig, folder: Path, history: list, seconds: 
                      "val_size": cfg.val_size, "split_seed": cfg.seed, "test": len(test)},
             "training": {**{k: v for k, v in asdict(cfg).items() if k != "spec"}, "seconds": round(seconds, 1),
                          "device": "cpu", "threads": threads,
-                         "command": f"nice -n 10 python -m causal_nb vit train --epochs {cfg.epochs} --ship"},
+                         "command": _command(cfg)},
             "history": history,
             "val_top1": history[-1]["val_top1"] if history else None,
             "test_top1": round(test_acc, 5), "test_loss": round(test_loss, 5)}
+    if cfg.init_from is not None and (Path(cfg.init_from) / "card.json").exists():
+        prev = json.loads((Path(cfg.init_from) / "card.json").read_text())
+        card["phases"] = [*prev.get("phases", [{"training": prev["training"], "history": prev["history"],
+                                                 "test_top1": prev["test_top1"]}]),
+                          {"training": card["training"], "history": history, "test_top1": card["test_top1"]}]
+        card["training"] = {**card["training"], "seconds_all_phases": round(sum(
+            p["training"]["seconds"] for p in card["phases"]), 1)}
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (folder / "README.md").write_text(render_vit_card(card))
     if ship:
         ship_model(folder)
     return card
+
+
+def _command(cfg: TrainConfig) -> str:
+    """The command line that reproduces this run (its non-default settings spelled out)."""
+    d, parts = TrainConfig(), [f"--epochs {cfg.epochs}"]
+    for name, flag in (("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed"), ("val_size", "--val-size"),
+                       ("warmup", "--warmup"), ("init_from", "--init-from")):
+        if getattr(cfg, name) != getattr(d, name):
+            parts.append(f"{flag} {getattr(cfg, name)}")
+    if not cfg.augment:
+        parts.append("--no-augment")
+    return "nice -n 10 python -m causal_nb vit train " + " ".join(parts)
 
 
 def render_vit_card(card: dict) -> str:
@@ -259,7 +299,7 @@ TransformerBridge (family `vit`), read with `cnb.ImageClassificationTask(images,
 - Training: {tr['epochs']} epochs, batch {tr['batch_size']}, AdamW lr {tr['lr']} (warm-up {tr['warmup']} steps, cosine),
   weight decay {tr['weight_decay']}, augmentation {'shift <= 2 px + horizontal flip' if tr['augment'] else 'none'},
   seed {tr['seed']}; **{tr['seconds'] / 60:.1f} min** on {tr['device']} ({tr['threads']} thread(s), machine shared)
-- Command: `{tr['command']}`
+- Command: `{tr['command']}`{_phase_lines(card)}
 - Weights: fp32 safetensors
 
 ## Accuracy
@@ -270,6 +310,15 @@ Test top-1 **{card['test_top1']:.4f}** (cross-entropy {card['test_loss']:.4f}); 
 |---|---|---|---|---|
 {rows}
 """
+
+
+def _phase_lines(card: dict) -> str:
+    if not card.get("phases"):
+        return ""
+    lines = [f"  - phase {i + 1}: `{p['training']['command']}` ({p['training']['seconds'] / 60:.1f} min, test top-1 "
+             f"{p['test_top1']:.4f})" for i, p in enumerate(card["phases"])]
+    return ("\n- Phases (each later one starts from the earlier one's weights; "
+            f"{card['training']['seconds_all_phases'] / 60:.1f} min in all):\n" + "\n".join(lines))
 
 
 def ship_model(folder) -> Path:

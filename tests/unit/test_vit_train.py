@@ -127,3 +127,23 @@ def test_the_command_line_trains_and_names_bad_input(data_dir, tmp_path, capsys)
     assert main(["vit", "train", "--epochs", "2", "--data-dir", str(data_dir), "--out", str(out), "--val-size", "16",
                  "--batch-size", "64", "--resume"]) == 1
     assert "settings differ" in capsys.readouterr().err
+
+
+def test_a_further_phase_starts_from_the_earlier_weights_and_lists_both(data_dir, tmp_path):
+    from transformers import ViTForImageClassification
+
+    first = train_vit(tmp_path / "one", config(epochs=1), data_dir=data_dir, progress=False)
+    folder = tmp_path / "one" / "model"
+    # lr 0 in phase 2: the weights must come out exactly as phase 1 left them
+    second = train_vit(tmp_path / "two", config(epochs=1, lr=1e-12, weight_decay=0.0, init_from=str(folder)),
+                       data_dir=data_dir, progress=False)
+    a = ViTForImageClassification.from_pretrained(folder).state_dict()
+    b = ViTForImageClassification.from_pretrained(tmp_path / "two" / "model").state_dict()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
+    assert [p["test_top1"] for p in second["phases"]] == [first["test_top1"], second["test_top1"]]
+    assert "--init-from" in second["training"]["command"] and "phase 2" in (tmp_path / "two" / "model" / "README.md").read_text()
+    with pytest.raises(TrainVitError, match="has no config.json"):
+        train_vit(tmp_path / "bad", config(init_from=str(tmp_path)), data_dir=data_dir, progress=False)
+    other = dict(TINY, d_model=8)
+    with pytest.raises(TrainVitError, match="do not fit this run's shape"):
+        train_vit(tmp_path / "bad", config(init_from=str(folder), spec=other), data_dir=data_dir, progress=False)
