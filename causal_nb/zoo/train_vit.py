@@ -295,7 +295,7 @@ TransformerBridge (family `vit`), read with `cnb.ImageClassificationTask(images,
 - Why this shape: {card['why']}
 - Inputs: pixel values in [0, 1] as `cnb.load_fashion_mnist(...)` gives them (no normalisation)
 - Data: Fashion-MNIST; {card['data']['val_size']} training images held out as validation (seed
-  {card['data']['split_seed']}), the 10,000 t10k images as test (read once, for this card)
+  {card['data']['split_seed']}), the 10,000 t10k images as test (read only for the numbers on this card, after each phase)
 - Training: {tr['epochs']} epochs, batch {tr['batch_size']}, AdamW lr {tr['lr']} (warm-up {tr['warmup']} steps, cosine),
   weight decay {tr['weight_decay']}, augmentation {'shift <= 2 px + horizontal flip' if tr['augment'] else 'none'},
   seed {tr['seed']}; **{tr['seconds'] / 60:.1f} min** on {tr['device']} ({tr['threads']} thread(s), machine shared)
