@@ -77,6 +77,14 @@ from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
+from .evaluation.vit_eval import (
+                                  VitEvaluation,
+                                  evaluate_vit_models,
+                                  pareto_front,
+                                  plot_vit_evaluation,
+                                  write_vit_evaluation,
+)
+from .evaluation.vit_pipeline import optimize_vit, optimized_name
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
@@ -127,6 +135,7 @@ __all__ = [
     "TokenBatch",
     "TokenSet",
     "TokenSetError",
+    "VitEvaluation",
     "ablate",
     "acdc",
     "acdc_sweep",
@@ -136,6 +145,7 @@ __all__ = [
     "domain_losses",
     "encoder_sweep",
     "evaluate",
+    "evaluate_vit_models",
     "full_model_run",
     "head_roles",
     "induction",
@@ -161,6 +171,10 @@ __all__ = [
     "logit_diff",
     "logprob_mass",
     "model_card",
+    "optimize_vit",
+    "optimized_name",
+    "pareto_front",
+    "plot_vit_evaluation",
     "patch",
     "patching_summary",
     "findings",
@@ -189,4 +203,5 @@ __all__ = [
     "token_set_path",
     "views",
     "widgets",
+    "write_vit_evaluation",
 ]

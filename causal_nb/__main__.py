@@ -1,4 +1,4 @@
-"""Command line: ``python -m causal_nb run|models|notebooks|sweep|compose``."""
+"""Command line: ``python -m causal_nb run|models|notebooks|sweep|compose|vit``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from .pruning.compose_cli import add_compose_parser  # noqa: PLC0415
 
     add_compose_parser(sub)
+    add_vit_commands(sub)
     a = p.parse_args(argv)
+    if a.cmd == "vit":
+        return vit_command(a)
     if a.cmd == "compose":
         from .core.executors import ExecutorError  # noqa: PLC0415
         from .models.families import UnsupportedModelError  # noqa: PLC0415
@@ -97,6 +100,75 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"done: {run}")
     return 0
+
+
+def add_vit_commands(sub) -> None:
+    """The ``vit`` group: ``train`` the bundled ViT, ``optimize`` it by pruning, ``evaluate`` models."""
+    v = sub.add_parser("vit", help="vision transformers: train the Fashion-MNIST ViT, prune it, evaluate models")
+    vs = v.add_subparsers(dest="vit_cmd", required=True)
+    t = vs.add_parser("train", help="train vit-fashion-mnist (seeded, resumable, checkpoint per epoch)")
+    t.add_argument("--epochs", type=int, default=12, help="epochs (the cosine schedule spans all of them)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    t.add_argument("--out", default="runs/vit-fashion-mnist", help="run folder (checkpoint.pt, model/)")
+    t.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST (or MNIST) idx files")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    t.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from an earlier run's model/ folder (a further phase with its own schedule)")
+    t.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
+    t.add_argument("--ship", action="store_true", help="copy the trained model into the package zoo")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o = vs.add_parser("optimize", help="prune a ViT at keep ratios by each score; save <base>_keep_<r> folders")
+    o.add_argument("--model", default="vit-fashion-mnist", help="bundled name or folder of the ViT to prune")
+    o.add_argument("--method", default="eap", choices=["eap", "acdc"],
+                   help="eap: keep the top fraction of units by score; acdc: not yet on ViT (raises)")
+    o.add_argument("--keep-ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7], help="fractions in (0, 1]")
+    o.add_argument("--thresholds", type=float, nargs="+", default=None, help="acdc: KL thresholds in (0, 1]")
+    o.add_argument("--scores", nargs="+", default=["attribution", "ablation", "taylor", "magnitude", "random"],
+                   help="score methods (attribution is EAP's |gradient x activation|)")
+    o.add_argument("--units", nargs="+", default=["head", "neuron"], help="unit kinds pruned to the keep ratio")
+    o.add_argument("--use-task-loss", action="store_true",
+                   help="exact ablation scored by the task loss (default: KL from the unpruned model); attribution, "
+                        "Taylor always take the task loss")
+    o.add_argument("--n-images", type=int, default=512, help="validation images the scores are computed on")
+    o.add_argument("--out", default="runs/vit-optimized", help="folder of the pruned models")
+    o.add_argument("--data-dir", default=None, help="folder of the idx files")
+    o.add_argument("--seed", type=int, default=0, help="the random score's seed")
+    e = vs.add_parser("evaluate", help="evaluate ViT models: accuracy, confidence, speed, Pareto front, figure")
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--auto-find", metavar="DIR", help="evaluate every model folder under DIR")
+    g.add_argument("--model-paths", nargs="+", metavar="P", help="model folders or bundled names")
+    e.add_argument("--baseline", default=None, help="a model evaluated first, e.g. vit-fashion-mnist (with --auto-find)")
+    e.add_argument("--out", default="runs/vit-evaluation", help="folder for evaluation_metrics.json and the figure")
+    e.add_argument("--data-dir", default=None, help="folder of the idx files")
+    e.add_argument("--n-images", type=int, default=None, help="test images to use (default all 10,000)")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--no-png", action="store_true", help="write the figure as HTML only")
+
+
+def vit_command(a) -> int:
+    """Run a ``vit`` subcommand; a bad request prints its error and returns 1."""
+    from .data.images import ImageDataError  # noqa: PLC0415
+
+    try:
+        if a.vit_cmd == "train":
+            from .zoo.train_vit import TrainConfig, train_vit  # noqa: PLC0415
+
+            cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, augment=not a.no_augment,
+                              val_size=a.val_size, warmup=a.warmup, init_from=a.init_from)
+            card = train_vit(a.out, cfg, data_dir=a.data_dir, resume=a.resume, progress=not a.no_progress,
+                             ship=a.ship)
+            print(f"test top-1 {card['test_top1']:.4f} -> {a.out}/model" + (" (shipped to the zoo)" if a.ship else ""))
+            return 0
+        from .evaluation.vit_pipeline import evaluate_command, optimize_command  # noqa: PLC0415
+
+        return optimize_command(a) if a.vit_cmd == "optimize" else evaluate_command(a)
+    except (ValueError, TypeError, ImageDataError, NotImplementedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def sweep_executor(a, out: str):

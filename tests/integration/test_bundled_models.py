@@ -11,18 +11,21 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import causal_nb as cnb
-from causal_nb.zoo import MODELS_DIR, SPECS, quality
+from causal_nb.zoo import MODELS_DIR, SPECS, VIT_SPECS, quality
 
 BUNDLED = list(SPECS)
+VISION = [n for n in VIT_SPECS if (MODELS_DIR / n / "config.json").exists()]  # tests/integration/test_vit_bundled.py
 
 
 def test_bundled_models_are_listed_default_first():
     from causal_nb.zoo.pretrained import available_pretrained
 
-    assert cnb.list_models() == BUNDLED + available_pretrained()  # bundled (default first), then pretrained
+    # bundled LMs (default first), bundled vision models, then pretrained
+    assert cnb.list_models() == BUNDLED + VISION + available_pretrained()
     cards = cnb.list_models(cards=True)
-    bundled = cards[cards.source == "bundled"]
+    bundled = cards[(cards.source == "bundled") & (cards.architecture != "vit")]
     assert list(bundled.model) == BUNDLED and (bundled.loss_python < bundled.unigram_python).all()
+    assert list(cards[cards.architecture == "vit"].model) == VISION
 
 
 def test_zoo_fits_the_size_budget():
