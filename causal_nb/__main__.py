@@ -124,7 +124,7 @@ def add_vit_commands(sub) -> None:
     o = vs.add_parser("optimize", help="prune a ViT at keep ratios by each score; save <base>_keep_<r> folders")
     o.add_argument("--model", default="vit-fashion-mnist", help="bundled name or folder of the ViT to prune")
     o.add_argument("--method", default="eap", choices=["eap", "acdc"],
-                   help="eap: keep the top fraction of units by score; acdc: not yet on ViT (raises)")
+                   help="eap: keep the top fraction of units by score; acdc: remove units below KL thresholds")
     o.add_argument("--keep-ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7], help="fractions in (0, 1]")
     o.add_argument("--thresholds", type=float, nargs="+", default=None, help="acdc: KL thresholds in (0, 1]")
     o.add_argument("--scores", nargs="+", default=["attribution", "ablation", "taylor", "magnitude", "random"],

@@ -6,8 +6,10 @@ attribution (``"attribution-abs"``, the mean |first-order estimate| of a unit's 
 task loss with ``use_task_loss=True``, else on the KL from the unpruned model), exact
 ablation, Taylor, weight magnitude and random, each physically pruned (``cnb.prune``) and saved
 (``cnb.save_pruned``) under the naming convention ``<base>_keep_<r>`` (``optimized_name``; with
-the score as a suffix when several are compared). ACDC (``<base>_threshold_<t>``) on a ViT
-is not wired here yet: ``method="acdc"`` raises ``NotImplementedError`` naming what to use.
+the score as a suffix when several are compared). ``method="acdc"`` walks the heads and the
+neurons with ``cnb.acdc(model, task=...)`` (KL of the class distributions) at each threshold and
+saves ``<base>_threshold_<t>``: the union of the two walks' removals (each walk run on the
+unpruned model), physically pruned.
 
 Every folder written reloads with ``cnb.load_model(folder)`` and is what ``vit evaluate
 --auto-find`` picks up.
@@ -99,16 +101,16 @@ def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE
             unit 0.
         out: folder to save ``<base>_keep_<r>_<score>`` folders into (None: keep in memory).
         base: the name's base (default the model's source name).
-        method: ``"eap"`` (the scores above); ``"acdc"`` is not yet available on a ViT here.
-        thresholds: ACDC's thresholds (checked, then refused with ``method="acdc"``).
+        method: ``"eap"`` (the scores above) or ``"acdc"`` (``thresholds``; ``keep_ratios`` and
+            ``scores`` are then not used).
+        thresholds: ACDC's KL thresholds, each in (0, 1] (default 0.01, 0.05, 0.1).
         seed: the random score's seed.
 
     Returns:
         name -> the saved folder (``out`` given) or the pruned bridge.
 
     Raises:
-        ValueError: a ratio outside (0, 1], an unknown score or unit.
-        NotImplementedError: ``method="acdc"``.
+        ValueError: a ratio or threshold outside (0, 1], an unknown score or unit.
     """
     from ..analyses.scoring import score  # noqa: PLC0415
     from ..pruning.structure import prune, save_pruned  # noqa: PLC0415
@@ -116,10 +118,7 @@ def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE
     if method not in ("eap", "acdc"):
         raise ValueError(f"unknown method {method!r}; use 'eap' (keep ratios by score) or 'acdc' (thresholds)")
     if method == "acdc":
-        for t in thresholds or ():
-            check_fraction(t, "threshold")
-        raise NotImplementedError("ACDC on a ViT is not in `vit optimize` yet (it is being added as cnb.acdc(model, "
-                                  "..., task=ImageClassificationTask)); use --method eap with --keep-ratios meanwhile")
+        return _optimize_acdc(model, task, thresholds, units, out, base, progress)
     ratios = [check_fraction(r, "keep ratio") for r in keep_ratios]
     bad = [s for s in scores if s not in OPTIMIZE_SCORES]
     if bad:
@@ -145,21 +144,44 @@ def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE
     return results
 
 
+def _optimize_acdc(model, task, thresholds, units, out, base, progress) -> dict:
+    from ..analyses.acdc import acdc  # noqa: PLC0415
+    from ..pruning.structure import prune_units, save_pruned  # noqa: PLC0415
+
+    taus = [check_fraction(t, "threshold") for t in (thresholds or (0.01, 0.05, 0.1))]
+    bad = [u for u in units if u not in ("head", "neuron")]
+    if bad or not units:
+        raise ValueError(f"units {list(units)}: give 'head' and/or 'neuron'")
+    base = base or Path(str(getattr(model, "causal_nb_source", {}).get("name", "vit"))).name
+    walks = {u: acdc(model, task=task, thresholds=taus, unit=u, kind="zero", progress=progress) for u in units}
+    results = {}
+    for i, t in enumerate(taus):
+        sel = {u: walks[u].attrs["selections"][i] for u in units}
+        pruned = prune_units(model, heads=sel.get("head") or None, neurons=sel.get("neuron") or None, task=task)
+        name = optimized_name(base, threshold=t)
+        if progress:
+            removed = ", ".join(f"{int(walks[u]['removed'][i])} {u}s" for u in units)
+            print(f"{name}: {removed} removed, {sum(p.numel() for p in pruned.parameters()):,} parameters",
+                  file=sys.stderr)
+        results[name] = save_pruned(pruned, Path(out) / name) if out is not None else pruned
+    return results
+
+
 def optimize_command(a) -> int:
     """``vit optimize``: score on validation images, prune, save under ``--out``."""
     from ..data.images import load_fashion_mnist  # noqa: PLC0415
     from ..engine.vision import ImageClassificationTask  # noqa: PLC0415
     from ..models.loading import load_model  # noqa: PLC0415
 
-    if a.method == "acdc":  # refused before loading anything
-        optimize_vit(None, None, method="acdc", thresholds=a.thresholds)
+    for t in a.thresholds or ():  # checked before loading anything
+        check_fraction(t, "threshold")
     for r in a.keep_ratios:
         check_fraction(r, "keep ratio")
     model = load_model(a.model, device="cpu")
     val = load_fashion_mnist("val", a.data_dir).head(a.n_images)
     task = ImageClassificationTask(val.images, val.labels)
-    saved = optimize_vit(model, task, a.keep_ratios, a.scores, units=a.units,
-                         use_task_loss=a.use_task_loss, out=a.out, seed=a.seed, progress=True)
+    saved = optimize_vit(model, task, a.keep_ratios, a.scores, units=a.units, use_task_loss=a.use_task_loss,
+                         out=a.out, method=a.method, thresholds=a.thresholds, seed=a.seed, progress=True)
     print(f"{len(saved)} pruned models -> {a.out}")
     return 0
 

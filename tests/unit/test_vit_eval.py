@@ -146,8 +146,22 @@ def test_optimize_saves_reloadable_pruned_models_under_the_naming_convention(fol
     assert removed_heads(saved["tiny_keep_0.5_magnitude"]) == {(int(r.layer), int(r.head)) for r in low.itertuples()}
     found = find_model_folders(tmp_path / "opt")
     assert sorted(p.name for p in found) == sorted(saved)
-    with pytest.raises(NotImplementedError, match="--method eap"):
-        cnb.optimize_vit(model, task, method="acdc", thresholds=[0.01])
+    # ACDC: <base>_threshold_<t>, the walk's heads removed, and the saved model's KL is the walk's
+    walk = cnb.acdc(model, task=task, thresholds=[0.005, 0.05], unit="head", progress=False)
+    saved = cnb.optimize_vit(model, task, method="acdc", thresholds=[0.005, 0.05], units=("head",),
+                             out=tmp_path / "acdc", base="tiny")
+    assert list(saved) == ["tiny_threshold_0.005", "tiny_threshold_0.05"]
+    with torch.no_grad():
+        full = torch.log_softmax(model(task.images, return_type="logits").double(), -1)
+    for i, folder in enumerate(saved.values()):
+        sel = walk.attrs["selections"][i]
+        assert removed_heads(folder) == {(la, h) for la, hs in sel.items() for h in hs}
+        with torch.no_grad():
+            got = torch.log_softmax(cnb.load_model(folder, device="cpu")(task.images, return_type="logits").double(), -1)
+        assert float((full.exp() * (full - got)).sum(-1).mean()) == pytest.approx(walk["kl"][i], abs=1e-5)
+    assert walk["removed"][0] < walk["removed"][1] < walk["units"][1]  # the thresholds matter
+    with pytest.raises(ValueError, match="outside"):
+        cnb.optimize_vit(model, task, method="acdc", thresholds=[1.5])
 
 
 def removed_heads(folder) -> set:
@@ -238,5 +252,5 @@ def test_the_command_line_evaluates_and_names_bad_input(folders, tmp_path, capsy
     assert "no models under" in capsys.readouterr().err
     assert main(["vit", "optimize", "--keep-ratios", "0.8", "1.2", "--data-dir", str(data)]) == 1
     assert "outside (0, 1]" in capsys.readouterr().err
-    assert main(["vit", "optimize", "--method", "acdc", "--thresholds", "0.01"]) == 1
-    assert "not in `vit optimize` yet" in capsys.readouterr().err
+    assert main(["vit", "optimize", "--method", "acdc", "--thresholds", "0.01", "2"]) == 1
+    assert "outside (0, 1]" in capsys.readouterr().err
