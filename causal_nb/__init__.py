@@ -74,6 +74,7 @@ from .evaluation import findings, stats
 from .evaluation.acdc_sweep import acdc_sweep
 from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
+from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
 from .models.embeddings import sentence_embeddings
@@ -85,6 +86,7 @@ from .pruning.structure import prune, prune_units, save_pruned
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FullModelRun",
+    "HarnessTaskError",
     "IOIPrompts",
     "ImageClassificationTask",
     "ImageDataError",
@@ -124,6 +126,7 @@ __all__ = [
     "ioi_logit_diff",
     "ioi_prompts",
     "list_models",
+    "lm_eval",
     "load_fashion_mnist",
     "load_jcola",
     "load_json",
@@ -148,6 +151,7 @@ __all__ = [
     "prune",
     "probe_eval",
     "prune_units",
+    "shipped_tasks",
     "repeated_tokens",
     "reverse_intervention",
     "save_findings",
