@@ -72,6 +72,7 @@ from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .engine.vision import ImageClassificationTask
 from .evaluation import findings, stats
 from .evaluation.acdc_sweep import acdc_sweep
+from .evaluation.duplication_prune import duplication_prune
 from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
@@ -81,10 +82,12 @@ from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
 from .notebook.report import save_findings
+from .pruning.duplication import DuplicationError
 from .pruning.structure import prune, prune_units, save_pruned
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "DuplicationError",
     "FullModelRun",
     "HarnessTaskError",
     "IOIPrompts",
@@ -113,6 +116,7 @@ __all__ = [
     "available_domains",
     "balanced_pairs",
     "domain_losses",
+    "duplication_prune",
     "encoder_sweep",
     "evaluate",
     "full_model_run",

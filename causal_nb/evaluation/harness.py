@@ -258,8 +258,9 @@ def lm_eval(model, tasks, limit: int | float | None = None, include_path=None, b
 
     Returns:
         Columns ``task, metric, value, stderr, n``; ``attrs["items"]`` holds the per-item
-        table (``task, doc_id, target``, ``loglikelihoods`` per choice or ``loglikelihood``
-        of a rolling document, and each metric's per-item value).
+        records (``pd.DataFrame(df.attrs["items"])``: ``task, doc_id, target``,
+        ``loglikelihoods`` per choice or ``loglikelihood`` of a rolling document with its
+        ``words`` and ``bytes``, and each metric's per-item value).
     """
     if isinstance(tasks, str):
         tasks = [tasks]
@@ -293,7 +294,8 @@ def lm_eval(model, tasks, limit: int | float | None = None, include_path=None, b
             rows.append({"task": task, "metric": metric, "value": float(v),
                          "stderr": float(se) if isinstance(se, (int, float)) else np.nan, "n": n})
     df = pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n"])
-    df.attrs["items"] = _items(out.get("samples", {}))
+    # records, not a DataFrame: pandas compares attrs when concatenating, and frames do not compare
+    df.attrs["items"] = _items(out.get("samples", {})).to_dict("records")
     df.attrs["lm_eval_version"] = out.get("lm_eval_version")
     return df
 

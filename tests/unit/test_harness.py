@@ -13,6 +13,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,7 +76,7 @@ def test_harness_equals_plain_loglikelihood(tiny):
     assert hf.config.n_positions == N_CTX
     tasks = ["cnb_next_line_python", "cnb_tatoeba_ending", "cnb_heldout_ppl_cpp"]
     df = cnb.lm_eval(model, tasks, limit=LIMIT, batch_size=2)
-    items = df.attrs["items"]
+    items = pd.DataFrame(df.attrs["items"])
     assert set(df.task) == set(tasks) and (df.n == LIMIT).all()
     for task, file, delim in (("cnb_next_line_python", "next_line_python", ""), ("cnb_tatoeba_ending", "tatoeba_ending", " ")):
         got = items[items.task == task].sort_values("doc_id")
@@ -104,7 +105,8 @@ def test_saved_folder_and_plain_model_give_the_same_numbers(tiny, tmp_path):
     b = cnb.lm_eval(folder, ["cnb_next_line_cpp"], limit=2)
     c = cnb.lm_eval(hf, ["cnb_next_line_cpp"], limit=2, tokenizer=tok)
     for other in (b, c):
-        np.testing.assert_allclose(np.stack(a.attrs["items"].loglikelihoods), np.stack(other.attrs["items"].loglikelihoods),
+        np.testing.assert_allclose(np.stack([r["loglikelihoods"] for r in a.attrs["items"]]),
+                                   np.stack([r["loglikelihoods"] for r in other.attrs["items"]]),
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -118,7 +120,7 @@ def test_include_path_and_bad_input(tiny, tmp_path):
             "output_type: multiple_choice\ntest_split: test\ndoc_to_text: '{{q}}'\n")
     (user / "my_mc.yaml").write_text(base + "doc_to_choice: '{{opts}}'\ndoc_to_target: '{{y}}'\n")
     df = cnb.lm_eval(model, ["my_mc"], include_path=user)
-    items = df.attrs["items"]
+    items = pd.DataFrame(df.attrs["items"])
     ref = [ref_choice_ll(hf, tok, f"x = {i}", c, " ") for i in range(3) for c in (" + 1", " ** 2")]
     np.testing.assert_allclose(np.concatenate(items.sort_values("doc_id").loglikelihoods.tolist()), ref, rtol=1e-4, atol=1e-4)
 
