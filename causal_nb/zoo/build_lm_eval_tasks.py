@@ -5,7 +5,8 @@ Three kinds of items, all from material that exists offline:
 - ``cnb_next_line_{python,cpp}`` (multiple choice): a test prompt of the shipped prompt sets
   (chunks of the corpus's *held-out* files, ``zoo.build_prompts``), cut after a line; the
   choices are its real next line and three lines of the same indentation taken from prompts
-  of *other* files (so a distractor is plausible code, never the answer in disguise).
+  of *other* files, none of which occurs in the item's own file (so a distractor is plausible
+  code, never the answer in disguise).
 - ``cnb_heldout_ppl_{python,cpp}`` (rolling log-likelihood): the same test prompts, whole.
 - ``cnb_tatoeba_ending`` (multiple choice, prose for general models): an English Tatoeba
   sentence cut at half its words; the choices are its real ending and the endings of three
@@ -58,7 +59,9 @@ def build_next_line(domain: str, seed: int = 0) -> list[dict]:
             continue
         k = rng.choice(cut)
         answer = lines[k]
-        others = [ln for f, ln in pool if f != source.split(":")[0] and ln.strip() != answer.strip()]
+        own = {ln.strip() for s2, ls in recs if s2.split(":")[0] == source.split(":")[0] for ln in ls}
+        # a line that also occurs in the item's own file could be a right answer too
+        others = [ln for f, ln in pool if f != source.split(":")[0] and ln.strip() not in own]
         same = [ln for ln in others if _indent(ln) == _indent(answer)]
         cands = sorted(set(same if len(set(same)) >= N_CHOICES - 1 else others))
         distractors = rng.sample(cands, N_CHOICES - 1)

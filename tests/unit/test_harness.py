@@ -141,3 +141,30 @@ def test_include_path_and_bad_input(tiny, tmp_path):
         cnb.lm_eval(bare, ["cnb_next_line_cpp"], limit=1)
     with pytest.raises(HarnessTaskError, match="tokenizer="):
         cnb.lm_eval(hf, ["cnb_next_line_cpp"], limit=1)
+
+
+def test_shipped_tasks_rebuild_from_the_prompt_files():
+    import hashlib
+
+    from causal_nb.data.prompts import parse_jsonl, prompt_dir
+    from causal_nb.zoo.build_lm_eval_tasks import build_next_line, build_ppl
+
+    prov = json.loads((TASK_DIR / "PROVENANCE.json").read_text())
+    assert sorted(prov) == cnb.shipped_tasks()
+    for task, p in prov.items():
+        file = {"cnb_tatoeba_ending": "tatoeba_ending"}.get(task, task.replace("cnb_", "").replace("_ppl", ""))
+        data = (TASK_DIR / f"{file}.jsonl").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == p["sha256"] and len(data.splitlines()) == p["items"], task
+    for domain in ("python", "cpp"):
+        shipped = [json.loads(x) for x in (TASK_DIR / f"next_line_{domain}.jsonl").read_text().splitlines()]
+        assert build_next_line(domain) == shipped
+        assert build_ppl(domain) == [json.loads(x) for x in (TASK_DIR / f"heldout_{domain}.jsonl").read_text().splitlines()]
+        texts = {r["source"]: r["text"] for r in parse_jsonl(prompt_dir() / f"{domain}.jsonl") if r["split"] == "test"}
+        for it in shipped:
+            src, k = it["source"].rsplit("+", 1)
+            lines = texts[src].splitlines()
+            assert it["context"] == "\n".join(lines[: int(k)]) + "\n" and it["choices"][it["label"]] == lines[int(k)]
+            others = [c for i, c in enumerate(it["choices"]) if i != it["label"]]
+            own_file = src.split(":")[0]
+            assert len(set(it["choices"])) == 4 and not any(
+                c.strip() in {x.strip() for x in t.splitlines()} for c in others for s, t in texts.items() if s.split(":")[0] == own_file)
