@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import logging
 import os
 import re
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+
+from ..core.env import progress_enabled
 
 __all__ = ["HarnessTaskError", "TASK_DIR", "lm_eval", "shipped_tasks"]
 
@@ -236,7 +239,8 @@ def _items(samples: dict) -> pd.DataFrame:
 
 def lm_eval(model, tasks, limit: int | float | None = None, include_path=None, batch_size: int = 8,
             num_fewshot: int | None = None, tokenizer=None, device: str | None = None, offline: bool = True,
-            seed: int = 0, bootstrap_iters: int = 1000, add_bos_token: bool | None = None) -> pd.DataFrame:
+            seed: int = 0, bootstrap_iters: int = 1000, add_bos_token: bool | None = None,
+            progress: bool | None = None) -> pd.DataFrame:
     """Evaluate ``model`` on lm-evaluation-harness tasks; one row per (task, metric).
 
     Args:
@@ -255,6 +259,7 @@ def lm_eval(model, tasks, limit: int | float | None = None, include_path=None, b
         seed: lm-eval's random, numpy, torch and few-shot seeds.
         bootstrap_iters: lm-eval's bootstrap for the stderr of non-mean metrics (perplexities).
         add_bos_token: HFLM's switch (None: the tokenizer's own default).
+        progress: the harness's request bars (None follows ``progress_enabled()``).
 
     Returns:
         Columns ``task, metric, value, stderr, n``; ``attrs["items"]`` holds the per-item
@@ -280,6 +285,9 @@ def lm_eval(model, tasks, limit: int | float | None = None, include_path=None, b
     with tempfile.TemporaryDirectory() as tmp, _datasets_offline(offline), _quiet_harness():
         tm = _resolve_tasks(tasks, folders, Path(tmp))
         lm = HFLM(pretrained=hf, tokenizer=tok, batch_size=batch_size, device=dev, add_bos_token=add_bos_token)
+        if not progress_enabled(progress):  # the evaluator calls these without disable_tqdm, which they take
+            for name in ("loglikelihood", "loglikelihood_rolling", "generate_until", "_loglikelihood_tokens"):
+                setattr(lm, name, _no_bars(getattr(lm, name)))
         out = harness.simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=tm,
                                       log_samples=True, bootstrap_iters=bootstrap_iters, random_seed=seed,
                                       numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
@@ -298,6 +306,14 @@ def lm_eval(model, tasks, limit: int | float | None = None, include_path=None, b
     df.attrs["items"] = _items(out.get("samples", {})).to_dict("records")
     df.attrs["lm_eval_version"] = out.get("lm_eval_version")
     return df
+
+
+def _no_bars(fn):
+    """``fn`` with ``disable_tqdm=True`` forced (the rolling path passes False to its inner call)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **{**kwargs, "disable_tqdm": True})
+    return call
 
 
 @contextlib.contextmanager
