@@ -182,3 +182,15 @@ def test_cli_end_to_end(tiny_dirs, tmp_path, capsys):
     assert acc[(0.25, "masked")] == acc[(0.25, "physical")]
     assert main(["duplicate", "l2", str(tiny_dirs["gpt2"]), str(out), "python", "cosine", "balanced"]) == 1
     assert "'euclidean', 'cosine', 'random'" in capsys.readouterr().err
+
+
+def test_gqa_llama_physical_equals_masked(tiny_dirs):
+    # 4 query heads sharing 2 key/value heads: uneven groups are padded back with zeroed heads
+    model = cnb.load_model(tiny_dirs["llama"], device="cpu")
+    res = cnb.duplication_prune(model, TRAIN, metric="cosine", group_metric="euclidean", method="imbalanced",
+                                sparsities=[0.25, 0.5], n_tokens=N_TOK, eval_prompts=TEST, eval_tokens=N_TOK)
+    loss = res.set_index(["sparsity", "variant"]).loss
+    for s in (0.25, 0.5):
+        assert loss[(s, "physical")] == pytest.approx(loss[(s, "masked")], rel=1e-5)
+        removed = res.attrs["log"]["sparsities"][str(s)]["removed"]
+        assert sum(map(len, removed.values())) == round(s * 8) and all(len(v) < 4 for v in removed.values())
