@@ -60,10 +60,12 @@ def main(argv=None) -> None:
             pl = pd.read_parquet(out / f"{metric}_{method}" / "prompt_losses.parquet")
             for s in a.sparsities:
                 per[(f"dup-{metric}", method, s)] = pl[(pl.sparsity == s) & (pl.variant == "masked")].loss.to_numpy()
+            print(f"dup-{metric} {method}: {time.time() - t0:.0f} s", flush=True)
             if res.attrs["lm_eval"]:
                 harness.append(pd.DataFrame(res.attrs["lm_eval"]).assign(criterion=f"dup-{metric}", method=method))
     for crit in ("ablation", "attribution-abs"):
         scores = cnb.score(model, train, method=crit, n_tokens=a.n_tokens)
+        print(f"{crit} scores: {time.time() - t0:.0f} s", flush=True)
         for method, budget in (("balanced", "per_layer"), ("imbalanced", "global")):
             for s in a.sparsities:
                 pruned = cnb.prune(model, scores, s, physical=False, budget=budget)
