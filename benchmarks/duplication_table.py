@@ -40,6 +40,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-tokens", type=int, default=32)
     p.add_argument("--eval-tokens", type=int, default=64)
     p.add_argument("--groups", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=["balanced", "imbalanced"], choices=["balanced", "imbalanced"])
     p.add_argument("--tasks", nargs="*", default=None)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", default=None, help="folder (default benchmarks/results/duplication_<model>)")
@@ -51,7 +52,7 @@ def main(argv=None) -> None:
     test = cnb.load_prompts(a.domain, split="test")
     per, harness = {}, []
     full = prompt_losses(model, test, a.eval_tokens).loss.to_numpy()
-    for method in ("balanced", "imbalanced"):
+    for method in a.methods:
         for metric in ("euclidean", "cosine", "random"):
             res = cnb.duplication_prune(model, a.domain, metric=metric, group_metric=metric,
                                         method=method, sparsities=a.sparsities, out=out / f"{metric}_{method}",
@@ -67,6 +68,8 @@ def main(argv=None) -> None:
         scores = cnb.score(model, train, method=crit, n_tokens=a.n_tokens)
         print(f"{crit} scores: {time.time() - t0:.0f} s", flush=True)
         for method, budget in (("balanced", "per_layer"), ("imbalanced", "global")):
+            if method not in a.methods:
+                continue
             for s in a.sparsities:
                 pruned = cnb.prune(model, scores, s, physical=False, budget=budget)
                 per[(crit, method, s)] = prompt_losses(pruned, test, a.eval_tokens).loss.to_numpy()

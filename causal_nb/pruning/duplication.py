@@ -14,7 +14,9 @@ partition after the first ``k`` merges (``n - k`` clusters, exactly; ``fcluster`
 ``maxclust`` gives the same partition when no merge heights tie); each cluster keeps one head,
 the one whose output has the largest norm, and the others are removed. ``balanced`` clusters
 each layer's heads apart and removes the same number from every layer; ``imbalanced`` clusters
-all heads together, then moves a representative where a layer would lose every head.
+all heads together, then moves a representative where a layer would lose every head (where
+no move can save it, it merges further and keeps that layer's largest-norm head besides its
+cluster's representative: ``extra_kept`` in the selection).
 """
 
 from __future__ import annotations
@@ -137,13 +139,34 @@ def select_duplicates(dist: np.ndarray, norms: np.ndarray, labels: list[tuple[in
                                    f"({len(layers)} layers); use a sparsity of at most {(n - len(layers)) / n:.3f}")
         clusters, heights = _cluster(dist, list(range(n)), k)
     reps = [max(c, key=lambda i: (norms[i], -i)) for c in clusters]
+    forced: list[int] = []
     if method == "imbalanced":
-        reps = _keep_every_layer(clusters, reps, labels, norms)
-    kept_idx = set(reps)
+        try:
+            reps = _keep_every_layer(clusters, reps, labels, norms)
+        except DuplicationError:
+            clusters, heights, reps, forced = _merge_further(dist, norms, labels, k)
+    kept_idx = set(reps) | set(forced)
     removed = {la: sorted(labels[i][1] for i in by_layer[la] if i not in kept_idx) for la in layers}
     kept = {la: sorted(labels[i][1] for i in by_layer[la] if i in kept_idx) for la in layers}
     out_clusters = [[list(labels[r])] + [list(labels[i]) for i in c if i != r] for c, r in zip(clusters, reps)]
-    return {"removed": removed, "kept": kept, "clusters": out_clusters, "merge_distances": heights}
+    return {"removed": removed, "kept": kept, "clusters": out_clusters, "merge_distances": heights,
+            "extra_kept": [list(labels[i]) for i in forced]}
+
+
+def _merge_further(dist, norms, labels, k: int):
+    """Imbalanced removals where moving representatives cannot save a layer (its heads all sit
+    in clusters whose representative is its own layer's last head): merge further, and keep
+    the largest-norm head of each layer left empty besides its cluster's representative, until
+    exactly ``k`` heads go."""
+    n, layer = len(labels), [la for la, _ in labels]
+    for extra in range(1, n - k):
+        clusters, heights = _cluster(dist, list(range(n)), k + extra)
+        reps = [max(c, key=lambda i: (norms[i], -i)) for c in clusters]
+        empty = sorted(set(layer) - {layer[r] for r in reps})
+        forced = [max((i for i in range(n) if layer[i] == la), key=lambda i: (norms[i], -i)) for la in empty]
+        if len(forced) == extra:
+            return clusters, heights, reps, forced
+    raise DuplicationError(f"no cut of the clusters removes {k} heads and keeps one in every layer; use a lower sparsity")
 
 
 def _keep_every_layer(clusters, reps, labels, norms) -> list[int]:

@@ -194,3 +194,17 @@ def test_gqa_llama_physical_equals_masked(tiny_dirs):
         assert loss[(s, "physical")] == pytest.approx(loss[(s, "masked")], rel=1e-5)
         removed = res.attrs["log"]["sparsities"][str(s)]["removed"]
         assert sum(map(len, removed.values())) == round(s * 8) and all(len(v) < 4 for v in removed.values())
+
+
+def test_imbalanced_keeps_a_head_in_every_layer_when_a_layer_is_all_duplicates():
+    # layers 0 and 1 are one cluster whose largest-norm head is layer 0's: no representative move
+    # saves layer 1, so a further merge (layer 2's pair) pays for keeping one of layer 1's heads
+    labels = [(la, h) for la in range(3) for h in range(2)]
+    d = np.ones((6, 6))
+    d[:4, :4] = 0.01
+    d[4, 5] = d[5, 4] = 0.5
+    np.fill_diagonal(d, 0)
+    norms = np.array([5.0, 1.0, 2.0, 3.0, 1.0, 1.5])
+    got = select_duplicates(d, norms, labels, 0.5, "imbalanced")
+    assert sum(map(len, got["removed"].values())) == 3 and all(got["kept"].values())
+    assert got["kept"] == {0: [0], 1: [1], 2: [1]} and got["extra_kept"] == [[1, 1]]
