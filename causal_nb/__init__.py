@@ -73,8 +73,10 @@ from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .engine.vision import ImageClassificationTask
 from .evaluation import findings, stats
 from .evaluation.acdc_sweep import acdc_sweep
+from .evaluation.duplication_prune import duplication_prune
 from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
+from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
 from .evaluation.vit_eval import (
@@ -100,6 +102,7 @@ from .pruning.compose_scheme import (
 from .pruning.compose_stages import build as compose_build
 from .pruning.compose_stages import configure as compose_config
 from .pruning.compose_stages import finetune_configuration, finetune_variants, prune_variants
+from .pruning.duplication import DuplicationError
 from .pruning.structure import prune, prune_units, save_pruned
 
 __all__ = [
@@ -115,7 +118,9 @@ __all__ = [
     "save_configurations",
     "save_scheme",
     "FASHION_MNIST_CLASSES",
+    "DuplicationError",
     "FullModelRun",
+    "HarnessTaskError",
     "IOIPrompts",
     "ImageClassificationTask",
     "ImageDataError",
@@ -143,6 +148,7 @@ __all__ = [
     "available_domains",
     "balanced_pairs",
     "domain_losses",
+    "duplication_prune",
     "encoder_sweep",
     "evaluate",
     "evaluate_vit_models",
@@ -157,6 +163,7 @@ __all__ = [
     "ioi_logit_diff",
     "ioi_prompts",
     "list_models",
+    "lm_eval",
     "load_fashion_mnist",
     "load_jcola",
     "load_json",
@@ -185,6 +192,7 @@ __all__ = [
     "prune",
     "probe_eval",
     "prune_units",
+    "shipped_tasks",
     "repeated_tokens",
     "reverse_intervention",
     "save_findings",

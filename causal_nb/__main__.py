@@ -1,4 +1,4 @@
-"""Command line: ``python -m causal_nb run|models|notebooks|sweep|compose|vit``."""
+"""Command line: ``python -m causal_nb run|models|notebooks|sweep|compose|vit|duplicate``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_compose_parser(sub)
     add_vit_commands(sub)
+    add_duplicate_parser(sub)
     a = p.parse_args(argv)
+    if a.cmd == "duplicate":
+        return duplicate_command(a)
     if a.cmd == "vit":
         return vit_command(a)
     if a.cmd == "compose":
@@ -169,6 +172,63 @@ def vit_command(a) -> int:
     except (ValueError, TypeError, ImageDataError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def add_duplicate_parser(sub) -> None:
+    """The ``duplicate`` command's arguments."""
+    dup = sub.add_parser("duplicate", help="prune heads by duplication and evaluate the pruned models",
+                         description="Cluster near-duplicate heads on TASK's prompts and prune one per cluster at "
+                                     "each sparsity; writes pruning_log.json, head_importance.parquet/json, "
+                                     "head_distances.parquet, results.csv (and lm_eval.csv) into OUT.")
+    dup.add_argument("metric", metavar="METRIC", help="head distance: euclidean | cosine | random")
+    dup.add_argument("model", metavar="MODEL", help="a bundled or pretrained name (python -m causal_nb models) or a folder")
+    dup.add_argument("out", metavar="OUT", help="output folder (created)")
+    dup.add_argument("task", metavar="TASK", help="prompt domain (train split clustered, test split evaluated) or a "
+                                                  "JSONL prompt file")
+    dup.add_argument("group_metric", metavar="GROUP_METRIC", help="prompt grouping: euclidean | cosine | random")
+    dup.add_argument("prune_method", metavar="PRUNE_METHOD", help="balanced | imbalanced")
+    dup.add_argument("--sparsities", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    dup.add_argument("--groups", type=int, default=2, help="prompt groups (default 2)")
+    dup.add_argument("--n-prompts", type=int, default=32)
+    dup.add_argument("--n-tokens", type=int, default=32)
+    dup.add_argument("--eval-tokens", type=int, default=64)
+    dup.add_argument("--lm-eval-tasks", nargs="*", default=None, help="lm-evaluation-harness tasks (shipped: "
+                                                                       "cnb_next_line_python, cnb_heldout_ppl_cpp, ...)")
+    dup.add_argument("--limit", type=int, default=None, help="lm-eval items per task")
+    dup.add_argument("--include-path", default=None, help="folder of your own lm-eval task YAML")
+    dup.add_argument("--masked-only", action="store_true", help="skip the physically pruned models")
+    dup.add_argument("--device", default="auto")
+    dup.add_argument("--seed", type=int, default=0)
+
+
+def duplicate_command(a) -> int:
+    """``duplicate METRIC MODEL OUT TASK GROUP_METRIC PRUNE_METHOD``: a bad choice is an error line."""
+    from .data.prompts import PromptSetError  # noqa: PLC0415
+    from .evaluation.duplication_prune import duplication_prune  # noqa: PLC0415
+    from .evaluation.harness import HarnessTaskError  # noqa: PLC0415
+    from .models.families import UnsupportedModelError  # noqa: PLC0415
+    from .models.loading import ModelNotAvailableError, load_model  # noqa: PLC0415
+    from .pruning.duplication import DISTANCE_METRICS, PRUNE_METHODS, DuplicationError, check_choice  # noqa: PLC0415
+
+    try:
+        check_choice(a.metric, DISTANCE_METRICS, "metric")
+        check_choice(a.group_metric, DISTANCE_METRICS, "group metric")
+        check_choice(a.prune_method, PRUNE_METHODS, "prune method")
+        model = load_model(a.model, device=a.device)
+        res = duplication_prune(model, a.task, a.metric, a.group_metric, a.prune_method, a.sparsities, out=a.out,
+                                n_groups=a.groups, n_prompts=a.n_prompts, n_tokens=a.n_tokens, eval_tokens=a.eval_tokens,
+                                tasks=a.lm_eval_tasks, limit=a.limit, include_path=a.include_path,
+                                physical=not a.masked_only, seed=a.seed)
+    except (DuplicationError, HarnessTaskError, ModelNotAvailableError, PromptSetError, UnsupportedModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(res.to_string(index=False))
+    if res.attrs["lm_eval"] is not None:
+        import pandas as pd  # noqa: PLC0415
+
+        print(pd.DataFrame(res.attrs["lm_eval"]).to_string(index=False))
+    print(f"-> {a.out}")
+    return 0
 
 
 def sweep_executor(a, out: str):

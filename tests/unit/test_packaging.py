@@ -72,6 +72,8 @@ def test_wheel_holds_every_module_and_the_data(installed):
         assert f"causal_nb/data/prompt_files/{domain}.jsonl" in names
     assert {f"causal_nb/series/{p.name}" for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")} <= names
     assert "causal_nb/zoo/models/code-llama-4l/model.safetensors" in names
+    for f in ("next_line_python.yaml", "next_line_python.jsonl", "heldout_cpp.yaml", "tatoeba_ending.jsonl", "PROVENANCE.json"):
+        assert f"causal_nb/data/lm_eval_tasks/{f}" in names, f
     for f in ("tatoeba_paraphrase_train.jsonl", "tatoeba_paraphrase_test.jsonl", "tatoeba_questions_train.jsonl",
               "tatoeba_questions_test.jsonl", "build_info.json", "PROVENANCE.md"):
         assert f"causal_nb/data/sentence_files/{f}" in names, f

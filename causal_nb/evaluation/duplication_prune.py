@@ -1,0 +1,150 @@
+"""Duplication pruning of attention heads, end to end: head outputs on a task's prompts, prompt
+groups, head clusters, removals per sparsity (``pruning.duplication``), then the masked and the
+physically pruned models evaluated on held-out prompts (the kit's loss) and, when tasks are
+given, with lm-evaluation-harness (``harness.lm_eval``).
+
+Everything is written as JSON, parquet and CSV (no pickles) into ``out``:
+``pruning_log.json`` (settings, prompt groups, and per sparsity the clusters, kept and removed
+heads per layer, merge distances), ``head_importance.parquet``/``.json`` (a ``score`` table:
+each head's distance to its nearest other head, higher = less duplicated, which ``prune``
+takes like any other score table), ``head_distances.parquet`` (the square matrix),
+``results.csv`` (one row per sparsity and variant: held-out loss with a bootstrap interval over
+prompts), ``prompt_losses.parquet`` (per prompt, for paired tests) and, with tasks,
+``lm_eval.csv`` (task, metric, value, stderr, n per sparsity and variant).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.prompts import available_domains, load_prompts
+from ..models.families import PHYSICAL_FAMILIES, family
+from ..pruning.duplication import (
+    DISTANCE_METRICS,
+    PRUNE_METHODS,
+    DuplicationError,
+    check_choice,
+    group_prompts,
+    head_distances,
+    head_output_table,
+    select_duplicates,
+)
+from ..pruning.structure import prune_units
+from .harness import lm_eval
+from .quality import prompt_losses
+from .stats import bootstrap_ci
+
+__all__ = ["duplication_prune", "resolve_prompts"]
+
+
+def resolve_prompts(prompts, eval_prompts, n_prompts: int | None):
+    """The prompts clustered and the held-out prompts evaluated: a domain name gives its train
+    and test splits; other prompts need ``eval_prompts`` (selecting and evaluating on the same
+    prompts would flatter every criterion)."""
+    if isinstance(prompts, str) and not Path(prompts).exists() and prompts not in available_domains():
+        raise DuplicationError(f"unknown prompt domain {prompts!r}; domains: {available_domains()} (or a JSONL file, or "
+                               "a list of strings)")
+    if isinstance(prompts, str):
+        train = load_prompts(prompts, split="train", n=n_prompts)
+        test = eval_prompts if eval_prompts is not None else load_prompts(prompts, split="test")
+        return train, test
+    if eval_prompts is None:
+        raise DuplicationError("eval_prompts=... is needed with a prompt list: the held-out loss must not be read on "
+                               "the prompts that chose the heads (a domain name uses its test split)")
+    return (list(prompts)[:n_prompts] if n_prompts else prompts), eval_prompts
+
+
+def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str = "cosine", method: str = "balanced",
+                      sparsities=(0.1, 0.25, 0.5), out=None, n_groups: int = 2, n_prompts: int | None = 32,
+                      n_tokens: int = 32, eval_prompts=None, eval_tokens: int = 64, tasks=None, limit=None,
+                      include_path=None, physical: bool = True, seed: int = 0) -> pd.DataFrame:
+    """Prune heads by duplication at each sparsity and evaluate the pruned models.
+
+    Args:
+        model: a decoder ``TransformerBridge``.
+        prompts: a prompt domain (its train split is clustered, its test split evaluated), a
+            JSONL prompt file, or a list of strings / ``PromptSet`` (then ``eval_prompts``).
+        metric: head distance, ``"euclidean"``, ``"cosine"`` or ``"random"`` (the control).
+        group_metric: how prompts are grouped (the same choices; ``"random"``: a seeded split).
+        method: ``"balanced"`` (the same number of heads from every layer) or ``"imbalanced"``.
+        sparsities: shares of all heads to remove, each in [0, 1).
+        out: folder for the log, importance, distances and results (None: nothing written).
+        n_groups: prompt groups the head distances are averaged over.
+        n_prompts, n_tokens: prompts clustered and tokens per prompt.
+        eval_prompts, eval_tokens: held-out prompts for the loss, and their tokens.
+        tasks, limit, include_path: lm-evaluation-harness tasks (``cnb.shipped_tasks()`` or
+            ``include_path``'s) run on each pruned model, ``limit`` items each.
+        physical: evaluate the physically pruned model too (families in ``PHYSICAL_FAMILIES``).
+        seed: the random metric's vectors and the random prompt split.
+
+    Returns:
+        One row per (sparsity, variant): ``sparsity, variant, heads_removed, loss, loss_ci_low,
+        loss_ci_high``; ``attrs["log"]`` is the pruning log, ``attrs["lm_eval"]`` the harness rows
+        (records of ``task, metric, value, stderr, n, sparsity, variant``; None without tasks).
+    """
+    check_choice(metric, DISTANCE_METRICS, "metric")
+    check_choice(group_metric, DISTANCE_METRICS, "group metric")
+    check_choice(method, PRUNE_METHODS, "prune method")
+    sparsities = [float(s) for s in ([sparsities] if np.isscalar(sparsities) else sparsities)]
+    train, test = resolve_prompts(prompts, eval_prompts, n_prompts)
+    x, prompt_of, labels = head_output_table(model, train, n_tokens)
+    groups = group_prompts(x, prompt_of, n_groups, group_metric, seed)
+    dist, norms = head_distances(x, prompt_of, groups, metric, seed)
+    # choose every sparsity before the slow evaluations, so a bad one fails at once
+    choices = {s: select_duplicates(dist, norms, labels, s, method) for s in sparsities}
+    variants = ["masked"] + (["physical"] if physical and family(model) in PHYSICAL_FAMILIES else [])
+    nearest = np.where(np.eye(len(dist), dtype=bool), np.inf, dist).min(1)
+    importance = pd.DataFrame({"layer": [la for la, _ in labels], "head": [h for _, h in labels], "score": nearest,
+                               "norm": norms})
+    importance.attrs.update({"method": f"duplication_{metric}", "unit": "head"})
+    log = {"metric": metric, "group_metric": group_metric, "method": method, "n_groups": n_groups, "seed": seed,
+           "n_prompts": len(groups), "n_tokens": n_tokens, "eval_tokens": eval_tokens, "variants": variants,
+           "prompt_groups": groups.tolist(), "model": getattr(model, "causal_nb_source", {}).get("name"),
+           "sparsities": {}}
+    rows, per_prompt, harness_rows = [], [], []
+
+    def record(s, variant, m, n_removed):
+        pl = prompt_losses(m, test, eval_tokens)
+        mean, lo, hi = bootstrap_ci(pl.loss.to_numpy(), seed=seed)
+        rows.append({"sparsity": s, "variant": variant, "heads_removed": n_removed, "loss": mean, "loss_ci_low": lo,
+                     "loss_ci_high": hi})
+        per_prompt.append(pl.assign(sparsity=s, variant=variant))
+        if tasks:
+            h = lm_eval(m, tasks, limit=limit, include_path=include_path)
+            h.attrs = {}  # the per-item records stay out of the concatenated table
+            harness_rows.append(h.assign(sparsity=s, variant=variant))
+
+    record(0.0, "full", model, 0)
+    for s, c in choices.items():
+        log["sparsities"][str(s)] = {**c, "removed": {str(k): v for k, v in c["removed"].items()},
+                                     "kept": {str(k): v for k, v in c["kept"].items()}}
+        n_removed = sum(len(v) for v in c["removed"].values())
+        for variant in variants:
+            pruned = prune_units(model, heads=c["removed"], physical=variant == "physical")
+            record(s, variant, pruned, n_removed)
+            del pruned
+    results = pd.DataFrame(rows)
+    results.attrs["log"] = log
+    harness = pd.concat(harness_rows, ignore_index=True) if harness_rows else None
+    results.attrs["lm_eval"] = None if harness is None else harness.to_dict("records")
+    if out is not None:
+        _write(Path(out), results, pd.concat(per_prompt, ignore_index=True), importance, dist, labels, log, harness)
+    return results
+
+
+def _write(out: Path, results, per_prompt, importance, dist, labels, log, harness) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pruning_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    importance.to_parquet(out / "head_importance.parquet", index=False)
+    (out / "head_importance.json").write_text(json.dumps({"attrs": importance.attrs,
+                                                          "rows": importance.to_dict("records")}, indent=1) + "\n")
+    names = [f"L{la}H{h}" for la, h in labels]
+    pd.DataFrame(dist, index=names, columns=names).to_parquet(out / "head_distances.parquet")
+    results.to_csv(out / "results.csv", index=False)
+    per_prompt.to_parquet(out / "prompt_losses.parquet", index=False)
+    if harness is not None:
+        harness.to_csv(out / "lm_eval.csv", index=False)
