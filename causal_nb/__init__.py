@@ -80,11 +80,13 @@ from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
 from .evaluation.vit_eval import (
-                                  VitEvaluation,
-                                  evaluate_vit_models,
-                                  pareto_front,
-                                  plot_vit_evaluation,
-                                  write_vit_evaluation,
+    VitEvaluation,
+    evaluate_vit_models,
+    pareto_front,
+    plot_vit_evaluation,
+    recommend_model,
+    vit_report,
+    write_vit_evaluation,
 )
 from .evaluation.vit_pipeline import optimize_vit, optimized_name
 from .models.embeddings import sentence_embeddings
@@ -182,6 +184,7 @@ __all__ = [
     "optimized_name",
     "pareto_front",
     "plot_vit_evaluation",
+    "recommend_model",
     "patch",
     "patching_summary",
     "findings",
@@ -211,5 +214,6 @@ __all__ = [
     "token_set_path",
     "views",
     "widgets",
+    "vit_report",
     "write_vit_evaluation",
 ]

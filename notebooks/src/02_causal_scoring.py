@@ -50,26 +50,20 @@ info = cnb.setup(seed=SEED)
 print({k: info[k] for k in ("seed", "deterministic", "causal_nb")})
 
 # %%
-scores, models = {}, {}
+scores, models = {}, {name: cnb.load_model(name, device=DEVICE) for name in MODELS}
+# patching pairs prompt i of each domain position by position: take prompts that fill N_TOKENS
+fitting = {(name, d): cnb.load_prompts(d, split="train").fitting(models[name], N_TOKENS)
+           for name in MODELS for d in (DOMAIN, CORRUPT_DOMAIN)}
+options = {"acdc": {"threshold": ACDC_THRESHOLD}, "ablation": {"layers": NEURON_ABLATION_LAYERS}}
+settings = {"save_to": SCORES_DIR, "domain": DOMAIN, "n_tokens": N_TOKENS, "seed": SEED, "progress": False}
 
 
 def score_all(name, unit, methods, n):
-    """Score `name`'s units of one kind by each method on `n` prompts and save the tables."""
-    if name not in models:
-        models[name] = cnb.load_model(name, device=DEVICE)
-    model = models[name]
-    # patching pairs prompt i of each domain position by position: take prompts that fill N_TOKENS
-    prompts = cnb.load_prompts(DOMAIN, split="train").fitting(model, N_TOKENS).head(n)
-    corrupted = cnb.load_prompts(CORRUPT_DOMAIN, split="train").fitting(model, N_TOKENS).head(n)
-    extra = {"patching": {"corrupted": corrupted}, "eap-ig": {"corrupted": corrupted},
-             "acdc": {"threshold": ACDC_THRESHOLD}}
-    if unit == "neuron":  # exact neuron ablation on a layer sample, when one is given
-        extra["ablation"] = {"layers": NEURON_ABLATION_LAYERS}
-    for method in methods:
-        df = cnb.score(model, prompts, method, unit=unit, n_tokens=N_TOKENS, seed=SEED, progress=False,
-                       **extra.get(method, {}))
-        cnb.save_scores(df, SCORES_DIR, model, DOMAIN, prompts)
-        scores[name, unit, method] = df
+    """Score `name`'s units of one kind by each method on `n` prompts (saved under SCORES_DIR)."""
+    opts = {m: o for m, o in options.items() if m in methods and (m != "ablation" or unit == "neuron")}
+    tables = cnb.score_methods(models[name], fitting[name, DOMAIN].head(n), methods, unit, opts,
+                               corrupted=fitting[name, CORRUPT_DOMAIN].head(n), **settings)
+    scores.update({(name, unit, m): df for m, df in tables.items()})
 
 
 for name in MODELS:

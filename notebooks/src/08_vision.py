@@ -23,11 +23,12 @@
 
 # %% tags=["parameters"]
 VIT_MODEL = "vit-fashion-mnist"  # a ViTForImageClassification (bundled name or folder)
-N_SCORE_IMAGES = 256  # validation images the units are scored on (held out of training; never test images)
+N_SCORE_IMAGES = 128  # validation images the units are scored on (held out of training; never test images)
 N_TEST_IMAGES = 2000  # test images every model is evaluated on
-KEEP_RATIOS = [0.8, 0.6]  # shares of the heads and of the neurons kept by each score
+UNITS = ["head"]  # unit kinds pruned ("neuron" too: exact neuron ablation and ACDC's neuron walk take minutes here)
+KEEP_RATIOS = [0.8, 0.6]  # share of each unit kind kept by each score
 SCORES = ["ablation", "attribution", "magnitude", "random"]  # scores compared at the keep ratios
-ACDC_THRESHOLDS = [0.01, 0.05]  # ACDC: KL increases (nats) below which a head or neuron is removed
+ACDC_THRESHOLDS = [0.01, 0.05]  # ACDC: KL increases (nats) below which a unit is removed
 SEED = 0  # seed for everything random (the random score)
 OUT_DIR = "runs/manual"  # where the pruned models and the evaluation are written
 DEVICE = "cpu"  # "cpu" or "cuda"
@@ -53,7 +54,7 @@ print(f"{VIT_MODEL}: {vit.cfg.n_layers} layers x {vit.cfg.n_heads} heads, d_mode
 # as the KL divergence of the class distribution from the full model's, mean over images.
 
 # %%
-heads = cnb.ablate(vit, task=task, unit="head", kind="zero")
+heads = cnb.ablate(vit, task=task, unit="head", kind="zero", progress=False)
 fig, heat = cnb.plotting.unit_heatmap(heads, title=f"{VIT_MODEL}: KL when a head is zeroed")
 fig
 
@@ -62,23 +63,23 @@ heads.sort_values("value", ascending=False).head(5)[["layer", "head", "value"]].
 
 # %% [markdown]
 # ## ACDC: a KL threshold chooses the sparsity
-# The walk goes from the last layer to the first and removes each head (and, separately, each
-# neuron) whose removal, together with what it removed before, raises the KL by less than the
-# threshold; every layer keeps one unit.
+# The walk goes from the last layer to the first and removes each unit whose removal, together
+# with what it removed before, raises the KL by less than the threshold; every layer keeps one.
 
 # %%
-walks = {u: cnb.acdc(vit, task=task, thresholds=ACDC_THRESHOLDS, unit=u, progress=False) for u in ("head", "neuron")}
+walks = {u: cnb.acdc(vit, task=task, thresholds=ACDC_THRESHOLDS, unit=u, progress=False) for u in UNITS}
 pd.concat([w.assign(unit=u) for u, w in walks.items()])[["unit", "tau", "removed", "units", "sparsity", "kl"]].round(4)
 
 # %% [markdown]
 # ## Keep ratios by score, and the ACDC models, physically pruned
-# Each score ranks the heads and the neurons on the validation images; each keep ratio keeps that
-# share of both. Every model is saved as `<base>_keep_<r>_<score>` or `<base>_threshold_<t>`.
+# Each score ranks the units on the validation images; each keep ratio keeps that share of every
+# unit kind. Every model is saved as `<base>_keep_<r>_<score>` or `<base>_threshold_<t>`.
 
 # %%
-saved = cnb.optimize_vit(vit, task, keep_ratios=KEEP_RATIOS, scores=SCORES, out=f"{OUT_DIR}/vit-optimized",
-                         seed=SEED)
-saved.update(cnb.optimize_vit(vit, task, method="acdc", thresholds=ACDC_THRESHOLDS, out=f"{OUT_DIR}/vit-optimized"))
+saved = cnb.optimize_vit(vit, task, keep_ratios=KEEP_RATIOS, scores=SCORES, units=UNITS,
+                         out=f"{OUT_DIR}/vit-optimized", seed=SEED)
+saved.update(cnb.optimize_vit(vit, task, method="acdc", thresholds=ACDC_THRESHOLDS, units=UNITS,
+                              out=f"{OUT_DIR}/vit-optimized"))
 print(f"{len(saved)} pruned models: {', '.join(saved)}")
 
 # %% [markdown]
@@ -115,7 +116,7 @@ explorer
 
 # %%
 top = heads.sort_values("value", ascending=False).iloc[0]
-effect = explorer.toggle(int(top.layer), int(top.head))
-print(f"zeroing L{int(top.layer)}H{int(top.head)} on test image 0 (label {test.classes[effect.label]}): "
+effect = explorer.toggle(int(top["layer"]), int(top["head"]))
+print(f"zeroing L{int(top['layer'])}H{int(top['head'])} on test image 0 (label {test.classes[effect.label]}): "
       f"KL {effect.kl:.4f} nats, label probability {effect.base[effect.label]:.3f} -> {effect.new[effect.label]:.3f}")
 effect.frame(test.classes)
