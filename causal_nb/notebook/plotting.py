@@ -152,11 +152,20 @@ def save_figure(fig: go.Figure, folder, name: str, png: bool = True):
     html = folder / f"{name}.html"
     fig.write_html(html, include_plotlyjs=True, full_html=True)
     if png:
+        import contextlib  # noqa: PLC0415
+        import io  # noqa: PLC0415
+        import warnings  # noqa: PLC0415
+
         _browser_for_kaleido()
-        try:
-            fig.write_image(folder / f"{name}.png", scale=2)
-        except Exception:  # noqa: BLE001 - static export needs kaleido and a browser; HTML is enough
-            pass
+        # kaleido drives a headless browser and, on a loaded machine, logs its retries to stderr;
+        # that noise would become a notebook output (and fail nbval), so the export is kept quiet.
+        # The PNG is a convenience beside the HTML: a failed export leaves the HTML.
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fig.write_image(folder / f"{name}.png", scale=2)
+            except Exception:  # noqa: BLE001 - static export needs kaleido and a browser; HTML is enough
+                pass
     return html
 
 
