@@ -123,10 +123,8 @@ def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE
     bad = [s for s in scores if s not in OPTIMIZE_SCORES]
     if bad:
         raise ValueError(f"unknown score(s) {bad}; valid: {list(OPTIMIZE_SCORES)}")
-    bad = [u for u in units if u not in ("head", "neuron")]
-    if bad or not units:
-        raise ValueError(f"units {list(units)}: give 'head' and/or 'neuron'")
-    base = base or Path(str(getattr(model, "causal_nb_source", {}).get("name", "vit"))).name
+    units = _checked_units(units)
+    base = _base_name(model, base)
     results = {}
     for s in scores:
         method_name = OPTIMIZE_SCORES[s]
@@ -144,15 +142,25 @@ def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE
     return results
 
 
+def _checked_units(units) -> tuple[str, ...]:
+    bad = [u for u in units if u not in ("head", "neuron")]
+    if bad or not units:
+        raise ValueError(f"units {list(units)}: give 'head' and/or 'neuron'")
+    return tuple(units)
+
+
+def _base_name(model, base: str | None) -> str:
+    """The saved folders' name base: ``base``, else the model's source name."""
+    return base or Path(str(getattr(model, "causal_nb_source", {}).get("name", "vit"))).name
+
+
 def _optimize_acdc(model, task, thresholds, units, out, base, progress) -> dict:
     from ..analyses.acdc import acdc  # noqa: PLC0415
     from ..pruning.structure import prune_units, save_pruned  # noqa: PLC0415
 
     taus = [check_fraction(t, "threshold") for t in (thresholds or (0.01, 0.05, 0.1))]
-    bad = [u for u in units if u not in ("head", "neuron")]
-    if bad or not units:
-        raise ValueError(f"units {list(units)}: give 'head' and/or 'neuron'")
-    base = base or Path(str(getattr(model, "causal_nb_source", {}).get("name", "vit"))).name
+    units = _checked_units(units)
+    base = _base_name(model, base)
     walks = {u: acdc(model, task=task, thresholds=taus, unit=u, kind="zero", progress=progress) for u in units}
     results = {}
     for i, t in enumerate(taus):
