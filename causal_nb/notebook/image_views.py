@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ..core.checks import strict
 from ..engine.vision import ImageClassificationTask, image_batch, vit_geometry
-from .views import head_hooks, head_sets, heads_per_layer
+from .head_grid import head_grid
+from .views import head_hooks, head_sets
 
 __all__ = ["ImageEffect", "ImageHeadExplorer", "cls_attention", "image_head_effect", "image_head_means"]
 
@@ -168,18 +169,7 @@ class ImageHeadExplorer:
         self.effect: ImageEffect | None = None
         self.history: list[float] = []
 
-        n_h = model.cfg.n_heads
-        self.buttons, cells = {}, []
-        for layer, count in enumerate(heads_per_layer(model)):
-            for head in range(n_h):
-                if head >= count:
-                    cells.append(W.HTML(layout=W.Layout(width="64px")))
-                    continue
-                b = W.ToggleButton(value=False, description=f"L{layer}H{head}", layout=W.Layout(width="64px"))
-                b.observe(self._on_button, "value")
-                self.buttons[(layer, head)] = b
-                cells.append(b)
-        self.grid = W.GridBox(cells, layout=W.Layout(grid_template_columns=f"repeat({n_h}, 68px)"))
+        self.buttons, self.grid = head_grid(model, self._on_button)
         self.kind_w = W.ToggleButtons(options=list(IMAGE_HEAD_KINDS), value="zero", description="replace with")
         self.kind_w.observe(lambda c: self._set("kind", c["new"]), "value")
         self.image_w = W.Dropdown(options=[(str(i), i) for i in range(len(self.images))], value=0,

@@ -29,6 +29,7 @@ from ..engine.common import prepare, scored_batch
 from ..engine.metrics import get_metric
 from ..pruning.selection import select_units
 from . import views
+from .head_grid import head_grid
 from .image_views import ImageHeadExplorer
 from .task_explorer import TaskExplorer
 
@@ -67,21 +68,7 @@ class HeadExplorer:
         self.effect: views.Effect | None = None
         self.history: list[float] = []  # seconds per update, for the responsiveness figure
 
-        n_h = model.cfg.n_heads
-        self.buttons = {}
-        cells = []  # one row per layer; a physically pruned layer's missing heads are blank cells
-        for layer, count in enumerate(views.heads_per_layer(model)):
-            for head in range(n_h):
-                if head >= count:
-                    cells.append(W.HTML(layout=W.Layout(width="64px")))
-                    continue
-                b = W.ToggleButton(value=False, description=f"L{layer}H{head}", tooltip=f"layer {layer}, head {head}",
-                                   layout=W.Layout(width="64px"))
-                b.observe(self._on_button, "value")
-                self.buttons[(layer, head)] = b
-                cells.append(b)
-        self.grid = W.GridBox(cells,
-                              layout=W.Layout(grid_template_columns=f"repeat({n_h}, 68px)"))
+        self.buttons, self.grid = head_grid(model, self._on_button)
         kinds = [k for k in views.HEAD_KINDS if k != "patch" or self.source_means is not None]
         self.kind_w = W.ToggleButtons(options=kinds, value="zero", description="replace with")
         self.kind_w.observe(self._on_kind, "value")
