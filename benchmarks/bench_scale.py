@@ -19,6 +19,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: the workers share the cores
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -31,6 +32,15 @@ def config(args, out: Path) -> dict:
     return {"out": str(out), "models": [args.model], "n_prompts": args.n_prompts, "n_eval_prompts": args.n_prompts,
             "n_tokens": args.n_tokens, "methods": args.methods.split(","), "units": ["head", "neuron"],
             "sparsities": [float(s) for s in args.sparsities.split(",")], "eval_domains": ["python", "cpp"]}
+
+
+def job_seconds(out: Path, table: pd.DataFrame) -> dict[str, float]:
+    """Seconds of each job of the in-process run: each score table (from its saved file) and each
+    cell (prune and evaluate)."""
+    jobs = {f"score {p.stem} ({p.parent.parent.name})": json.loads(p.read_text())["seconds"]
+            for p in (out / "scores").rglob("*.json")}
+    jobs.update({f"cell {r.method}/{r.unit}/{r.sparsity}": r.seconds for r in table.itertuples()})
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     from causal_nb.core.executors import RayExecutor
-    from causal_nb.evaluation.sweep import sweep
+    from causal_nb.evaluation.sweep import SPLIT_METHODS, sweep
 
     torch.set_num_threads(1)
     rows = []
@@ -55,6 +65,7 @@ def main(argv: list[str] | None = None) -> str:
         t0 = time.perf_counter()
         ref = sweep(config(args, Path(tmp) / "inprocess"), progress=False)
         inproc = time.perf_counter() - t0
+        jobs = job_seconds(Path(tmp) / "inprocess", ref)
         rows.append({"run": "in-process", "startup_s": 0.0, "sweep_s": inproc, "ratio": 1.0, "ratio_with_startup": 1.0,
                      "equal": "reference"})
         for n in [int(w) for w in args.workers.split(",")]:
@@ -82,6 +93,11 @@ def main(argv: list[str] | None = None) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['startup_s']:.1f} | {r['sweep_s']:.1f} | {r['ratio']:.2f}x | "
               f"{r['ratio_with_startup']:.2f}x | {r['equal']} |" for r in rows]
+    score_s = sum(s for k, s in jobs.items() if k.startswith("score"))
+    heavy = max(jobs, key=jobs.get)
+    lines += ["", f"In-process jobs: {len(jobs)} ({score_s:.1f} s of score tables, {sum(jobs.values()) - score_s:.1f} s "
+              f"of cells); the longest, {heavy}, {jobs[heavy]:.1f} s. Exact methods ({', '.join(SPLIT_METHODS)}) are "
+              "split by layer over the workers in the distributed scoring phase."]
     table = "\n".join(lines)
     print(table)
     return table

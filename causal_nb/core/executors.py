@@ -187,6 +187,18 @@ class RayExecutor:
         self.startup_seconds = time.perf_counter() - t0
         return ray, True
 
+    def __enter__(self) -> RayExecutor:
+        """Start (or join) the cluster for several ``run`` calls: a local cluster this starts is
+        started once, and its worker processes keep their state from one run to the next."""
+        self._session = self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ray, owned = getattr(self, "_session", (None, False))
+        self._session = None
+        if owned:
+            ray.shutdown()
+
     def _gpus(self, ray) -> float:
         have = ray.cluster_resources().get("GPU", 0)
         if self.num_gpus_per_cell == "auto":

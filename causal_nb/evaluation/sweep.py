@@ -15,6 +15,7 @@ the sweep then raises ``SweepError`` listing the failed cells (a resume retries 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -29,8 +30,8 @@ from ..core.env import progress_enabled
 from ..core.executors import Failure, InProcessExecutor, make_executor
 from ..core.io import atomic_write_text, load_json, save_json
 
-__all__ = ["CellWorker", "InProcessExecutor", "SweepConfig", "SweepError", "load_config", "load_results", "run_cell",
-           "sweep"]
+__all__ = ["SPLIT_METHODS", "CellWorker", "InProcessExecutor", "SweepConfig", "SweepError", "load_config", "load_results",
+           "run_cell", "score_job", "score_phase", "sweep"]
 
 
 class SweepError(ValueError):
@@ -174,16 +175,32 @@ class _Context:
         n = min(len(f) for f in fit)  # equal counts: prompt i is paired with prompt i
         return fit[0].head(n), {"corrupted": fit[1].head(n)}
 
-    def unit_scores(self, cell) -> list[pd.DataFrame]:
+    def score_file(self, cell, kind) -> Path:
+        """Where a cell's ``kind`` scores are saved (shared by the cells of other sparsities)."""
         from ..analyses.reverse import model_key  # noqa: PLC0415
+
+        return self.root / "scores" / model_key(cell["model"]) / self.cfg.domain / \
+            f"{cell['method']}_{kind}_seed{cell['seed']}.json"
+
+    def compute_scores(self, cell, kind, layers=None) -> pd.DataFrame:
+        """``score`` of a cell's method on its scoring prompts (``layers``: only those)."""
         from ..analyses.scoring import score  # noqa: PLC0415
 
+        prompts, kw = self.scoring_prompts(cell)
+        return score(self.model(cell["model"]), prompts, cell["method"], unit=kind, n_tokens=self.cfg.n_tokens,
+                     seed=cell["seed"], progress=False, layers=layers, **kw)
+
+    def save_scores(self, cell, kind, df: pd.DataFrame, seconds: float) -> None:
+        save_json({"model": cell["model"], "domain": self.cfg.domain, "method": cell["method"], "unit": kind,
+                   "seed": cell["seed"], "n_prompts": self.cfg.n_prompts, "n_tokens": self.cfg.n_tokens,
+                   "seconds": round(seconds, 2), "scores": df.to_dict(orient="records")}, self.score_file(cell, kind))
+
+    def unit_scores(self, cell) -> list[pd.DataFrame]:
         kinds = ["head", "neuron"] if cell["unit"] == "both" else [cell["unit"]]
         out = []
         for kind in kinds:
             key = (cell["model"], cell["method"], kind, cell["seed"])
-            path = self.root / "scores" / model_key(cell["model"]) / self.cfg.domain / \
-                f"{cell['method']}_{kind}_seed{cell['seed']}.json"
+            path = self.score_file(cell, kind)
             if key not in self.scores and self.cfg.scores_dir:
                 from ..analyses.scoring import load_scores, scores_path  # noqa: PLC0415
 
@@ -197,12 +214,9 @@ class _Context:
                     self.scores[key] = pd.DataFrame(load_json(path)["scores"])
                     self.scores[key].attrs["unit"] = kind  # block tables are told apart by it
                 else:
-                    prompts, kw = self.scoring_prompts(cell)
-                    df = score(self.model(cell["model"]), prompts, cell["method"], unit=kind, n_tokens=self.cfg.n_tokens,
-                               seed=cell["seed"], progress=False, **kw)
-                    save_json({"model": cell["model"], "domain": self.cfg.domain, "method": cell["method"], "unit": kind,
-                               "seed": cell["seed"], "n_prompts": self.cfg.n_prompts, "n_tokens": self.cfg.n_tokens,
-                               "scores": df.to_dict(orient="records")}, path)
+                    t0 = time.time()
+                    df = self.compute_scores(cell, kind)
+                    self.save_scores(cell, kind, df, time.time() - t0)
                     self.scores[key] = df
             out.append(self.scores[key])
         return out
@@ -221,9 +235,66 @@ class CellWorker:
 
 
 def compute_scores(ctx: _Context, cell: dict) -> None:
-    """Compute (or read) and save the unit scores a cell prunes by; the first phase of a
-    distributed sweep."""
+    """Compute (or read) and save the unit scores a cell prunes by (a whole-model score job)."""
     ctx.unit_scores(cell)
+
+
+#: Exact per-unit methods: their cost grows with the number of units (one ablated run each), so
+#: the scoring phase of a distributed sweep splits each of their tables by layer over the workers
+#: (the merged table is bit-identical to one process's: ``engine.split``). The other methods
+#: compute every unit in a few passes and run as one job.
+SPLIT_METHODS = ("ablation", "patching")
+
+
+def score_job(ctx: _Context, job: dict):
+    """One job of a distributed sweep's scoring phase.
+
+    ``{"cell": c}``: the cell's whole score tables, computed and saved by the worker (``None``
+    returned). ``{"cell": c, "kind": k, "part": i, "of": n}``: the per-layer tables of layers
+    ``i, i + n, ...`` of kind ``k``, returned as ``(n_layers, {layer: table}, seconds)`` for the
+    driver to merge and save.
+    """
+    if "part" not in job:
+        compute_scores(ctx, job["cell"])
+        return None
+    t0 = time.time()
+    n_layers = ctx.model(job["cell"]["model"]).cfg.n_layers
+    tables = {layer: ctx.compute_scores(job["cell"], job["kind"], layers=[layer])
+              for layer in range(job["part"], n_layers, job["of"])}
+    return n_layers, tables, time.time() - t0
+
+
+def score_phase(executor, worker, ctx: _Context, todo: list[dict]) -> None:
+    """Compute every score table the cells in ``todo`` need, once each, on ``executor``'s workers.
+
+    The tables of ``SPLIT_METHODS`` are split into as many parts as the executor runs jobs at
+    once (``workers``, else ``jobs``, else 4), the heavy parts first so that no long job starts
+    last; the driver merges the parts in layer order and saves the table where the cells read
+    it. A part that fails leaves its table unsaved: its cells compute it and report the error.
+    """
+    from ..engine.split import merge_layers  # noqa: PLC0415
+
+    first = list({(c["model"], c["method"], c["unit"], c["seed"]): c for c in reversed(todo)}.values())[::-1]
+    n_parts = max(1, int(getattr(executor, "workers", None) or getattr(executor, "jobs", None) or 4))
+    split, whole = [], []
+    for c in first:
+        kinds = ["head", "neuron"] if c["unit"] == "both" else [c["unit"]]
+        if c["method"] not in SPLIT_METHODS or c["unit"] == "block":
+            whole.append({"cell": c})
+            continue
+        split += [{"cell": c, "kind": k, "part": i, "of": n_parts} for k in kinds if not ctx.score_file(c, k).exists()
+                  for i in range(n_parts)]
+    parts: dict[tuple, list] = {}
+    for i, res in executor.run(worker, score_job, split + whole):
+        job = (split + whole)[i]
+        if "part" in job and not isinstance(res, Failure):
+            parts.setdefault((cell_id(job["cell"]), job["kind"]), [job]).append(res)
+    for (_, kind), (job, *got) in parts.items():
+        n_layers = got[0][0]
+        tables = {layer: t for _, ts, _ in got for layer, t in ts.items()}
+        if len(got) == n_parts and sorted(tables) == list(range(n_layers)):
+            merged = merge_layers([tables[layer] for layer in range(n_layers)], None)
+            ctx.save_scores(job["cell"], kind, merged, sum(s for *_, s in got))
 
 
 def run_cell(ctx: _Context, cell: dict) -> dict:
@@ -293,33 +364,35 @@ def sweep(config: SweepConfig | dict | str | Path, resume: bool = False, executo
     bar = tqdm(total=len(cfg.cells()), initial=len(cfg.cells()) - len(todo), desc="sweep",
                disable=not progress_enabled(progress))
     executor = make_executor(executor)
-    if not todo:
-        results = iter(())
-    elif hasattr(executor, "run"):
-        worker = CellWorker(asdict(cfg), str(root))
-        if not isinstance(executor, InProcessExecutor) and not cfg.scores_dir:
-            # Cells that share scores (other sparsities) would run at once on several workers and each
-            # compute them: compute each score table once first (saved under <out>/scores; a worker that
-            # cannot see that folder recomputes, as before). A failure here shows again in its cells.
-            first = {(c["model"], c["method"], c["unit"], c["seed"]): c for c in reversed(todo)}
-            for _ in executor.run(worker, compute_scores, list(first.values())[::-1]):
-                pass
-        results = (r for _, r in executor.run(worker, run_cell, todo))
-    else:  # an executor of the original interface: map(fn, cells), here in this process
-        ctx = _Context(cfg, root)
-        results = executor.map(lambda c: run_cell(ctx, c), todo)
     failed = []
-    for row in results:
-        if isinstance(row, Failure):
-            failed.append(row)
-            atomic_write_text(root / "failures" / f"{cell_id(row.item)}.txt", row.traceback or row.error)
-            (on_failure or _print_failure)(row)
-            continue
-        atomic_write_text(cells_dir / f"{cell_id(row)}.json", json.dumps(row))
-        (root / "failures" / f"{cell_id(row)}.txt").unlink(missing_ok=True)  # failed before, done now
-        bar.update(1)
-        if on_cell:
-            on_cell(row)
+    # one cluster for both phases: an executor that starts its own (Ray) starts it once, and its
+    # workers keep the models they loaded in the scoring phase for the cells
+    with executor if hasattr(executor, "__enter__") else contextlib.nullcontext():
+        if not todo:
+            results = iter(())
+        elif hasattr(executor, "run"):
+            worker = CellWorker(asdict(cfg), str(root))
+            if not isinstance(executor, InProcessExecutor) and not cfg.scores_dir:
+                # Cells that share scores (other sparsities) would run at once on several workers and
+                # each compute them: compute each score table once first (saved under <out>/scores; a
+                # worker that cannot see that folder recomputes, as before). A failure here shows again
+                # in its cells.
+                score_phase(executor, worker, _Context(cfg, root), todo)
+            results = (r for _, r in executor.run(worker, run_cell, todo))
+        else:  # an executor of the original interface: map(fn, cells), here in this process
+            ctx = _Context(cfg, root)
+            results = executor.map(lambda c: run_cell(ctx, c), todo)
+        for row in results:
+            if isinstance(row, Failure):
+                failed.append(row)
+                atomic_write_text(root / "failures" / f"{cell_id(row.item)}.txt", row.traceback or row.error)
+                (on_failure or _print_failure)(row)
+                continue
+            atomic_write_text(cells_dir / f"{cell_id(row)}.json", json.dumps(row))
+            (root / "failures" / f"{cell_id(row)}.txt").unlink(missing_ok=True)  # failed before, done now
+            bar.update(1)
+            if on_cell:
+                on_cell(row)
     bar.close()
     df = collect(cfg)
     if failed:

@@ -234,6 +234,80 @@ def test_killed_ray_driver_resumes_without_recomputing(tiny_dirs, tmp_path, refe
     same(res[res.sparsity != 0.75], reference)
 
 
+# ------------------------------------------------------------ a sweep's exact scores split by layer
+
+
+class Recording:
+    """An executor that runs every job here, in order, as a 2-worker cluster would be given them,
+    and keeps the items of each ``run`` (to see how the sweep split its work)."""
+
+    workers = 2
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, setup, fn, items):
+        items = list(items)
+        self.runs.append(items)
+        state = setup()
+        for i, item in enumerate(items):
+            yield i, fn(state, item)
+
+
+def score_records(out: Path) -> dict:
+    return {p.relative_to(out).as_posix(): json.loads(p.read_text())["scores"] for p in (out / "scores").rglob("*.json")}
+
+
+def test_distributed_sweep_splits_exact_scores_by_layer_and_equals_in_process(tiny_dirs, tmp_path):
+    cfg = dict(methods=["ablation", "taylor"], units=["head", "neuron"], sparsities=[0.5])
+    ref = sweep(small(tiny_dirs, tmp_path / "one", **cfg), progress=False)
+    ex = Recording()
+    res = sweep(small(tiny_dirs, tmp_path / "split", **cfg), executor=ex, progress=False)
+    same(res, ref)
+    # the same score tables, bit for bit, though ablation's were computed in parts and merged
+    assert score_records(tmp_path / "split") == score_records(tmp_path / "one")
+    phase, cells = ex.runs
+    parts = [j for j in phase if "part" in j]
+    # ablation's two tables in 2 parts each (the executor's workers), first; taylor's whole, after
+    assert [(j["cell"]["method"], j["kind"], j["part"], j["of"]) for j in parts] == [
+        ("ablation", "head", 0, 2), ("ablation", "head", 1, 2), ("ablation", "neuron", 0, 2),
+        ("ablation", "neuron", 1, 2)]
+    assert [j["cell"]["method"] for j in phase[len(parts):]] == ["taylor", "taylor"] and len(cells) == 4
+
+
+def test_a_failed_score_part_leaves_the_table_to_its_cells(tiny_dirs, tmp_path):
+    from causal_nb.core.executors import Failure
+
+    class Failing(Recording):
+        """Part 1 of every split table fails (reported as a Failure, as the real executors do)."""
+
+        lost = 0
+
+        def run(self, setup, fn, items):
+            def guarded(state, item):
+                if "part" in item and item["part"] == 1:
+                    self.lost += 1
+                    return Failure(item, "RuntimeError: worker lost", "")
+                return fn(state, item)
+
+            return super().run(setup, guarded, items)
+
+    cfg = dict(methods=["ablation"], sparsities=[0.5])
+    ex = Failing()
+    res = sweep(small(tiny_dirs, tmp_path / "f", **cfg), executor=ex, progress=False)
+    assert ex.lost == 1
+    same(res, sweep(small(tiny_dirs, tmp_path / "one", **cfg), progress=False))  # the cell computed it whole
+
+
+@pytest.mark.slow
+def test_ray_sweep_of_exact_scores_equals_in_process(tiny_dirs, tmp_path, ray_cluster):
+    cfg = dict(methods=["ablation"], units=["neuron"], sparsities=[0.25, 0.5])
+    ref = sweep(small(tiny_dirs, tmp_path / "one", **cfg), progress=False)
+    res = sweep(small(tiny_dirs, tmp_path / "ray", **cfg), executor=RayExecutor(workers=2), progress=False)
+    same(res, ref)
+    assert score_records(tmp_path / "ray") == score_records(tmp_path / "one")
+
+
 # ------------------------------------------------------------------- exact scoring split by layer
 
 
