@@ -35,11 +35,11 @@ def config(args, out: Path) -> dict:
 
 
 def job_seconds(out: Path, table: pd.DataFrame) -> dict[str, float]:
-    """Seconds of each job of the in-process run: each score table (from its saved file) and each
-    cell (prune and evaluate)."""
+    """Seconds of the in-process run's work: each score table (from its saved file) and the cells'
+    pruning and evaluation (in one process a cell's ``seconds`` include the scores it computed)."""
     jobs = {f"score {p.stem} ({p.parent.parent.name})": json.loads(p.read_text())["seconds"]
             for p in (out / "scores").rglob("*.json")}
-    jobs.update({f"cell {r.method}/{r.unit}/{r.sparsity}": r.seconds for r in table.itertuples()})
+    jobs["cells' pruning and evaluation"] = float(table["seconds"].sum()) - sum(jobs.values())
     return jobs
 
 
@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['run']} | {r['startup_s']:.1f} | {r['sweep_s']:.1f} | {r['ratio']:.2f}x | "
               f"{r['ratio_with_startup']:.2f}x | {r['equal']} |" for r in rows]
-    score_s = sum(s for k, s in jobs.items() if k.startswith("score"))
-    heavy = max(jobs, key=jobs.get)
-    lines += ["", f"In-process jobs: {len(jobs)} ({score_s:.1f} s of score tables, {sum(jobs.values()) - score_s:.1f} s "
-              f"of cells); the longest, {heavy}, {jobs[heavy]:.1f} s. Exact methods ({', '.join(SPLIT_METHODS)}) are "
-              "split by layer over the workers in the distributed scoring phase."]
+    heavy = max((k for k in jobs if k.startswith("score")), key=jobs.get)
+    lines += ["", f"In process: {sum(jobs.values()):.1f} s of work, of which the score tables "
+              f"{sum(v for k, v in jobs.items() if k.startswith('score')):.1f} s (the longest, {heavy}, "
+              f"{jobs[heavy]:.1f} s). A distributed sweep splits the tables of the exact methods "
+              f"({', '.join(SPLIT_METHODS)}) by layer over its workers."]
     table = "\n".join(lines)
     print(table)
     return table
