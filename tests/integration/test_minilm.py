@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from plain_refs import bridge_pair_cosines
 
 import causal_nb as cnb
 from causal_nb.models.families import UnsupportedModelError
@@ -64,20 +65,9 @@ def test_the_decoder_analyses_refuse_it(minilm):
 
 
 def _hand_cosines(model, texts, hooks=()):
-    """A full bridge forward with ``hooks``, the last block's output mean-pooled by hand, pair cosines."""
+    """Pair cosines of a full bridge forward with ``hooks``, mean-pooled by hand (plain_refs)."""
     enc = model.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    got = {}
-
-    def keep(x, hook):
-        got["h"] = x
-        return x
-
-    with torch.no_grad():
-        model.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                             fwd_hooks=[*hooks, ("blocks.5.hook_out", keep)])
-    m = enc["attention_mask"].unsqueeze(-1).float()
-    v = torch.nn.functional.normalize((got["h"] * m).sum(1) / m.sum(1), dim=-1)
-    return (v[0::2] * v[1::2]).sum(-1).double().numpy()
+    return bridge_pair_cosines(model, enc, hooks)[0].numpy()
 
 
 def test_head_ablation_on_the_paraphrase_task(minilm):

@@ -1,4 +1,4 @@
-"""Independent references for the unit tests: TransformerLens hooks, one full forward per
+"""Independent references for the unit and integration tests: TransformerLens hooks, one full forward per
 intervention, metrics computed by hand with ``torch.log_softmax``.
 
 Nothing here calls causal_nb's engine, metrics, patching or tokenisation code, so a test that
