@@ -101,6 +101,8 @@ from .pruning.compose_scheme import (
     save_configurations,
     save_scheme,
 )
+from .pruning.compose_measure import compare_arms as compose_compare
+from .pruning.compose_measure import equal_quality
 from .pruning.compose_stages import build as compose_build
 from .pruning.compose_stages import configure as compose_config
 from .pruning.compose_stages import finetune_configuration, finetune_variants, prune_variants
@@ -110,7 +112,9 @@ from .pruning.structure import prune, prune_units, save_pruned
 __all__ = [
     "ComposeError",
     "compose_build",
+    "compose_compare",
     "compose_config",
+    "equal_quality",
     "finetune_configuration",
     "finetune_variants",
     "load_configurations",

@@ -72,6 +72,9 @@ def test_bench_compose_runs_on_a_tiny_llama(tiny_dirs, tmp_path, capsys, monkeyp
                                  "--eval-every", "2", "--out", str(tmp_path)])
     out = json.loads((tmp_path / "results.json").read_text())
     # 2 configurations share the 6 linear variants; the attention rates differ: 6 + 2 + 2 variants
-    assert [f["variants"] for f in out["families"]] == [10]
+    assert [f["variants"] for f in out["family"]] == [10, 10] and [f["rule"] for f in out["family"]] == ["baseline", "best"]
     assert all(c["composed_final"] > 0 and c["baseline_final"] > 0 for c in out["configs"])
-    assert "composed_total_s" in capsys.readouterr().out
+    # the baseline rule's target is the baseline's own best: the baseline always reaches it
+    assert all(c["baseline_steps"] == c["baseline_steps"] for c in out["configs"] if c["rule"] == "baseline")
+    text = capsys.readouterr().out
+    assert "| rule | configs | variants |" in text and (tmp_path / "table.md").read_text() in text
