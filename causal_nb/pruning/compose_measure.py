@@ -154,13 +154,21 @@ def equal_quality(curves: pd.DataFrame, module: pd.DataFrame, scheme: dict,
 
 def compare_arms(scheme: dict, workdir, module_steps: int = 100, composed_steps: int = 50, baseline_steps: int = 200,
                  eval_every: int = 10, tol: float = 0.01, lr: float = 5e-5, module_lr: float = 1e-3,
-                 batch_size: int = 8, n_windows: int = 32, seed: int = 0, executor=None) -> dict:
+                 batch_size: int = 8, n_windows: int = 32, seed: int = 0, executor=None,
+                 data: dict | None = None) -> dict:
     """Run both arms on every configuration of the scheme and measure the time to equal quality.
 
     Prunes and module-level fine-tunes the variants (each once, resumable), then fine-tunes every
     configuration end to end, the baseline for ``baseline_steps`` and the composed arm for
     ``composed_steps``, both with the held-out loss every ``eval_every`` steps, and reads the
     curves with ``equal_quality``. Tables are written to ``<workdir>/compare/``.
+
+    Args:
+        lr, module_lr: the model-level (both arms) and module-level learning rates.
+        n_windows: training windows whose inputs the module level captures from the dense model.
+        executor: where the variants train (see ``finetune_variants``).
+        data: data settings to replace (``compose_stages.data_settings``: ``n_files`` training files
+            per domain, ``n_heldout`` held-out windows, ``n_files_heldout``, ``n_train`` pool).
 
     Returns:
         ``{"configs", "family"}`` (``equal_quality``), ``"curves"`` (both arms, every step) and
@@ -172,16 +180,16 @@ def compare_arms(scheme: dict, workdir, module_steps: int = 100, composed_steps:
         raise ComposeError("module_steps, composed_steps, baseline_steps and eval_every must be >= 1")
     workdir = Path(workdir)
     prune_variants(scheme, workdir, seed)
-    done = finetune_variants(scheme, workdir, module_steps, module_lr, n_windows, seed, executor)
+    done = finetune_variants(scheme, workdir, module_steps, module_lr, n_windows, seed, executor, data)
     module = pd.DataFrame([{"key": key, "steps": r["steps"], "seconds": r["seconds"],
                             "seconds_per_step": r.get("seconds_per_step", np.nan),
                             "setup_seconds": r.get("setup_share", 0.0),
                             "mse_before": r["mse_before"], "mse_after": r["mse_after"]} for key, r in done.items()])
-    data = shared_data(scheme, seed)
+    shared = shared_data(scheme, seed, data)
     curves = []
     for k in range(1, len(scheme["configurations"]) + 1):
         for arm, steps in (("baseline", baseline_steps), ("composed", composed_steps)):
-            run_configuration(data, scheme, workdir, k, arm, steps, batch_size, lr, 0.0, seed, eval_every)
+            run_configuration(shared, scheme, workdir, k, arm, steps, batch_size, lr, 0.0, seed, eval_every)
             c = pd.read_csv(workdir / "runs" / f"c{k}_{arm}.csv")
             curves.append(c.assign(config=k, arm=arm)[list(CURVE_COLUMNS)])
     curves = pd.concat(curves, ignore_index=True)
@@ -190,4 +198,4 @@ def compare_arms(scheme: dict, workdir, module_steps: int = 100, composed_steps:
     out.mkdir(parents=True, exist_ok=True)
     for name, df in (("curves", curves), ("module", module), ("configs", per), ("family", fam)):
         df.to_csv(out / f"{name}.csv", index=False)
-    return {"configs": per, "family": fam, "curves": curves, "module": module, "dense_heldout": data["dense_heldout"]}
+    return {"configs": per, "family": fam, "curves": curves, "module": module, "dense_heldout": shared["dense_heldout"]}

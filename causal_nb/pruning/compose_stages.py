@@ -31,11 +31,21 @@ from .compose_scheme import ComposeError, make_configurations
 from .compose_train import capture, code_windows, finetune_model, finetune_module, heldout_loss
 
 __all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants",
-           "run_configuration", "shared_data"]
+           "data_settings", "run_configuration", "shared_data"]
 
 #: Data settings every stage shares: window length, training files per domain (a seeded subset),
 #: held-out windows (from every held-out file: there are about 150), the training-window pool.
 DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512}
+
+
+def data_settings(data: dict | None = None) -> dict:
+    """``DATA`` with the given keys replaced (fewer files or windows make a quick demonstration,
+    not a measurement); unknown keys refused."""
+    data = dict(data or {})
+    unknown = sorted(set(data) - set(DATA))
+    if unknown:
+        raise ComposeError(f"unknown data settings {unknown}; the keys are {sorted(DATA)}")
+    return {**DATA, **data}
 
 
 def configure(model: str, attention, linear, n: int | None = None, criterion: str = "l1") -> dict:
@@ -94,13 +104,14 @@ class ModuleSetup:
     """A worker's state for module-level fine-tuning: the dense model and the captured inputs
     and outputs of the modules to train (picklable, so Ray or SLURM workers build it themselves)."""
 
-    def __init__(self, scheme: dict, modules: list[str], n_windows: int, seed: int):
+    def __init__(self, scheme: dict, modules: list[str], n_windows: int, seed: int, data: dict | None = None):
         self.scheme, self.modules, self.n_windows, self.seed = scheme, modules, n_windows, seed
+        self.data = data_settings(data)
 
     def __call__(self):
         t0 = time.perf_counter()
         hf, tok = _dense(self.scheme)
-        x = code_windows(tok, "train", self.n_windows, DATA["seq"], self.seed, DATA["n_files"])
+        x = code_windows(tok, "train", self.n_windows, self.data["seq"], self.seed, self.data["n_files"])
         return hf, capture(hf, self.modules, x), time.perf_counter() - t0
 
 
@@ -123,7 +134,7 @@ def train_variant(state, job: tuple) -> dict:
 
 
 def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3, n_windows: int = 32,
-                      seed: int = 0, executor=None) -> dict:
+                      seed: int = 0, executor=None, data: dict | None = None) -> dict:
     """Module-level fine-tuning of every pruned variant, each once; already trained ones skipped.
 
     Inputs are captured once per worker from the dense model on ``n_windows`` training windows.
@@ -131,6 +142,7 @@ def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3,
     Args:
         executor: where the variants train (``core.executors.make_executor``: ``None`` in this
             process, ``"ray"`` or an executor object: variants are independent jobs).
+        data: ``DATA`` keys to replace (``data_settings``).
 
     Returns:
         ``{key: {"seconds" (training plus its share of the capture), "mse_before", "mse_after",
@@ -146,7 +158,7 @@ def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3,
         missing = [v["key"] for v in todo if not (workdir / "pruned" / f"{v['key']}.safetensors").exists()]
         if missing:
             raise ComposeError(f"variants {missing[:3]} are not pruned yet: run `compose prune` first")
-        setup = ModuleSetup(scheme, sorted({v["module"] for v in todo}), n_windows, seed)
+        setup = ModuleSetup(scheme, sorted({v["module"] for v in todo}), n_windows, seed, data)
         jobs = [(v, str(workdir.resolve()), steps, lr, seed, scheme["base_fingerprint"]) for v in todo]
         for i, r in make_executor(executor).run(setup, train_variant, jobs):
             if isinstance(r, Failure):
@@ -175,17 +187,21 @@ def build(scheme: dict, workdir, k: int, out=None, finetuned: bool = True):
     return model, masks, loss
 
 
-def shared_data(scheme: dict, seed: int = 0) -> dict:
+def shared_data(scheme: dict, seed: int = 0, data: dict | None = None) -> dict:
     """What every model-level run of a family reads, loaded once: the dense model (checked against
-    the scheme), its tokenizer, the held-out windows and the pool of training windows (``DATA``).
+    the scheme), its tokenizer, the held-out windows and the pool of training windows.
+
+    Args:
+        data: ``DATA`` keys to replace (``data_settings``).
 
     Returns:
         ``{"hf", "tok", "heldout", "train", "dense_heldout"}``.
     """
     hf, tok = _dense(scheme)
-    held = code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files_heldout"])
+    d = data_settings(data)
+    held = code_windows(tok, "heldout", d["n_heldout"], d["seq"], 0, d["n_files_heldout"])
     # one pool of training windows whatever the step count, so both arms draw from the same data
-    train = code_windows(tok, "train", DATA["n_train"], DATA["seq"], seed + 7, DATA["n_files"])
+    train = code_windows(tok, "train", d["n_train"], d["seq"], seed + 7, d["n_files"])
     return {"hf": hf, "tok": tok, "heldout": held, "train": train, "dense_heldout": heldout_loss(hf, held)}
 
 

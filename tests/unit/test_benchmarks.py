@@ -69,7 +69,7 @@ def test_bench_compose_runs_on_a_tiny_llama(tiny_dirs, tmp_path, capsys, monkeyp
 
     _load("bench_compose").main(["--model", str(tiny_dirs["llama"]), "--attention", "0.25", "0.5", "--linear", "0.5",
                                  "0.5", "--module-steps", "2", "--steps", "2", "--baseline-steps", "4",
-                                 "--eval-every", "2", "--out", str(tmp_path)])
+                                 "--eval-every", "2", "--train-windows", "32", "--out", str(tmp_path)])
     out = json.loads((tmp_path / "results.json").read_text())
     # 2 configurations share the 6 linear variants; the attention rates differ: 6 + 2 + 2 variants
     assert [f["variants"] for f in out["family"]] == [10, 10] and [f["rule"] for f in out["family"]] == ["baseline", "best"]
