@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from ..models.hf import quiet_loading
 from ..zoo import corpus
 from ..zoo.quality import heldout_windows, mean_loss
 
@@ -82,7 +83,8 @@ def heldout_loss(model: nn.Module, windows: Int[Tensor, "batch pos"]) -> float:
     """Mean next-token loss (nats) on held-out windows."""
     was = model.training
     model.eval()
-    loss = mean_loss(model, windows)
+    with quiet_loading(False):  # transformers' one-time padding notice goes to stderr, which nbval compares
+        loss = mean_loss(model, windows)
     model.train(was)
     return loss
 
