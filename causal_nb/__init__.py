@@ -93,6 +93,8 @@ from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
 from .notebook.report import save_findings
+from .pruning.compose_measure import compare_arms as compose_compare
+from .pruning.compose_measure import equal_quality
 from .pruning.compose_scheme import (
     ComposeError,
     load_configurations,
@@ -101,8 +103,6 @@ from .pruning.compose_scheme import (
     save_configurations,
     save_scheme,
 )
-from .pruning.compose_measure import compare_arms as compose_compare
-from .pruning.compose_measure import equal_quality
 from .pruning.compose_stages import build as compose_build
 from .pruning.compose_stages import configure as compose_config
 from .pruning.compose_stages import finetune_configuration, finetune_variants, prune_variants

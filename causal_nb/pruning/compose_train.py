@@ -206,7 +206,10 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
     val = (lambda: heldout_loss(model, heldout)) if heldout is not None else (lambda: float("nan"))
     rows = [{"step": 0, "train_loss": float("nan"), "val_loss": val(), "seconds": 0.0}]
-    reached = (lambda: target is not None and rows[-1]["val_loss"] <= target)
+
+    def reached() -> bool:
+        return target is not None and rows[-1]["val_loss"] <= target
+
     if reached():
         return pd.DataFrame(rows)
     spent = 0.0
