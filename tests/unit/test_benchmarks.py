@@ -69,7 +69,8 @@ def test_bench_compose_runs_on_a_tiny_llama(tiny_dirs, tmp_path, capsys, monkeyp
 
     _load("bench_compose").main(["--model", str(tiny_dirs["llama"]), "--attention", "0.25", "0.5", "--linear", "0.5",
                                  "0.5", "--module-steps", "2", "--steps", "2", "--baseline-steps", "4",
-                                 "--eval-every", "2", "--train-windows", "32", "--out", str(tmp_path)])
+                                 "--eval-every", "2", "--train-windows", "32", "--calib-steps", "2", "--calib-repeats", "1",
+                                 "--out", str(tmp_path)])
     out = json.loads((tmp_path / "results.json").read_text())
     # 2 configurations share the 6 linear variants; the attention rates differ: 6 + 2 + 2 variants
     assert [f["variants"] for f in out["family"]] == [10, 10] and [f["rule"] for f in out["family"]] == ["baseline", "best"]
@@ -77,4 +78,7 @@ def test_bench_compose_runs_on_a_tiny_llama(tiny_dirs, tmp_path, capsys, monkeyp
     # the baseline rule's target is the baseline's own best: the baseline always reaches it
     assert all(c["baseline_steps"] == c["baseline_steps"] for c in out["configs"] if c["rule"] == "baseline")
     text = capsys.readouterr().out
-    assert "| rule | configs | variants |" in text and (tmp_path / "table.md").read_text() in text
+    table = (tmp_path / "table.md").read_text()
+    assert "| rule | configs | variants |" in text and table.split("\nIn model-step units")[0] in text
+    units = out["calibration"]["units"]
+    assert units["model"] == 1 and len(units) == 10 + 2 and "| baseline |" in table.split("model-step units")[1]
