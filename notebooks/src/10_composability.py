@@ -42,6 +42,8 @@ SEED = 0  # seed for everything random
 OUT_DIR = "runs/manual"  # where the variants, runs and tables are written (a rerun reuses trained variants)
 
 # %%
+import pandas as pd
+
 import causal_nb as cnb
 
 info = cnb.setup(seed=SEED)
@@ -73,17 +75,29 @@ fig
 matrix.T.rename(index=lambda k: k.replace("transformer.", "")).reset_index(names="variant")
 
 # %% [markdown]
-# ## Both arms
-# `compose_compare` prunes the variants, fine-tunes each once at module level, then fine-tunes
-# every configuration end to end twice: composed from the fine-tuned variants, and pruned
-# directly (the baseline), recording training and held-out loss.
+# ## Module level: each variant once
+# Each distinct variant is pruned once (linears L1-unstructured with `torch.nn.utils.prune`, made
+# permanent; attention head-wise by the L1 norm of each head's Q/K/V rows, heads removed
+# physically) and trained alone to reproduce the dense module's output (MSE) on inputs captured
+# from the dense model through forward hooks. The MSE before and after:
+
+# %%
+cnb.prune_variants(scheme, work, seed=SEED)
+module = cnb.finetune_variants(scheme, work, steps=MODULE_STEPS, n_windows=CAPTURE_WINDOWS, seed=SEED, data=DATA)
+pd.DataFrame(module).T[["mse_before", "mse_after"]].astype(float).round(5)
+
+# %% [markdown]
+# ## Model level: composed vs baseline
+# `compose_compare` composes every configuration from the fine-tuned variants (the variants just
+# trained are reused, not trained again) and fine-tunes it end to end, then prunes the same
+# configuration directly and fine-tunes that (the baseline), both recording training and
+# held-out loss.
 
 # %%
 result = cnb.compose_compare(scheme, work, module_steps=MODULE_STEPS, composed_steps=COMPOSED_STEPS,
                              baseline_steps=BASELINE_STEPS, eval_every=EVAL_EVERY, tol=TOL, lr=LR, batch_size=BATCH,
                              n_windows=CAPTURE_WINDOWS, seed=SEED, data=DATA)
 print(f"dense held-out loss {result['dense_heldout']:.4f}")
-result["module"][["key", "mse_before", "mse_after"]].round(5)
 
 # %% [markdown]
 # ## Quality and steps to the target
