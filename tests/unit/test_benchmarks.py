@@ -82,3 +82,8 @@ def test_bench_compose_runs_on_a_tiny_llama(tiny_dirs, tmp_path, capsys, monkeyp
     assert "| rule | configs | variants |" in text and table.split("\nIn model-step units")[0] in text
     units = out["calibration"]["units"]
     assert units["model"] == 1 and len(units) == 10 + 2 and "| baseline |" in table.split("model-step units")[1]
+    # the tables redone from the saved curves, without training, are the same
+    _load("bench_compose").main(["--from-saved", "--calib-steps", "2", "--calib-repeats", "1", "--out", str(tmp_path)])
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert [c["target"] for c in again["configs"]] == pytest.approx([c["target"] for c in out["configs"]])
+    assert [f["baseline_steps"] for f in again["family"]] == [f["baseline_steps"] for f in out["family"]]
