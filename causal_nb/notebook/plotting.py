@@ -170,7 +170,7 @@ def compose_loss_curves(curves: pd.DataFrame, targets: pd.DataFrame | None = Non
         order = sorted(df.config.unique())
         for _, t in targets.iterrows():
             if t.config in order:
-                fig.add_hline(y=round(float(t.target), 6), line_dash="dot", line_color="grey",
+                fig.add_hline(y=round(float(t.target), 6), line_dash="dash", line_width=1, line_color="grey",
                               col=order.index(t.config) + 1)
     fig.update_layout(**_LAYOUT)
     return fig, df.round(4)
