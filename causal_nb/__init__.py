@@ -93,6 +93,8 @@ from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
 from .notebook.report import save_findings
+from .pruning.compose_measure import compare_arms as compose_compare
+from .pruning.compose_measure import equal_quality
 from .pruning.compose_scheme import (
     ComposeError,
     load_configurations,
@@ -110,7 +112,9 @@ from .pruning.structure import prune, prune_units, save_pruned
 __all__ = [
     "ComposeError",
     "compose_build",
+    "compose_compare",
     "compose_config",
+    "equal_quality",
     "finetune_configuration",
     "finetune_variants",
     "load_configurations",

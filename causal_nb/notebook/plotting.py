@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 
 from ..core.checks import strict
 
-__all__ = ["agreement_heatmap", "attention_heatmap", "degradation_curves", "loss_bars", "pareto_front", "token_effects",
-           "token_set_bars", "token_set_layers", "unit_heatmap"]
+__all__ = ["agreement_heatmap", "attention_heatmap", "compose_loss_curves", "compose_scheme_matrix", "degradation_curves",
+           "loss_bars", "pareto_front", "token_effects", "token_set_bars", "token_set_layers", "unit_heatmap"]
 
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
 
@@ -127,6 +127,84 @@ def pareto_front(results: pd.DataFrame, quality: str = "python_top1_agreement", 
     fig.add_trace(go.Scatter(x=pf[cost], y=pf[quality], mode="lines", name="Pareto front", line={"dash": "dot"}))
     fig.update_layout(**_LAYOUT)
     return fig, df.round(4).reset_index(drop=True)
+
+
+@strict
+def compose_loss_curves(curves: pd.DataFrame, targets: pd.DataFrame | None = None, x: str = "step", smooth: int = 1,
+                        title: str = "") -> tuple[go.Figure, pd.DataFrame]:
+    """Training and validation loss of both composability arms, one panel per configuration.
+
+    Args:
+        curves: ``compose_compare(...)["curves"]``: ``config``, ``arm``, ``step``, ``train_loss``
+            (per batch), ``val_loss`` (NaN where not evaluated), ``seconds``.
+        targets: optional ``equal_quality`` rows of one rule (``config``, ``target``): drawn as a
+            dotted line in each panel.
+        x: ``"step"`` (model-level steps) or ``"seconds"`` (training seconds, evaluations excluded).
+        smooth: the training loss is the rolling mean of this many steps (1: the raw batch loss).
+
+    Returns:
+        The figure and the long table behind it: ``config``, ``arm``, ``kind`` (``train`` or
+        ``validation``), ``step``, ``seconds``, ``loss``.
+    """
+    need = {"config", "arm", "step", "train_loss", "val_loss", "seconds"}
+    if not need <= set(curves.columns):
+        raise ValueError(f"compose_loss_curves: the table lacks {sorted(need - set(curves.columns))} "
+                         "(pass compose_compare(...)['curves'])")
+    if x not in ("step", "seconds"):
+        raise ValueError(f"x must be 'step' or 'seconds', got {x!r}")
+    if smooth < 1:
+        raise ValueError(f"smooth must be >= 1 steps, got {smooth}")
+    parts = []
+    for (k, arm), g in curves.sort_values("step").groupby(["config", "arm"], sort=True):
+        tr = g.dropna(subset=["train_loss"])
+        parts.append(pd.DataFrame({"config": k, "arm": arm, "kind": "train", "step": tr.step, "seconds": tr.seconds,
+                                   "loss": tr.train_loss.rolling(smooth, min_periods=1).mean()}))
+        va = g.dropna(subset=["val_loss"])
+        parts.append(pd.DataFrame({"config": k, "arm": arm, "kind": "validation", "step": va.step,
+                                   "seconds": va.seconds, "loss": va.val_loss}))
+    df = pd.concat(parts, ignore_index=True).round(6)
+    fig = px.line(df, x=x, y="loss", color="arm", line_dash="kind", facet_col="config", markers=False,
+                  labels={"step": "model-level step", "seconds": "training seconds", "loss": "loss (nats)"},
+                  title=title or "composed (module-level first) vs baseline (pruned directly): loss while fine-tuning")
+    if targets is not None:
+        order = sorted(df.config.unique())
+        for _, t in targets.iterrows():
+            if t.config in order:
+                fig.add_hline(y=round(float(t.target), 6), line_dash="dash", line_width=1, line_color="grey",
+                              col=order.index(t.config) + 1)
+    fig.update_layout(**_LAYOUT)
+    return fig, df.round(4)
+
+
+@strict
+def compose_scheme_matrix(scheme: dict, title: str = "") -> tuple[go.Figure, pd.DataFrame]:
+    """A composability scheme as a picture: configurations x distinct pruned variants.
+
+    A cell is coloured where the configuration uses the variant, by how many configurations
+    share it (each variant is pruned and module-level fine-tuned once, however many use it).
+
+    Returns:
+        The figure and the 0/1 table: one row per configuration (index ``config``), one column
+        per variant key, in the scheme's order.
+    """
+    if not isinstance(scheme, dict) or "variants" not in scheme or "configurations" not in scheme:
+        raise ValueError("compose_scheme_matrix takes a scheme (make_scheme or load_scheme), not a configuration file")
+    keys = [v["key"] for v in scheme["variants"]]
+    ids = sorted(int(k) for k in scheme["configurations"])
+    df = pd.DataFrame(0, index=pd.Index(ids, name="config"), columns=keys)
+    for k in ids:
+        for key in scheme["configurations"][str(k)].values():
+            df.loc[k, key] = 1
+    shared = df * df.sum(axis=0)
+    labels = [f"{v['module'].removeprefix('transformer.').removeprefix('model.')} {v['rate']:g}"
+              for v in scheme["variants"]]
+    fig = go.Figure(go.Heatmap(z=shared.where(shared > 0).values, x=labels, y=[f"config {k}" for k in ids],
+                               colorscale="Blues", zmin=0, zmax=max(len(ids), 1), xgap=2, ygap=2,
+                               colorbar={"title": "configs sharing"},
+                               hovertemplate="%{y}<br>%{x}<br>shared by %{z} configurations<extra></extra>"))
+    fig.update_layout(title=title or f"{len(keys)} distinct variants for {len(ids)} configurations",
+                      xaxis={"tickangle": -45}, yaxis={"autorange": "reversed"}, **_LAYOUT)
+    return fig, df
 
 
 def _browser_for_kaleido() -> None:

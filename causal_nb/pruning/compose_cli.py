@@ -61,6 +61,8 @@ def add_compose_parser(sub) -> None:
             p.add_argument("--batch", type=int, default=8, help="windows per step")
             p.add_argument("--kl", type=float, default=0.0, help="weight of the KL to the dense model (0: LM loss only)")
             p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations")
+            p.add_argument("--target", type=float, default=None,
+                           help="stop at the first evaluation with held-out loss at or below this (needs --eval-every)")
 
 
 def run_compose(a) -> int:
@@ -96,6 +98,6 @@ def run_compose(a) -> int:
     else:
         arm = "composed" if a.stage == "finetune-model" else "baseline"
         r = finetune_configuration(scheme, work, a.n, arm, a.steps, a.batch, a.lr or 5e-5, a.kl, a.seed,
-                                   a.eval_every, a.out)
+                                   a.eval_every, a.out, a.target)
         print(json.dumps(r, indent=1))
     return 0

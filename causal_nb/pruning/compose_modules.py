@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.hf import attention, hf_arch, slice_heads
+from ..models.hf import attention, hf_arch, quiet_loading, slice_heads
 from .compose_scheme import ComposeError
 
 __all__ = ["compose_model", "head_l1_scores", "l1_unstructured", "load_dense", "load_variant", "make_variant",
@@ -40,7 +40,8 @@ def load_dense(model: str):
     from ..models.loading import resolve_source  # noqa: PLC0415
 
     _, where = resolve_source(model)
-    hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval()
+    with quiet_loading(False):  # no loading bars on stderr (nbval compares it)
+        hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval()
     if getattr(hf.config, "causal_nb_pruned", None):
         raise ComposeError(f"{model} is already pruned; compose a family from the dense model")
     hf_arch(hf)  # refuses layouts the kit cannot prune, by name

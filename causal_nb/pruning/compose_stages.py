@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..core.io import load_json, save_json
 from .compose_modules import (
     compose_model,
@@ -28,11 +30,22 @@ from .compose_modules import (
 from .compose_scheme import ComposeError, make_configurations
 from .compose_train import capture, code_windows, finetune_model, finetune_module, heldout_loss
 
-__all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants"]
+__all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants",
+           "data_settings", "run_configuration", "shared_data"]
 
 #: Data settings every stage shares: window length, training files per domain (a seeded subset),
 #: held-out windows (from every held-out file: there are about 150), the training-window pool.
 DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512}
+
+
+def data_settings(data: dict | None = None) -> dict:
+    """``DATA`` with the given keys replaced (fewer files or windows make a quick demonstration,
+    not a measurement); unknown keys refused."""
+    data = dict(data or {})
+    unknown = sorted(set(data) - set(DATA))
+    if unknown:
+        raise ComposeError(f"unknown data settings {unknown}; the keys are {sorted(DATA)}")
+    return {**DATA, **data}
 
 
 def configure(model: str, attention, linear, n: int | None = None, criterion: str = "l1") -> dict:
@@ -91,13 +104,14 @@ class ModuleSetup:
     """A worker's state for module-level fine-tuning: the dense model and the captured inputs
     and outputs of the modules to train (picklable, so Ray or SLURM workers build it themselves)."""
 
-    def __init__(self, scheme: dict, modules: list[str], n_windows: int, seed: int):
+    def __init__(self, scheme: dict, modules: list[str], n_windows: int, seed: int, data: dict | None = None):
         self.scheme, self.modules, self.n_windows, self.seed = scheme, modules, n_windows, seed
+        self.data = data_settings(data)
 
     def __call__(self):
         t0 = time.perf_counter()
         hf, tok = _dense(self.scheme)
-        x = code_windows(tok, "train", self.n_windows, DATA["seq"], self.seed, DATA["n_files"])
+        x = code_windows(tok, "train", self.n_windows, self.data["seq"], self.seed, self.data["n_files"])
         return hf, capture(hf, self.modules, x), time.perf_counter() - t0
 
 
@@ -112,12 +126,15 @@ def train_variant(state, job: tuple) -> dict:
     stats.to_csv(folder / f"{v['key']}.csv", index=False)
     save_variant(folder / f"{v['key']}.safetensors", mod, masks,
                  {k: meta[k] for k in meta if k not in ("variant", "finetuned")}, v, base, finetuned=True)
+    batch = stats[stats.scope == "batch"].seconds.to_numpy()
+    per_step = float(np.median(np.diff(np.concatenate([[0.0], batch])))) if len(batch) else float("nan")
     return {"seconds": float(stats.seconds.iloc[-1]), "setup_seconds": setup_s, "mse_before": float(stats.mse.iloc[0]),
-            "mse_after": float(stats.mse.iloc[-1]), "steps": steps, "lr": lr, "seed": seed}
+            "mse_after": float(stats.mse.iloc[-1]), "steps": steps, "seconds_per_step": per_step, "lr": lr,
+            "seed": seed}
 
 
 def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3, n_windows: int = 32,
-                      seed: int = 0, executor=None) -> dict:
+                      seed: int = 0, executor=None, data: dict | None = None) -> dict:
     """Module-level fine-tuning of every pruned variant, each once; already trained ones skipped.
 
     Inputs are captured once per worker from the dense model on ``n_windows`` training windows.
@@ -125,6 +142,7 @@ def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3,
     Args:
         executor: where the variants train (``core.executors.make_executor``: ``None`` in this
             process, ``"ray"`` or an executor object: variants are independent jobs).
+        data: ``DATA`` keys to replace (``data_settings``).
 
     Returns:
         ``{key: {"seconds" (training plus its share of the capture), "mse_before", "mse_after",
@@ -140,12 +158,13 @@ def finetune_variants(scheme: dict, workdir, steps: int = 100, lr: float = 1e-3,
         missing = [v["key"] for v in todo if not (workdir / "pruned" / f"{v['key']}.safetensors").exists()]
         if missing:
             raise ComposeError(f"variants {missing[:3]} are not pruned yet: run `compose prune` first")
-        setup = ModuleSetup(scheme, sorted({v["module"] for v in todo}), n_windows, seed)
+        setup = ModuleSetup(scheme, sorted({v["module"] for v in todo}), n_windows, seed, data)
         jobs = [(v, str(workdir.resolve()), steps, lr, seed, scheme["base_fingerprint"]) for v in todo]
         for i, r in make_executor(executor).run(setup, train_variant, jobs):
             if isinstance(r, Failure):
                 raise ComposeError(f"fine-tuning {todo[i]['key']} failed: {r.error}\n{r.traceback}")
-            r["seconds"] += r["setup_seconds"] / len(todo)  # the one dense pass, shared out
+            r["setup_share"] = r["setup_seconds"] / len(todo)  # the one dense pass, shared out
+            r["seconds"] += r["setup_share"]
             summary[todo[i]["key"]] = r
             save_json(summary, summary_path)
     return {v["key"]: {**summary.get(v["key"], {}), "skipped": v not in todo} for v in scheme["variants"]}
@@ -168,25 +187,54 @@ def build(scheme: dict, workdir, k: int, out=None, finetuned: bool = True):
     return model, masks, loss
 
 
+def shared_data(scheme: dict, seed: int = 0, data: dict | None = None) -> dict:
+    """What every model-level run of a family reads, loaded once: the dense model (checked against
+    the scheme), its tokenizer, the held-out windows and the pool of training windows.
+
+    Args:
+        data: ``DATA`` keys to replace (``data_settings``).
+
+    Returns:
+        ``{"hf", "tok", "heldout", "train", "dense_heldout"}``.
+    """
+    hf, tok = _dense(scheme)
+    d = data_settings(data)
+    held = code_windows(tok, "heldout", d["n_heldout"], d["seq"], 0, d["n_files_heldout"])
+    # one pool of training windows whatever the step count, so both arms draw from the same data
+    train = code_windows(tok, "train", d["n_train"], d["seq"], seed + 7, d["n_files"])
+    return {"hf": hf, "tok": tok, "heldout": held, "train": train, "dense_heldout": heldout_loss(hf, held)}
+
+
 def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed", steps: int = 100,
                            batch_size: int = 8, lr: float = 5e-5, kl: float = 0.0, seed: int = 0,
-                           eval_every: int = 0, out=None) -> dict:
+                           eval_every: int = 0, out=None, target: float | None = None) -> dict:
     """Model-level fine-tuning of configuration ``k``: ``arm="composed"`` starts from the
     fine-tuned variants, ``arm="baseline"`` from direct pruning (the control, same settings).
 
+    Args:
+        target: stop at the first held-out evaluation at or below this loss (every
+            ``eval_every`` steps; ``None``: run all ``steps``).
+
     Returns:
         The result written to ``<workdir>/runs/c<k>_<arm>.json``: held-out loss before and after,
-        model-level seconds, and for the composed arm the module-level seconds of its variants.
+        model-level seconds and steps run, and for the composed arm the module-level seconds of
+        its variants; the curve (step, train_loss, val_loss, seconds) is ``c<k>_<arm>.csv``.
     """
+    return run_configuration(shared_data(scheme, seed), scheme, workdir, k, arm, steps, batch_size, lr, kl, seed,
+                             eval_every, out, target)
+
+
+def run_configuration(data: dict, scheme: dict, workdir, k: int, arm: str = "composed", steps: int = 100,
+                      batch_size: int = 8, lr: float = 5e-5, kl: float = 0.0, seed: int = 0, eval_every: int = 0,
+                      out=None, target: float | None = None) -> dict:
+    """``finetune_configuration`` on data already loaded by ``shared_data`` (a family's runs share it)."""
     if arm not in ("composed", "baseline"):
         raise ValueError(f"arm must be 'composed' or 'baseline', got {arm!r}")
     workdir = Path(workdir)
-    hf, tok = _dense(scheme)
+    hf, tok, held = data["hf"], data["tok"], data["heldout"]
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if arm == "composed" else "pruned"))
-    held = code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files_heldout"])
-    # one pool of training windows whatever the step count, so both arms draw from the same data
-    train = code_windows(tok, "train", DATA["n_train"], DATA["seq"], seed + 7, DATA["n_files"])
-    stats = finetune_model(model, masks, train, steps, batch_size, lr, seed, kl, hf if kl else None, held, eval_every)
+    stats = finetune_model(model, masks, data["train"], steps, batch_size, lr, seed, kl, hf if kl else None, held,
+                           eval_every, target)
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     stats.to_csv(runs / f"c{k}_{arm}.csv", index=False)
@@ -197,8 +245,10 @@ def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed",
         mods = {key: summary.get(key, {}).get("seconds", float("nan"))
                 for key in scheme["configurations"][str(k)].values()}
     result = {"configuration": k, "arm": arm, "heldout_before": float(stats.val_loss.iloc[0]),
-              "heldout_after": float(stats.val_loss.iloc[-1]), "dense_heldout": heldout_loss(hf, held),
+              "heldout_after": float(stats.val_loss.iloc[-1]), "dense_heldout": data["dense_heldout"],
               "model_seconds": float(stats.seconds.iloc[-1]), "module_seconds": mods, "steps": steps,
+              "steps_run": int(stats.step.iloc[-1]), "target": target,
+              "reached": bool(target is not None and stats.val_loss.iloc[-1] <= target),
               "batch_size": batch_size, "lr": lr, "kl": kl, "seed": seed}
     save_json(result, runs / f"c{k}_{arm}.json")
     if out is not None:

@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from ..models.hf import quiet_loading
 from ..zoo import corpus
 from ..zoo.quality import heldout_windows, mean_loss
 
@@ -82,7 +83,8 @@ def heldout_loss(model: nn.Module, windows: Int[Tensor, "batch pos"]) -> float:
     """Mean next-token loss (nats) on held-out windows."""
     was = model.training
     model.eval()
-    loss = mean_loss(model, windows)
+    with quiet_loading(False):  # transformers' one-time padding notice goes to stderr, which nbval compares
+        loss = mean_loss(model, windows)
     model.train(was)
     return loss
 
@@ -176,7 +178,8 @@ def _lm_loss(logits: Tensor, x: Tensor) -> Tensor:
 
 def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor, "batch pos"], steps: int = 100,
                    batch_size: int = 8, lr: float = 5e-5, seed: int = 0, kl: float = 0.0, dense: nn.Module | None = None,
-                   heldout: Int[Tensor, "_ pos"] | None = None, eval_every: int = 0) -> pd.DataFrame:
+                   heldout: Int[Tensor, "_ pos"] | None = None, eval_every: int = 0,
+                   target: float | None = None) -> pd.DataFrame:
     """Fine-tune a whole model end to end on next-token loss (plus ``kl`` x KL(dense || model)), in place.
 
     Args:
@@ -185,19 +188,30 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
         dense: the dense model, for ``kl > 0``.
         heldout: windows for the validation loss, every ``eval_every`` steps (0: at the start
             and the end only).
+        target: stop at the first evaluation (step 0 included) whose validation loss is at or
+            below it (needs ``heldout``); ``None`` runs all ``steps``.
 
     Returns:
         ``step``, ``train_loss`` (the batch's LM loss), ``val_loss`` (NaN where not evaluated),
-        ``seconds`` (training time, evaluations excluded).
+        ``seconds`` (training time, evaluations excluded). Stopped at ``target``, the last row is
+        the step that reached it.
     """
     if kl < 0 or (kl > 0 and dense is None):
         raise ValueError("kl must be >= 0, and kl > 0 needs the dense model (dense=...)")
+    if target is not None and heldout is None:
+        raise ValueError("target needs held-out windows (heldout=...) to evaluate against")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = dict(model.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
     val = (lambda: heldout_loss(model, heldout)) if heldout is not None else (lambda: float("nan"))
     rows = [{"step": 0, "train_loss": float("nan"), "val_loss": val(), "seconds": 0.0}]
+
+    def reached() -> bool:
+        return target is not None and rows[-1]["val_loss"] <= target
+
+    if reached():
+        return pd.DataFrame(rows)
     spent = 0.0
     model.train()
     for step in range(1, steps + 1):
@@ -219,5 +233,7 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
         last = step == steps or (eval_every and step % eval_every == 0)
         rows.append({"step": step, "train_loss": lm.item(), "val_loss": val() if last else float("nan"),
                      "seconds": spent})
+        if reached():
+            break
     model.eval()
     return pd.DataFrame(rows)

@@ -69,9 +69,24 @@ def test_bench_compose_runs_on_a_tiny_llama(tiny_dirs, tmp_path, capsys, monkeyp
 
     _load("bench_compose").main(["--model", str(tiny_dirs["llama"]), "--attention", "0.25", "0.5", "--linear", "0.5",
                                  "0.5", "--module-steps", "2", "--steps", "2", "--baseline-steps", "4",
-                                 "--eval-every", "2", "--out", str(tmp_path)])
+                                 "--eval-every", "2", "--train-windows", "32", "--calib-steps", "2", "--calib-repeats", "1",
+                                 "--no-png", "--out", str(tmp_path)])
     out = json.loads((tmp_path / "results.json").read_text())
     # 2 configurations share the 6 linear variants; the attention rates differ: 6 + 2 + 2 variants
-    assert [f["variants"] for f in out["families"]] == [10]
+    assert [f["variants"] for f in out["family"]] == [10, 10] and [f["rule"] for f in out["family"]] == ["baseline", "best"]
     assert all(c["composed_final"] > 0 and c["baseline_final"] > 0 for c in out["configs"])
-    assert "composed_total_s" in capsys.readouterr().out
+    # the baseline rule's target is the baseline's own best: the baseline always reaches it
+    assert all(c["baseline_steps"] == c["baseline_steps"] for c in out["configs"] if c["rule"] == "baseline")
+    text = capsys.readouterr().out
+    table = (tmp_path / "table.md").read_text()
+    assert "| rule | configs | variants |" in text and table.split("\nIn model-step units")[0] in text
+    units = out["calibration"]["units"]
+    assert units["model"] == 1 and len(units) == 10 + 2 and "| baseline |" in table.split("model-step units")[1]
+    # the tables redone from the saved curves, without training, are the same
+    assert {f.name for f in (tmp_path / "figures").iterdir()} == {"loss_curves_step.html", "loss_curves_seconds.html",
+                                                                   "scheme.html"}
+    _load("bench_compose").main(["--from-saved", "--calib-steps", "2", "--calib-repeats", "1", "--no-png", "--out",
+                                 str(tmp_path)])
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert [c["target"] for c in again["configs"]] == pytest.approx([c["target"] for c in out["configs"]])
+    assert [f["baseline_steps"] for f in again["family"]] == [f["baseline_steps"] for f in out["family"]]
