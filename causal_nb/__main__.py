@@ -190,6 +190,7 @@ def add_t5_commands(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
     t.add_argument("--test-pairs", type=int, default=None, help="test pairs for the card's BLEU (default all)")
+    t.add_argument("--data-dir", default=None, help="folder of the tatoeba_en_de_*.jsonl.gz files (default: shipped)")
     t.add_argument("--ship", action="store_true", help="copy the trained model into the package zoo")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -200,7 +201,8 @@ def t5_command(a) -> int:
 
     try:
         cfg = T5TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, warmup=a.warmup)
-        card = train_t5(a.out, cfg, resume=a.resume, progress=not a.no_progress, ship=a.ship, test_pairs=a.test_pairs)
+        card = train_t5(a.out, cfg, resume=a.resume, progress=not a.no_progress, ship=a.ship, test_pairs=a.test_pairs,
+                         data_dir=a.data_dir)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

