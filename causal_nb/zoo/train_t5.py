@@ -173,6 +173,12 @@ def _bleu(hyps: list[str], refs: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hyps, [refs]).score)
 
 
+def _settings(config: dict) -> dict:
+    """A config dict without the spec's prose (``description``, ``why``): what ``--resume`` must match."""
+    spec = {k: v for k, v in config.get("spec", {}).items() if k not in ("description", "why")}
+    return {**config, "spec": spec}
+
+
 def _check_config(cfg: T5TrainConfig) -> None:
     for name in ("epochs", "batch_size", "val_bleu_pairs"):
         if int(getattr(cfg, name)) < 1:
@@ -218,8 +224,9 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
                            "--out folder of the run to continue")
     if resume:
         ck = torch.load(ckpt_path, weights_only=False)
-        if ck["config"] != asdict(cfg):
-            diff = {k: (ck["config"].get(k), v) for k, v in asdict(cfg).items() if ck["config"].get(k) != v}
+        if _settings(ck["config"]) != _settings(asdict(cfg)):
+            diff = {k: (_settings(ck["config"]).get(k), v) for k, v in _settings(asdict(cfg)).items()
+                    if _settings(ck["config"]).get(k) != v}
             raise TrainT5Error(f"--resume: settings differ from the checkpoint's (name: (checkpoint, now)) {diff}; "
                                "resume with the checkpoint's settings, or start a new run in another --out")
         tok = T5Tokenizer.from_pretrained(str(out / "tokenizer"))
