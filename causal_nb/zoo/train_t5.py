@@ -173,6 +173,12 @@ def _bleu(hyps: list[str], refs: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hyps, [refs]).score)
 
 
+def _chrf(hyps: list[str], refs: list[str]) -> float:
+    import sacrebleu  # noqa: PLC0415
+
+    return float(sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
 def _settings(config: dict) -> dict:
     """A config dict without the spec's prose (``description``, ``why``): what ``--resume`` must match."""
     spec = {k: v for k, v in config.get("spec", {}).items() if k not in ("description", "why")}
@@ -310,6 +316,7 @@ def _write_model(model, tok, cfg: T5TrainConfig, folder: Path, history: list, se
             "history": history,
             "val_bleu": history[-1]["val_bleu"] if history else None,
             "test_bleu": round(_bleu(hyps, list(test.de)), 2),
+            "test_chrf": round(_chrf(hyps, list(test.de)), 2),
             "test_bleu_how": ("sacrebleu corpus_bleu (13a) of greedy generate (max_new_tokens 64, one beam) on "
                               f"{len(test)} test pairs, one reference each"),
             "test_bleu_seconds": round(bleu_seconds, 1),
@@ -357,8 +364,9 @@ TransformerBridge (family `t5`), read with `cnb.Seq2SeqTask(df.en, df.de)` on
 - Weights: fp32 safetensors
 
 ## Translation quality
-Test BLEU **{card['test_bleu']:.2f}** ({card['test_bleu_how']}); validation BLEU after the last
-epoch {card['val_bleu']} (first {tr['val_bleu_pairs']} validation pairs). Attribution: the sentences are by
+Test BLEU **{card['test_bleu']:.2f}** ({card['test_bleu_how']}; chrF {card['test_chrf']:.2f}
+on the same generations); validation BLEU after the last epoch {card['val_bleu']} (first
+{tr['val_bleu_pairs']} validation pairs). Attribution: the sentences are by
 the Tatoeba contributors (tatoeba.org), CC-BY 2.0 FR.
 
 ## Examples (the first test pairs, greedy)

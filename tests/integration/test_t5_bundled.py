@@ -80,4 +80,5 @@ def test_card_bleu_is_sacrebleu_on_the_whole_test_split(plain):
     assert card["data"]["test"] == len(df)
     hyps = generate(plain, df.en, 64)
     assert round(sacrebleu.corpus_bleu(hyps, [list(df.de)]).score, 2) == pytest.approx(card["test_bleu"], abs=0.05)
+    assert round(sacrebleu.corpus_chrf(hyps, [list(df.de)]).score, 2) == pytest.approx(card["test_chrf"], abs=0.05)
     assert [e["model"] for e in card["examples"]] == hyps[:len(card["examples"])]

@@ -126,6 +126,8 @@ def test_written_folder_loads_as_t5_bridge_and_card_bleu_is_sacrebleus(data_dir,
     hyps = [s.strip() for s in tok.batch_decode(out, skip_special_tokens=True)]
     want = sacrebleu.corpus_bleu(hyps, [[r["de"] for r in test]]).score
     assert card["test_bleu"] == pytest.approx(round(want, 2), abs=1e-9)
+    chrf = sacrebleu.corpus_chrf(hyps, [[r["de"] for r in test]]).score
+    assert card["test_chrf"] == pytest.approx(round(chrf, 2), abs=1e-9)
     assert [e["model"] for e in card["examples"]] == hyps
     bridge = cnb.load_model(str(folder), device="cpu")
     assert cnb.models.families.family(bridge) == "t5" and bridge.cfg.d_model == 16
