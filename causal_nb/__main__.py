@@ -182,7 +182,7 @@ def add_t5_commands(sub) -> None:
     v = sub.add_parser("t5", help="encoder-decoders: train the Tatoeba English-to-German T5")
     vs = v.add_subparsers(dest="t5_cmd", required=True)
     t = vs.add_parser("train", help="train t5-tatoeba-en-de (seeded, resumable, checkpoint per epoch)")
-    t.add_argument("--epochs", type=int, default=12, help="epochs (the cosine schedule spans all of them)")
+    t.add_argument("--epochs", type=int, default=4, help="epochs (the cosine schedule spans all of them)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     t.add_argument("--out", default="runs/t5-tatoeba-en-de", help="run folder (tokenizer/, checkpoint.pt, model/)")
     t.add_argument("--batch-size", type=int, default=64)

@@ -62,7 +62,7 @@ class T5TrainConfig:
         spec: the model's shape (``T5_SPECS`` entry).
     """
 
-    epochs: int = 12
+    epochs: int = 4
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.01
