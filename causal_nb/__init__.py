@@ -66,6 +66,7 @@ from .data.sentences import (
                              load_sentence_labels,
                              load_sentence_pairs,
 )
+from .data.translation import TranslationDataError, load_translation_pairs
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .engine.patching import ablate, patch
 from .engine.seq2seq import Seq2SeqTask
@@ -140,6 +141,7 @@ __all__ = [
     "PromptSetError",
     "ScoredBatch",
     "SentenceDataError",
+    "TranslationDataError",
     "SentencePairTask",
     "Seq2SeqTask",
     "SweepConfig",
@@ -181,6 +183,7 @@ __all__ = [
     "load_prompts",
     "load_sentence_labels",
     "load_sentence_pairs",
+    "load_translation_pairs",
     "logit_diff",
     "logprob_mass",
     "model_card",

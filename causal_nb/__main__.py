@@ -1,4 +1,4 @@
-"""Command line: ``python -m causal_nb run|models|notebooks|sweep|compose|vit|duplicate``."""
+"""Command line: ``python -m causal_nb run|models|notebooks|sweep|compose|vit|t5|duplicate``."""
 
 from __future__ import annotations
 
@@ -41,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
 
     add_compose_parser(sub)
     add_vit_commands(sub)
+    add_t5_commands(sub)
     add_duplicate_parser(sub)
     a = p.parse_args(argv)
     if a.cmd == "duplicate":
         return duplicate_command(a)
     if a.cmd == "vit":
         return vit_command(a)
+    if a.cmd == "t5":
+        return t5_command(a)
     if a.cmd == "compose":
         from .core.executors import ExecutorError  # noqa: PLC0415
         from .models.families import UnsupportedModelError  # noqa: PLC0415
@@ -172,6 +175,39 @@ def vit_command(a) -> int:
     except (ValueError, TypeError, ImageDataError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def add_t5_commands(sub) -> None:
+    """The ``t5`` group: ``train`` the bundled English-to-German T5."""
+    v = sub.add_parser("t5", help="encoder-decoders: train the Tatoeba English-to-German T5")
+    vs = v.add_subparsers(dest="t5_cmd", required=True)
+    t = vs.add_parser("train", help="train t5-tatoeba-en-de (seeded, resumable, checkpoint per epoch)")
+    t.add_argument("--epochs", type=int, default=4, help="epochs (the cosine schedule spans all of them)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    t.add_argument("--out", default="runs/t5-tatoeba-en-de", help="run folder (tokenizer/, checkpoint.pt, model/)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
+    t.add_argument("--test-pairs", type=int, default=None, help="test pairs for the card's BLEU (default all)")
+    t.add_argument("--data-dir", default=None, help="folder of the tatoeba_en_de_*.jsonl.gz files (default: shipped)")
+    t.add_argument("--ship", action="store_true", help="copy the trained model into the package zoo")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def t5_command(a) -> int:
+    """Run a ``t5`` subcommand; a bad request prints its error and returns 1."""
+    from .zoo.train_t5 import T5TrainConfig, train_t5  # noqa: PLC0415
+
+    try:
+        cfg = T5TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, warmup=a.warmup)
+        card = train_t5(a.out, cfg, resume=a.resume, progress=not a.no_progress, ship=a.ship, test_pairs=a.test_pairs,
+                         data_dir=a.data_dir)
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"test BLEU {card['test_bleu']:.2f} -> {a.out}/model" + (" (shipped to the zoo)" if a.ship else ""))
+    return 0
 
 
 def add_duplicate_parser(sub) -> None:

@@ -39,6 +39,9 @@ def greedy_generations(model, task, max_new_tokens: int | None = None, batch_siz
     for i in range(0, len(batch.tokens), int(batch_size)):
         ids = hf.generate(input_ids=batch.tokens[i:i + batch_size], attention_mask=batch.mask[i:i + batch_size].long(),
                           max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
+                          # no KV cache: inside the bridge, T5's cached decoding drifts from the plain
+                          # model's after the first tokens (tests/integration/test_t5_bundled.py)
+                          use_cache=False,
                           # the bridge sets output_attentions on the config (for its hooks); the
                           # generation keeps none of them
                           return_dict_in_generate=True, output_attentions=False, output_hidden_states=False)

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..zoo import MODELS_DIR, SPECS, VIT_SPECS, bundled_models, model_card, pretrained
+from ..zoo import MODELS_DIR, SPECS, T5_SPECS, VIT_SPECS, bundled_models, model_card, pretrained
 from .bridge_fit import fit_mlp_width
 from .families import check_loadable
 from .hf import load_pruned_hf, quiet_loading
@@ -56,6 +56,10 @@ def list_models(cards: bool = False):
         c = model_card(n)
         if n in VIT_SPECS:  # an image classifier: its card has test accuracy, not token losses
             rows.append({"model": n, "architecture": c["architecture"], **c["shape"], "test_top1": c["test_top1"],
+                         "source": "bundled"})
+            continue
+        if n in T5_SPECS:  # a translation model: its card has test BLEU
+            rows.append({"model": n, "architecture": c["architecture"], **c["shape"], "test_bleu": c["test_bleu"],
                          "source": "bundled"})
             continue
         rows.append({"model": n, "architecture": c["architecture"], **c["shape"],
@@ -108,10 +112,12 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
             known name (with the suggestion).
     """
     name = str(name_or_path)
-    if name in SPECS or name in VIT_SPECS:
+    if name in SPECS or name in VIT_SPECS or name in T5_SPECS:
         folder = MODELS_DIR / name
         if not (folder / "config.json").exists():
-            how = "python -m causal_nb vit train --ship" if name in VIT_SPECS else f"python -m causal_nb.zoo.train --model {name}"
+            how = ("python -m causal_nb vit train --ship" if name in VIT_SPECS else
+                   "python -m causal_nb t5 train --ship" if name in T5_SPECS else
+                   f"python -m causal_nb.zoo.train --model {name}")
             raise ModelNotAvailableError(
                 f"bundled model {name!r} has not been trained in this installation; "
                 f"run `{how}` (bundled and present: {bundled_models()})"
@@ -127,10 +133,11 @@ def resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str]:
         if not (path / "config.json").exists():
             raise ModelNotAvailableError(f"{path} has no config.json: point at a folder written by `save_pretrained`")
         return "local", str(path)
-    close = difflib.get_close_matches(name, [*SPECS, *VIT_SPECS, *pretrained.PRETRAINED], n=1, cutoff=0.85)
+    known = [*SPECS, *VIT_SPECS, *T5_SPECS, *pretrained.PRETRAINED]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
     if close and "/" not in name:  # a typo of a known name, not a hub id ("org/model")
         raise ModelNotAvailableError(f"unknown model {name!r}: did you mean {close[0]!r}? "
-                                     f"(known offline: {', '.join([*SPECS, *VIT_SPECS, *pretrained.PRETRAINED])})")
+                                     f"(known offline: {', '.join(known)})")
     if _hub_cached(name):
         return "hub", name  # loaded offline, for this one load only (see _offline)
     if not _hub_reachable():

@@ -11,21 +11,23 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import causal_nb as cnb
-from causal_nb.zoo import MODELS_DIR, SPECS, VIT_SPECS, quality
+from causal_nb.zoo import MODELS_DIR, SPECS, T5_SPECS, VIT_SPECS, quality
 
 BUNDLED = list(SPECS)
 VISION = [n for n in VIT_SPECS if (MODELS_DIR / n / "config.json").exists()]  # tests/integration/test_vit_bundled.py
+SEQ2SEQ = [n for n in T5_SPECS if (MODELS_DIR / n / "config.json").exists()]  # tests/integration/test_t5_bundled.py
 
 
 def test_bundled_models_are_listed_default_first():
     from causal_nb.zoo.pretrained import available_pretrained
 
-    # bundled LMs (default first), bundled vision models, then pretrained
-    assert cnb.list_models() == BUNDLED + VISION + available_pretrained()
+    # bundled LMs (default first), bundled vision models, bundled encoder-decoders, then pretrained
+    assert cnb.list_models() == BUNDLED + VISION + SEQ2SEQ + available_pretrained()
     cards = cnb.list_models(cards=True)
-    bundled = cards[(cards.source == "bundled") & (cards.architecture != "vit")]
+    bundled = cards[(cards.source == "bundled") & ~cards.architecture.isin(["vit", "t5"])]
     assert list(bundled.model) == BUNDLED and (bundled.loss_python < bundled.unigram_python).all()
     assert list(cards[cards.architecture == "vit"].model) == VISION
+    assert list(cards[(cards.architecture == "t5") & (cards.source == "bundled")].model) == SEQ2SEQ
 
 
 def test_zoo_fits_the_size_budget():

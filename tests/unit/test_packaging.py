@@ -77,6 +77,9 @@ def test_wheel_holds_every_module_and_the_data(installed):
     for f in ("tatoeba_paraphrase_train.jsonl", "tatoeba_paraphrase_test.jsonl", "tatoeba_questions_train.jsonl",
               "tatoeba_questions_test.jsonl", "build_info.json", "PROVENANCE.md"):
         assert f"causal_nb/data/sentence_files/{f}" in names, f
+    for f in ("tatoeba_en_de_train.jsonl.gz", "tatoeba_en_de_val.jsonl.gz", "tatoeba_en_de_test.jsonl.gz",
+              "build_info.json", "PROVENANCE.md"):
+        assert f"causal_nb/data/translation_files/{f}" in names, f
     assert not any("/src/" in n or n.endswith(".py") and "series/" in n for n in names)
 
 

@@ -1,0 +1,84 @@
+"""The bundled English-to-German T5 (``t5-tatoeba-en-de``) on the shipped Tatoeba test pairs: it
+loads as the engine's T5 bridge with the card's shape, translates a test sentence, and the BLEU
+that ``cnb.evaluate(task=Seq2SeqTask)`` reports on a few test pairs equals sacrebleu's on the
+plain Hugging Face model's greedy ``generate`` output (the independent reference); the card's
+test BLEU is sacrebleu's on the greedy translations of the whole test split.
+
+The model ships in the package, so its absence is a failure.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+import torch
+from transformers import T5ForConditionalGeneration, T5Tokenizer
+
+import causal_nb as cnb
+from causal_nb.zoo import MODELS_DIR
+
+NAME = "t5-tatoeba-en-de"
+
+
+@pytest.fixture(scope="module")
+def t5():
+    if NAME not in cnb.list_models():
+        pytest.fail(f"{NAME} is missing from causal_nb/zoo/models (python -m causal_nb t5 train --ship)")
+    return cnb.load_model(NAME, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return (T5ForConditionalGeneration.from_pretrained(MODELS_DIR / NAME).eval(),
+            T5Tokenizer.from_pretrained(MODELS_DIR / NAME))
+
+
+def generate(plain, sources, max_new_tokens, batch_size=64):
+    hf, tok = plain
+    sources, hyps = list(sources), []
+    for i in range(0, len(sources), batch_size):
+        enc = tok(sources[i:i + batch_size], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        hyps += [s.strip() for s in tok.batch_decode(out, skip_special_tokens=True)]
+    return hyps
+
+
+def test_it_loads_as_the_t5_bridge_with_the_cards_shape(t5):
+    card = cnb.model_card(NAME)
+    assert cnb.models.families.family(t5) == "t5"
+    hf = t5.original_model
+    assert (hf.config.num_layers, hf.config.num_decoder_layers, hf.config.d_model, hf.config.num_heads) == (
+        card["shape"]["n_layers"], card["shape"]["n_decoder_layers"], card["shape"]["d_model"],
+        card["shape"]["n_heads"])
+    assert sum(p.numel() for p in hf.parameters()) == card["params"]
+    row = cnb.list_models(cards=True).set_index("model").loc[NAME]
+    assert row.test_bleu == card["test_bleu"] and row.architecture == "t5"
+
+
+def test_it_translates_a_test_sentence(plain):
+    df = cnb.load_translation_pairs("test", n=1)
+    (out,) = generate(plain, df.en, 64)
+    assert out and out != df.en[0]
+    tok = plain[1]
+    assert tok.unk_token_id not in tok(out).input_ids  # German words from its own vocabulary
+
+
+def test_evaluate_bleu_equals_sacrebleu_on_plain_generate(t5, plain):
+    df = cnb.load_translation_pairs("test", n=24)
+    task = cnb.Seq2SeqTask(list(df.en), list(df.de))
+    ev = cnb.evaluate(t5, task=task)
+    longest = max(len(plain[1](t).input_ids) for t in df.de)
+    hyps = generate(plain, df.en, max(16, 2 * longest), batch_size=32)  # greedy_generations' defaults
+    assert ev["generations"] == hyps
+    assert ev["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [list(df.de)]).score, abs=1e-9)
+
+
+def test_card_bleu_is_sacrebleu_on_the_whole_test_split(plain):
+    card = cnb.model_card(NAME)
+    df = cnb.load_translation_pairs("test")
+    assert card["data"]["test"] == len(df)
+    hyps = generate(plain, df.en, 64)
+    assert round(sacrebleu.corpus_bleu(hyps, [list(df.de)]).score, 2) == pytest.approx(card["test_bleu"], abs=0.05)
+    assert round(sacrebleu.corpus_chrf(hyps, [list(df.de)]).score, 2) == pytest.approx(card["test_chrf"], abs=0.05)
+    assert [e["model"] for e in card["examples"]] == hyps[:len(card["examples"])]
