@@ -139,7 +139,11 @@ def add_vit_commands(sub) -> None:
     o.add_argument("--n-images", type=int, default=512, help="validation images the scores are computed on")
     o.add_argument("--out", default="runs/vit-optimized", help="folder of the pruned models")
     o.add_argument("--data-dir", default=None, help="folder of the idx files")
-    o.add_argument("--seed", type=int, default=0, help="the random score's seed")
+    o.add_argument("--seed", type=int, default=0, help="the random score's (and the fine-tuning's) seed")
+    o.add_argument("--val-size", type=int, default=5000,
+                   help="training images held out as validation (the baseline's split: 5000 for the bundled model)")
+    add_finetune_args(o)
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
     e = vs.add_parser("evaluate", help="evaluate ViT models: accuracy, confidence, speed, Pareto front, figure")
     g = e.add_mutually_exclusive_group(required=True)
     g.add_argument("--auto-find", metavar="DIR", help="evaluate every model folder under DIR")
@@ -150,6 +154,15 @@ def add_vit_commands(sub) -> None:
     e.add_argument("--n-images", type=int, default=None, help="test images to use (default all 10,000)")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--no-png", action="store_true", help="write the figure as HTML only")
+
+
+def add_finetune_args(p) -> None:
+    """The recovery fine-tuning options of ``vit optimize`` and ``vit run``."""
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="recovery fine-tuning of each pruned model on the training split (0: none)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per epoch (default: all)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak learning rate (default 5e-4)")
+    p.add_argument("--finetune-batch-size", type=int, default=None, help="fine-tuning batch size (default 128)")
 
 
 def vit_command(a) -> int:

@@ -32,8 +32,8 @@ import torch
 from ..data.images import ImageSet, load_fashion_mnist
 from . import MODELS_DIR, VIT_SPECS
 
-__all__ = ["FinetuneConfig", "TrainConfig", "TrainVitError", "build_vit", "finetune_vit", "render_vit_card",
-           "train_epoch", "train_vit", "vit_accuracy"]
+__all__ = ["FinetuneConfig", "TrainConfig", "TrainVitError", "build_vit", "check_finetune", "finetune_vit",
+           "render_vit_card", "train_epoch", "train_vit", "vit_accuracy"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -242,7 +242,8 @@ class FinetuneConfig:
     augment: bool = True
 
 
-def _check_finetune(cfg: FinetuneConfig) -> None:
+def check_finetune(cfg: FinetuneConfig) -> None:
+    """Refuse fine-tuning settings that cannot run (``TrainVitError`` naming the fix)."""
     for name, least in (("epochs", 1), ("batch_size", 1), ("warmup", 0)):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < least:
@@ -277,7 +278,7 @@ def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: Finet
         TrainVitError: bad settings (the message names the fix).
     """
     cfg = cfg or FinetuneConfig()
-    _check_finetune(cfg)
+    check_finetune(cfg)
     if len(train) == 0:
         raise TrainVitError("fine-tuning got no training images: pass the training split (load_fashion_mnist('train'))")
     steps = math.ceil(len(train) / cfg.batch_size)
