@@ -89,6 +89,7 @@ from .evaluation.vit_eval import (
     write_vit_evaluation,
 )
 from .evaluation.vit_pipeline import optimize_vit, optimized_name
+from .zoo.train_vit import FinetuneConfig, finetune_vit
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
@@ -121,6 +122,7 @@ __all__ = [
     "save_scheme",
     "FASHION_MNIST_CLASSES",
     "DuplicationError",
+    "FinetuneConfig",
     "FullModelRun",
     "HarnessTaskError",
     "IOIPrompts",
@@ -154,6 +156,7 @@ __all__ = [
     "encoder_sweep",
     "evaluate",
     "evaluate_vit_models",
+    "finetune_vit",
     "full_model_run",
     "head_roles",
     "induction",
