@@ -80,33 +80,33 @@ from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
 from .evaluation.vit_eval import (
-    VitEvaluation,
-    evaluate_vit_models,
-    pareto_front,
-    plot_vit_evaluation,
-    recommend_model,
-    vit_report,
-    write_vit_evaluation,
+                             VitEvaluation,
+                             evaluate_vit_models,
+                             pareto_front,
+                             plot_vit_evaluation,
+                             recommend_model,
+                             vit_report,
+                             write_vit_evaluation,
 )
 from .evaluation.vit_pipeline import optimize_vit, optimized_name
-from .zoo.train_vit import FinetuneConfig, finetune_vit
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
 from .notebook.report import save_findings
 from .pruning.compose_scheme import (
-    ComposeError,
-    load_configurations,
-    load_scheme,
-    make_scheme,
-    save_configurations,
-    save_scheme,
+                             ComposeError,
+                             load_configurations,
+                             load_scheme,
+                             make_scheme,
+                             save_configurations,
+                             save_scheme,
 )
 from .pruning.compose_stages import build as compose_build
 from .pruning.compose_stages import configure as compose_config
 from .pruning.compose_stages import finetune_configuration, finetune_variants, prune_variants
 from .pruning.duplication import DuplicationError
 from .pruning.structure import prune, prune_units, save_pruned
+from .zoo.train_vit import FinetuneConfig, finetune_vit
 
 __all__ = [
     "ComposeError",
