@@ -58,13 +58,13 @@ from .core.version import __version__ as __version__  # re-exported: the one pla
 from .data.images import FASHION_MNIST_CLASSES, ImageDataError, ImageSet, load_fashion_mnist
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .data.sentences import (
-                             SentenceDataError,
-                             balanced_pairs,
-                             load_jcola,
-                             load_jsts,
-                             load_marc_ja,
-                             load_sentence_labels,
-                             load_sentence_pairs,
+    SentenceDataError,
+    balanced_pairs,
+    load_jcola,
+    load_jsts,
+    load_marc_ja,
+    load_sentence_labels,
+    load_sentence_pairs,
 )
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .engine.patching import ablate, patch
@@ -80,13 +80,13 @@ from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
 from .evaluation.vit_eval import (
-                             VitEvaluation,
-                             evaluate_vit_models,
-                             pareto_front,
-                             plot_vit_evaluation,
-                             recommend_model,
-                             vit_report,
-                             write_vit_evaluation,
+    VitEvaluation,
+    evaluate_vit_models,
+    pareto_front,
+    plot_vit_evaluation,
+    recommend_model,
+    vit_report,
+    write_vit_evaluation,
 )
 from .evaluation.vit_pipeline import optimize_vit, optimized_name
 from .models.embeddings import sentence_embeddings
@@ -94,12 +94,12 @@ from .models.loading import ModelNotAvailableError, list_models, load_model, mod
 from .notebook import plotting, views, widgets
 from .notebook.report import save_findings
 from .pruning.compose_scheme import (
-                             ComposeError,
-                             load_configurations,
-                             load_scheme,
-                             make_scheme,
-                             save_configurations,
-                             save_scheme,
+    ComposeError,
+    load_configurations,
+    load_scheme,
+    make_scheme,
+    save_configurations,
+    save_scheme,
 )
 from .pruning.compose_stages import build as compose_build
 from .pruning.compose_stages import configure as compose_config
