@@ -58,13 +58,13 @@ from .core.version import __version__ as __version__  # re-exported: the one pla
 from .data.images import FASHION_MNIST_CLASSES, ImageDataError, ImageSet, load_fashion_mnist
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .data.sentences import (
-    SentenceDataError,
-    balanced_pairs,
-    load_jcola,
-    load_jsts,
-    load_marc_ja,
-    load_sentence_labels,
-    load_sentence_pairs,
+                             SentenceDataError,
+                             balanced_pairs,
+                             load_jcola,
+                             load_jsts,
+                             load_marc_ja,
+                             load_sentence_labels,
+                             load_sentence_pairs,
 )
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
 from .engine.patching import ablate, patch
