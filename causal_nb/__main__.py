@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_vit_commands(sub) -> None:
-    """The ``vit`` group: ``train`` the bundled ViT, ``optimize`` it by pruning, ``evaluate`` models."""
+    """The ``vit`` group: ``train`` the bundled ViT, ``optimize`` it by pruning, ``evaluate`` models, ``run`` all three."""
     v = sub.add_parser("vit", help="vision transformers: train the Fashion-MNIST ViT, prune it, evaluate models")
     vs = v.add_subparsers(dest="vit_cmd", required=True)
     t = vs.add_parser("train", help="train vit-fashion-mnist (seeded, resumable, checkpoint per epoch)")
@@ -142,6 +142,8 @@ def add_vit_commands(sub) -> None:
     o.add_argument("--seed", type=int, default=0, help="the random score's (and the fine-tuning's) seed")
     o.add_argument("--val-size", type=int, default=5000,
                    help="training images held out as validation (the baseline's split: 5000 for the bundled model)")
+    from .evaluation.vit_run import add_finetune_args, add_run_parser  # noqa: PLC0415
+
     add_finetune_args(o)
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     e = vs.add_parser("evaluate", help="evaluate ViT models: accuracy, confidence, speed, Pareto front, figure")
@@ -154,15 +156,7 @@ def add_vit_commands(sub) -> None:
     e.add_argument("--n-images", type=int, default=None, help="test images to use (default all 10,000)")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--no-png", action="store_true", help="write the figure as HTML only")
-
-
-def add_finetune_args(p) -> None:
-    """The recovery fine-tuning options of ``vit optimize`` and ``vit run``."""
-    p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="recovery fine-tuning of each pruned model on the training split (0: none)")
-    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per epoch (default: all)")
-    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak learning rate (default 5e-4)")
-    p.add_argument("--finetune-batch-size", type=int, default=None, help="fine-tuning batch size (default 128)")
+    add_run_parser(vs)
 
 
 def vit_command(a) -> int:
@@ -180,8 +174,9 @@ def vit_command(a) -> int:
             print(f"test top-1 {card['test_top1']:.4f} -> {a.out}/model" + (" (shipped to the zoo)" if a.ship else ""))
             return 0
         from .evaluation.vit_pipeline import evaluate_command, optimize_command  # noqa: PLC0415
+        from .evaluation.vit_run import run_command  # noqa: PLC0415
 
-        return optimize_command(a) if a.vit_cmd == "optimize" else evaluate_command(a)
+        return {"optimize": optimize_command, "evaluate": evaluate_command, "run": run_command}[a.vit_cmd](a)
     except (ValueError, TypeError, ImageDataError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
