@@ -89,6 +89,7 @@ from .evaluation.vit_eval import (
     write_vit_evaluation,
 )
 from .evaluation.vit_pipeline import optimize_vit, optimized_name
+from .evaluation.vit_run import run_vit_pipeline
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
@@ -201,6 +202,7 @@ __all__ = [
     "shipped_tasks",
     "repeated_tokens",
     "reverse_intervention",
+    "run_vit_pipeline",
     "save_findings",
     "save_json",
     "save_pruned",
