@@ -169,6 +169,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--finetune-steps", type=int, default=150, help="steps per fine-tuning epoch (0: the whole split)")
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
     ap.add_argument("--repeats", type=int, default=7, help="timing rounds")
+    ap.add_argument("--timing-s", type=float, default=0.3, help="seconds of forwards per model in each round")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--no-progress", action="store_true")
@@ -210,7 +211,7 @@ def main(argv=None) -> dict:
     tuned = copy.deepcopy(dense)
     cnb.finetune_vit(tuned, train, None, ft, progress=False)
     dense_row["top1_after"] = top1(tuned, test)
-    ips = throughputs({"dense": dense, **{k: v for k, v in pruned.items()}}, repeats=a.repeats)
+    ips = throughputs({"dense": dense, **{k: v for k, v in pruned.items()}}, repeats=a.repeats, budget_s=a.timing_s)
     dense_row.update(ips_1=ips["dense"][1], ips_64=ips["dense"][64])
     for r in rows:
         r.update(ips_1=ips[(r["budget"], r["method"])][1], ips_64=ips[(r["budget"], r["method"])][64])
