@@ -54,7 +54,7 @@ def test_tp_pruned_vit_equals_the_dense_one_with_the_units_zeroed(folder, import
                                      torch.arange(6))
     pruned = bench.tp_prune(dense, 0.5, importance, train, taylor_batches=1, batch_size=6)
     handles = []
-    for i, (d, p) in enumerate(zip(dense.vit.layers, pruned.vit.layers)):
+    for d, p in zip(dense.vit.layers, pruned.vit.layers):
         assert p.attention.o_proj.out_features == D and p.mlp.fc2.out_features == D  # the residual stays whole
         q = kept_rows(d.attention.q_proj.weight, p.attention.q_proj.weight)
         heads = sorted({r // DH for r in q})
