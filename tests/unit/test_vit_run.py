@@ -4,7 +4,8 @@
   names, ``evaluation/evaluation_metrics.json``, ``run.json``), the baseline's test top-1 equal to
   the plain Hugging Face model's, the heads ACDC removed equal to a direct ``cnb.acdc`` walk's;
 - ``--mode train`` (one step) then ``--mode optimize`` and ``--mode evaluate`` chained through the folder;
-- stages whose input is missing, and bad fractions, are named before anything runs.
+- stages whose input is missing, and bad fractions, are named before anything runs;
+- ``optimize_vit(method="acdc", acdc_walks=...)`` prunes by the caller's walks without walking again.
 """
 
 from __future__ import annotations
@@ -91,3 +92,25 @@ def test_missing_stages_and_bad_fractions_are_named(data_dir, tmp_path, capsys):
     assert main(["vit", "run", "--skip-training", "--finetune-epochs", "-1", *common(data_dir, out)]) == 1
     assert "--finetune-epochs -1 is negative" in capsys.readouterr().err
     assert not (out / "optimized").exists()
+
+
+def test_precomputed_acdc_walks_are_used_instead_of_walking_again(vit_folder, data_dir, tmp_path, monkeypatch):
+    from causal_nb.analyses import acdc as acdc_module
+
+    val = cnb.load_fashion_mnist("val", data_dir, val_size=16)
+    model = cnb.load_model(vit_folder, device="cpu")
+    task = cnb.ImageClassificationTask(val.images, val.labels)
+    walk = cnb.acdc(model, task=task, thresholds=[0.02, 0.05], unit="head", kind="zero", progress=False)
+
+    def no_walk(*a, **k):
+        raise AssertionError("optimize_vit walked again")
+
+    monkeypatch.setattr(acdc_module, "acdc", no_walk)
+    saved = cnb.optimize_vit(model, task, method="acdc", thresholds=[0.02, 0.05], units=("head",),
+                             acdc_walks={"head": walk}, out=tmp_path / "opt", base="tiny")
+    for i, folder in enumerate(saved.values()):
+        assert removed_heads(folder) == {(la, h) for la, hs in walk.attrs["selections"][i].items() for h in hs}
+    with pytest.raises(ValueError, match=r"walked at thresholds \[0.02, 0.05\].*walk at the same thresholds"):
+        cnb.optimize_vit(model, task, method="acdc", thresholds=[0.05], units=("head",), acdc_walks={"head": walk})
+    with pytest.raises(ValueError, match="acdc_walks has no 'neuron' walk"):
+        cnb.optimize_vit(model, task, method="acdc", thresholds=[0.02, 0.05], acdc_walks={"head": walk})
