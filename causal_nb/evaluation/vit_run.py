@@ -156,7 +156,7 @@ def add_finetune_args(p) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0,
                    help="recovery fine-tuning of each pruned model on the training split (0: none)")
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning steps per epoch (default: all)")
-    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak learning rate (default 5e-4)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak learning rate (default 2e-4)")
     p.add_argument("--finetune-batch-size", type=int, default=None, help="fine-tuning batch size (default 128)")
 
 

@@ -235,7 +235,7 @@ class FinetuneConfig:
     epochs: int = 1
     steps: int | None = None
     batch_size: int = 128
-    lr: float = 5e-4
+    lr: float = 2e-4
     weight_decay: float = 0.05
     warmup: int = 50
     seed: int = 0
