@@ -12,7 +12,10 @@ saves ``<base>_threshold_<t>``: the union of the two walks' removals (each walk 
 unpruned model), physically pruned.
 
 Every folder written reloads with ``cnb.load_model(folder)`` and is what ``vit evaluate
---auto-find`` picks up.
+--auto-find`` picks up. With ``finetune_epochs`` (``--finetune-epochs``) each pruned model is
+first fine-tuned on the training split by ``zoo.train_vit.finetune_vit`` (the bundled model's
+own training loop) and its folder gets ``finetune.json`` (validation top-1 before and after).
+``vit run`` (``evaluation.vit_run``) chains training, this step and the evaluation.
 """
 
 from __future__ import annotations
