@@ -90,6 +90,7 @@ from .evaluation.vit_eval import (
     write_vit_evaluation,
 )
 from .evaluation.vit_pipeline import optimize_vit, optimized_name
+from .evaluation.vit_run import run_vit_pipeline
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
@@ -109,6 +110,7 @@ from .pruning.compose_stages import configure as compose_config
 from .pruning.compose_stages import finetune_configuration, finetune_variants, prune_variants
 from .pruning.duplication import DuplicationError
 from .pruning.structure import prune, prune_units, save_pruned
+from .zoo.train_vit import FinetuneConfig, finetune_vit
 
 __all__ = [
     "ComposeError",
@@ -126,6 +128,7 @@ __all__ = [
     "save_scheme",
     "FASHION_MNIST_CLASSES",
     "DuplicationError",
+    "FinetuneConfig",
     "FullModelRun",
     "HarnessTaskError",
     "IOIPrompts",
@@ -160,6 +163,7 @@ __all__ = [
     "encoder_sweep",
     "evaluate",
     "evaluate_vit_models",
+    "finetune_vit",
     "full_model_run",
     "head_roles",
     "induction",
@@ -205,6 +209,7 @@ __all__ = [
     "shipped_tasks",
     "repeated_tokens",
     "reverse_intervention",
+    "run_vit_pipeline",
     "save_findings",
     "save_json",
     "save_pruned",

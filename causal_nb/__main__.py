@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_vit_commands(sub) -> None:
-    """The ``vit`` group: ``train`` the bundled ViT, ``optimize`` it by pruning, ``evaluate`` models."""
+    """The ``vit`` group: ``train`` the bundled ViT, ``optimize`` it by pruning, ``evaluate`` models, ``run`` all three."""
     v = sub.add_parser("vit", help="vision transformers: train the Fashion-MNIST ViT, prune it, evaluate models")
     vs = v.add_subparsers(dest="vit_cmd", required=True)
     t = vs.add_parser("train", help="train vit-fashion-mnist (seeded, resumable, checkpoint per epoch)")
@@ -142,7 +142,13 @@ def add_vit_commands(sub) -> None:
     o.add_argument("--n-images", type=int, default=512, help="validation images the scores are computed on")
     o.add_argument("--out", default="runs/vit-optimized", help="folder of the pruned models")
     o.add_argument("--data-dir", default=None, help="folder of the idx files")
-    o.add_argument("--seed", type=int, default=0, help="the random score's seed")
+    o.add_argument("--seed", type=int, default=0, help="the random score's (and the fine-tuning's) seed")
+    o.add_argument("--val-size", type=int, default=5000,
+                   help="training images held out as validation (the baseline's split: 5000 for the bundled model)")
+    from .evaluation.vit_run import add_finetune_args, add_run_parser  # noqa: PLC0415
+
+    add_finetune_args(o)
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
     e = vs.add_parser("evaluate", help="evaluate ViT models: accuracy, confidence, speed, Pareto front, figure")
     g = e.add_mutually_exclusive_group(required=True)
     g.add_argument("--auto-find", metavar="DIR", help="evaluate every model folder under DIR")
@@ -153,6 +159,7 @@ def add_vit_commands(sub) -> None:
     e.add_argument("--n-images", type=int, default=None, help="test images to use (default all 10,000)")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--no-png", action="store_true", help="write the figure as HTML only")
+    add_run_parser(vs)
 
 
 def vit_command(a) -> int:
@@ -170,8 +177,9 @@ def vit_command(a) -> int:
             print(f"test top-1 {card['test_top1']:.4f} -> {a.out}/model" + (" (shipped to the zoo)" if a.ship else ""))
             return 0
         from .evaluation.vit_pipeline import evaluate_command, optimize_command  # noqa: PLC0415
+        from .evaluation.vit_run import run_command  # noqa: PLC0415
 
-        return optimize_command(a) if a.vit_cmd == "optimize" else evaluate_command(a)
+        return {"optimize": optimize_command, "evaluate": evaluate_command, "run": run_command}[a.vit_cmd](a)
     except (ValueError, TypeError, ImageDataError, NotImplementedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,10 @@ saves ``<base>_threshold_<t>``: the union of the two walks' removals (each walk 
 unpruned model), physically pruned.
 
 Every folder written reloads with ``cnb.load_model(folder)`` and is what ``vit evaluate
---auto-find`` picks up.
+--auto-find`` picks up. With ``finetune_epochs`` (``--finetune-epochs``) each pruned model is
+first fine-tuned on the training split by ``zoo.train_vit.finetune_vit`` (the bundled model's
+own training loop) and its folder gets ``finetune.json`` (validation top-1 before and after).
+``vit run`` (``evaluation.vit_run``) chains training, this step and the evaluation.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import math
 import re
 import sys
 from pathlib import Path
+
+import torch
 
 __all__ = ["OPTIMIZE_SCORES", "check_fraction", "find_model_folders", "optimize_vit", "optimized_name",
            "parse_optimized_name"]
@@ -84,7 +89,8 @@ def find_model_folders(root) -> list[Path]:
 
 def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE_SCORES), units=("head", "neuron"),
                  use_task_loss: bool = False, out=None, base: str | None = None, method: str = "eap", thresholds=None,
-                 seed: int = 0, progress: bool = False) -> dict:
+                 seed: int = 0, progress: bool = False, finetune_epochs: int = 0, finetune_steps: int | None = None,
+                 train_data=None, val_data=None, finetune_config=None, acdc_walks: dict | None = None) -> dict:
     """Prune a ViT at each keep ratio by each score, physically, and save each copy.
 
     Args:
@@ -104,21 +110,35 @@ def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE
         method: ``"eap"`` (the scores above) or ``"acdc"`` (``thresholds``; ``keep_ratios`` and
             ``scores`` are then not used).
         thresholds: ACDC's KL thresholds, each in (0, 1] (default 0.01, 0.05, 0.1).
-        seed: the random score's seed.
+        seed: the random score's seed (and the fine-tuning's, unless ``finetune_config`` sets one).
+        finetune_epochs: recovery fine-tuning of each pruned model (``zoo.train_vit.finetune_vit``,
+            the bundled model's training loop) for this many epochs on ``train_data``; 0: none.
+            The validation top-1 before and after is saved as ``finetune.json`` in the model's
+            folder (in memory: the bridge's ``causal_nb_finetune`` attribute).
+        finetune_steps: optimizer steps per fine-tuning epoch (None: the whole training split).
+        train_data: the training split (an ``ImageSet``; never the validation or test split).
+        val_data: the images the before/after top-1 is read on (default the task's images).
+        finetune_config: the other fine-tuning settings (``FinetuneConfig``: lr, batch size,
+            warm-up...); its epochs and steps are replaced by ``finetune_epochs``/``finetune_steps``.
+        acdc_walks: ``method="acdc"``: precomputed ``cnb.acdc(model, task=..., thresholds=...,
+            unit=u, kind="zero")`` tables by unit kind, so a caller that already walked need not
+            walk again (their thresholds must be ``thresholds``).
 
     Returns:
         name -> the saved folder (``out`` given) or the pruned bridge.
 
     Raises:
-        ValueError: a ratio or threshold outside (0, 1], an unknown score or unit.
+        ValueError: a ratio or threshold outside (0, 1], an unknown score or unit, negative
+            fine-tuning epochs, fine-tuning without training images, walks of other thresholds.
     """
     from ..analyses.scoring import score  # noqa: PLC0415
-    from ..pruning.structure import prune, save_pruned  # noqa: PLC0415
+    from ..pruning.structure import prune  # noqa: PLC0415
 
     if method not in ("eap", "acdc"):
         raise ValueError(f"unknown method {method!r}; use 'eap' (keep ratios by score) or 'acdc' (thresholds)")
+    ft = _finetune_plan(task, finetune_epochs, finetune_steps, train_data, val_data, finetune_config, seed, progress)
     if method == "acdc":
-        return _optimize_acdc(model, task, thresholds, units, out, base, progress)
+        return _optimize_acdc(model, task, thresholds, units, out, base, progress, ft, acdc_walks)
     ratios = [check_fraction(r, "keep ratio") for r in keep_ratios]
     bad = [s for s in scores if s not in OPTIMIZE_SCORES]
     if bad:
@@ -138,8 +158,59 @@ def optimize_vit(model, task, keep_ratios=(0.9, 0.8, 0.7), scores=tuple(OPTIMIZE
             name = optimized_name(base, keep=r, score=s)
             if progress:
                 print(f"{name}: {sum(p.numel() for p in pruned.parameters()):,} parameters", file=sys.stderr)
-            results[name] = save_pruned(pruned, Path(out) / name) if out is not None else pruned
+            results[name] = _finish(pruned, name, out, ft)
     return results
+
+
+def _finetune_plan(task, epochs, steps, train_data, val_data, config, seed, progress) -> dict | None:
+    """The checked fine-tuning request (None: no fine-tuning)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from ..data.images import ImageSet  # noqa: PLC0415
+    from ..zoo.train_vit import FinetuneConfig  # noqa: PLC0415
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"finetune_epochs={epochs!r} must be a whole number of epochs, 0 (no fine-tuning) or more")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"finetune_steps={steps!r} must be a positive number of steps per epoch, or None")
+    if epochs == 0:
+        return None
+    if not isinstance(train_data, ImageSet):
+        raise ValueError("fine-tuning needs the training split: pass train_data=cnb.load_fashion_mnist('train') "
+                         "(never the validation or test split)")
+    if train_data.split in ("val", "test"):
+        raise ValueError(f"train_data is the {train_data.split!r} split: fine-tune on the training split "
+                         "(cnb.load_fashion_mnist('train')), keep validation and test for measuring")
+    if val_data is None:
+        val_data = ImageSet(task.images, task.labels, train_data.classes, "val", train_data.source,
+                            torch.arange(len(task.labels)))
+    cfg = replace(config or FinetuneConfig(seed=seed), epochs=epochs, steps=steps)
+    return {"train": train_data, "val": val_data, "cfg": cfg, "progress": progress}
+
+
+def _finish(pruned, name: str, out, ft: dict | None):
+    """Fine-tune a pruned bridge (when asked) and save it (``out`` given) or return it."""
+    import json  # noqa: PLC0415
+
+    from ..models.hf import plain_hf  # noqa: PLC0415
+    from ..pruning.structure import save_pruned  # noqa: PLC0415
+    from ..zoo.train_vit import finetune_vit  # noqa: PLC0415
+
+    record = None
+    if ft is not None:
+        hf = plain_hf(pruned)  # a copy: the loop trains it, then its weights go back into the bridge
+        record = {"model": name, **finetune_vit(hf, ft["train"], ft["val"], ft["cfg"], progress=ft["progress"])}
+        plain_hf(pruned, share=True).load_state_dict(hf.state_dict())  # in place, into the bridge's own tensors
+        pruned.causal_nb_finetune = record
+        if ft["progress"]:
+            print(f"{name}: val top-1 {record['val_top1_before']:.4f} -> {record['val_top1_after']:.4f} after "
+                  f"fine-tuning", file=sys.stderr)
+    if out is None:
+        return pruned
+    folder = save_pruned(pruned, Path(out) / name)
+    if record is not None:
+        (folder / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
+    return folder
 
 
 def _checked_units(units) -> tuple[str, ...]:
@@ -154,14 +225,24 @@ def _base_name(model, base: str | None) -> str:
     return base or Path(str(getattr(model, "causal_nb_source", {}).get("name", "vit"))).name
 
 
-def _optimize_acdc(model, task, thresholds, units, out, base, progress) -> dict:
+def _optimize_acdc(model, task, thresholds, units, out, base, progress, ft, walks) -> dict:
     from ..analyses.acdc import acdc  # noqa: PLC0415
-    from ..pruning.structure import prune_units, save_pruned  # noqa: PLC0415
+    from ..pruning.structure import prune_units  # noqa: PLC0415
 
     taus = [check_fraction(t, "threshold") for t in (thresholds or (0.01, 0.05, 0.1))]
     units = _checked_units(units)
     base = _base_name(model, base)
-    walks = {u: acdc(model, task=task, thresholds=taus, unit=u, kind="zero", progress=progress) for u in units}
+    if walks is not None:
+        for u in units:
+            if u not in walks:
+                raise ValueError(f"acdc_walks has no {u!r} walk: pass cnb.acdc(..., unit={u!r}) too, or leave "
+                                 "acdc_walks out to walk here")
+            if [float(t) for t in walks[u]["tau"]] != taus or walks[u].attrs.get("kind") != "zero":
+                raise ValueError(f"acdc_walks[{u!r}] was walked at thresholds {list(walks[u]['tau'])} (kind "
+                                 f"{walks[u].attrs.get('kind')!r}), not {taus} (kind 'zero'): walk at the same "
+                                 "thresholds, or leave acdc_walks out")
+    else:
+        walks = {u: acdc(model, task=task, thresholds=taus, unit=u, kind="zero", progress=progress) for u in units}
     results = {}
     for i, t in enumerate(taus):
         sel = {u: walks[u].attrs["selections"][i] for u in units}
@@ -171,7 +252,7 @@ def _optimize_acdc(model, task, thresholds, units, out, base, progress) -> dict:
             removed = ", ".join(f"{int(walks[u]['removed'][i])} {u}s" for u in units)
             print(f"{name}: {removed} removed, {sum(p.numel() for p in pruned.parameters()):,} parameters",
                   file=sys.stderr)
-        results[name] = save_pruned(pruned, Path(out) / name) if out is not None else pruned
+        results[name] = _finish(pruned, name, out, ft)
     return results
 
 
@@ -185,13 +266,33 @@ def optimize_command(a) -> int:
         check_fraction(t, "threshold")
     for r in a.keep_ratios:
         check_fraction(r, "keep ratio")
+    ft = finetune_args(a)
     model = load_model(a.model, device="cpu")
-    val = load_fashion_mnist("val", a.data_dir).head(a.n_images)
-    task = ImageClassificationTask(val.images, val.labels)
+    val = load_fashion_mnist("val", a.data_dir, val_size=a.val_size)
+    task = ImageClassificationTask(val.images[:a.n_images], val.labels[:a.n_images])
     saved = optimize_vit(model, task, a.keep_ratios, a.scores, units=a.units, use_task_loss=a.use_task_loss,
-                         out=a.out, method=a.method, thresholds=a.thresholds, seed=a.seed, progress=True)
+                         out=a.out, method=a.method, thresholds=a.thresholds, seed=a.seed, progress=not a.no_progress,
+                         **ft, val_data=val if ft else None)
     print(f"{len(saved)} pruned models -> {a.out}")
     return 0
+
+
+def finetune_args(a) -> dict:
+    """``optimize_vit``'s fine-tuning keywords from the ``--finetune-*`` options (checked first;
+    the training split loaded only when fine-tuning is asked for)."""
+    from ..data.images import load_fashion_mnist  # noqa: PLC0415
+    from ..zoo.train_vit import FinetuneConfig, check_finetune  # noqa: PLC0415
+
+    if a.finetune_epochs < 0:
+        raise ValueError(f"--finetune-epochs {a.finetune_epochs} is negative: give 0 (no fine-tuning) or more")
+    if a.finetune_epochs == 0:
+        return {}
+    given = {"lr": a.finetune_lr, "batch_size": a.finetune_batch_size}
+    cfg = FinetuneConfig(epochs=a.finetune_epochs, steps=a.finetune_steps, seed=a.seed,
+                         **{k: v for k, v in given.items() if v is not None})
+    check_finetune(cfg)
+    return {"finetune_epochs": a.finetune_epochs, "finetune_steps": a.finetune_steps, "finetune_config": cfg,
+            "train_data": load_fashion_mnist("train", a.data_dir, val_size=a.val_size)}
 
 
 def evaluate_command(a) -> int:

@@ -32,7 +32,8 @@ import torch
 from ..data.images import ImageSet, load_fashion_mnist
 from . import MODELS_DIR, VIT_SPECS
 
-__all__ = ["TrainConfig", "TrainVitError", "build_vit", "render_vit_card", "train_vit"]
+__all__ = ["FinetuneConfig", "TrainConfig", "TrainVitError", "build_vit", "check_finetune", "finetune_vit",
+           "render_vit_card", "train_epoch", "train_vit", "vit_accuracy"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -101,7 +102,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def _schedule(cfg: TrainConfig, steps_per_epoch: int):
+def _schedule(cfg, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -112,7 +113,7 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int):
 
 
 @torch.no_grad()
-def _accuracy(model, data: ImageSet, batch_size: int = 500) -> tuple[float, float]:
+def vit_accuracy(model, data: ImageSet, batch_size: int = 500) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) on a split."""
     model.eval()
     correct, loss = 0, 0.0
@@ -169,8 +170,6 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
             from the checkpoint's.
         ImageDataError: the data is missing or malformed (the message names both routes to it).
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     cfg = cfg or TrainConfig()
     _check_config(cfg)
     out = Path(out)
@@ -203,41 +202,156 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
     threads = torch.get_num_threads()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(train), generator=g)
-        model.train()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        total, n = 0.0, 0
-        for step in bar:
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = train.images[idx], train.labels[idx]
-            if cfg.augment:
-                x = _augment(x, g)
-            loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, n = total + loss.item() * len(y), n + len(y)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        val_acc, val_loss = _accuracy(model, val)
+        mean_loss = train_epoch(model, opt, sched, train, epoch, batch_size=cfg.batch_size, seed=cfg.seed,
+                                augment=cfg.augment, steps=steps_per_epoch, progress=progress,
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        val_acc, val_loss = vit_accuracy(model, val)
         seconds += time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "train_loss": round(total / max(n, 1), 5), "val_top1": round(val_acc, 5),
+        history.append({"epoch": epoch + 1, "train_loss": round(mean_loss, 5), "val_top1": round(val_acc, 5),
                         "val_loss": round(val_loss, 5), "seconds": round(seconds, 1)})
         if progress:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {total / max(n, 1):.4f}, val top-1 {val_acc:.4f}, "
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {mean_loss:.4f}, val top-1 {val_acc:.4f}, "
                   f"{seconds / 60:.1f} min", flush=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "history": history, "epoch": epoch + 1, "seconds": seconds, "config": asdict(cfg)}, ckpt_path)
     return _write_model(model, cfg, out / "model", history, seconds, threads, data_dir, ship, len(train))
 
 
+@dataclass
+class FinetuneConfig:
+    """Recovery fine-tuning of a (pruned) ViT: the training loop of ``train_vit`` on a short schedule.
+
+    Attributes:
+        epochs: passes over the training split (the cosine schedule spans them all).
+        steps: optimizer steps per epoch (None: the whole split; a few for tests and quick runs).
+        batch_size: images per step.
+        lr: AdamW's peak learning rate (lower than training's: the weights are already good).
+        weight_decay: AdamW's decoupled weight decay.
+        warmup: linear warm-up steps.
+        seed: the data order's and the augmentation's seed.
+        augment: random shifts and flips, as in training.
+    """
+
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    warmup: int = 50
+    seed: int = 0
+    augment: bool = True
+
+
+def check_finetune(cfg: FinetuneConfig) -> None:
+    """Refuse fine-tuning settings that cannot run (``TrainVitError`` naming the fix)."""
+    for name, least in (("epochs", 1), ("batch_size", 1), ("warmup", 0)):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            raise TrainVitError(f"fine-tuning {name}={v!r} must be an integer of at least {least} "
+                                f"(e.g. --finetune-epochs 1)")
+    if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
+        raise TrainVitError(f"fine-tuning steps={cfg.steps!r} must be a positive integer, or None for whole epochs")
+    if not cfg.lr > 0 or not cfg.weight_decay >= 0:
+        raise TrainVitError(f"fine-tuning lr={cfg.lr} must be positive and weight_decay={cfg.weight_decay} at least 0")
+
+
+def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: FinetuneConfig | None = None,
+                 progress: bool = True) -> dict:
+    """Recovery fine-tuning, in place: ``cfg.epochs`` of ``train_epoch`` on the training split.
+
+    Seeded and deterministic on CPU (the same model, data and settings give bit-equal weights).
+    A physically pruned model keeps its shapes: only the surviving weights are trained.
+
+    Args:
+        model: a Hugging Face ``ViTForImageClassification`` (e.g. ``cnb.models.hf.plain_hf`` of a
+            pruned bridge, or a Torch-Pruning result); trained in place, left in eval mode.
+        train: the training images (never the validation or test split).
+        val: images whose top-1 is recorded before and after (the validation split).
+        cfg: the settings (default ``FinetuneConfig()``).
+        progress: a tqdm bar per epoch.
+
+    Returns:
+        The record: settings, ``train_loss`` per epoch, ``val_top1_before``/``val_top1_after``
+        (None without ``val``), ``seconds``.
+
+    Raises:
+        TrainVitError: bad settings (the message names the fix).
+    """
+    cfg = cfg or FinetuneConfig()
+    check_finetune(cfg)
+    if len(train) == 0:
+        raise TrainVitError("fine-tuning got no training images: pass the training split (load_fashion_mnist('train'))")
+    steps = math.ceil(len(train) / cfg.batch_size)
+    steps = min(steps, cfg.steps) if cfg.steps is not None else steps
+    before = vit_accuracy(model, val)[0] if val is not None else None
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps))
+    t0, losses = time.perf_counter(), []
+    for epoch in range(cfg.epochs):
+        losses.append(round(train_epoch(model, opt, sched, train, epoch, batch_size=cfg.batch_size, seed=cfg.seed,
+                                        augment=cfg.augment, steps=steps, progress=progress,
+                                        desc=f"fine-tune {epoch + 1}/{cfg.epochs}"), 5))
+    model.eval()
+    after = vit_accuracy(model, val)[0] if val is not None else None
+    return {"settings": asdict(cfg), "steps_per_epoch": steps, "n_train": len(train),
+            "n_val": len(val) if val is not None else 0, "train_loss": losses,
+            "val_top1_before": None if before is None else round(before, 5),
+            "val_top1_after": None if after is None else round(after, 5),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def train_epoch(model, opt, sched, train: ImageSet, epoch: int, *, batch_size: int, seed: int, augment: bool,
+                steps: int, progress: bool = True, desc: str = "") -> float:
+    """One pass of the training loop (the bundled model's and the recovery fine-tuning's).
+
+    The data order and the augmentation come from a generator seeded by ``(seed, epoch)``, so an
+    epoch replays bit-exactly on CPU; ``sched`` steps once per optimizer step.
+
+    Args:
+        model: a Hugging Face ``ViTForImageClassification`` (any shape, pruned or not).
+        opt: its optimizer.
+        sched: the learning-rate scheduler (stepped per step).
+        train: the training images (never the validation or test split).
+        epoch: the epoch's index (seeds its order and augmentation).
+        batch_size: images per step.
+        seed: the run's seed.
+        augment: random shifts (up to 2 pixels) and horizontal flips.
+        steps: optimizer steps in this epoch (at most one pass over ``train``).
+        progress: a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        The mean training cross-entropy over the epoch's images.
+    """
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(train), generator=g)
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    total, n = 0.0, 0
+    for step in bar:
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        x, y = train.images[idx], train.labels[idx]
+        if augment:
+            x = _augment(x, g)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total, n = total + loss.item() * len(y), n + len(y)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return total / max(n, 1)
+
+
 def _write_model(model, cfg: TrainConfig, folder: Path, history: list, seconds: float, threads: int, data_dir,
                  ship: bool, n_train: int) -> dict:
     test = load_fashion_mnist("test", data_dir)
-    test_acc, test_loss = _accuracy(model, test)
+    test_acc, test_loss = vit_accuracy(model, test)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
     spec = cfg.spec

@@ -1,0 +1,240 @@
+"""Peer benchmark: Torch-Pruning's MetaPruner against the kit's causal selections on the bundled ViT.
+
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/bench_vit.py            # the recorded run (~15 min)
+    python benchmarks/bench_vit.py --budgets 0.5 --finetune-steps 20 --n-test-images 1000   # a quick look
+
+At each budget (the share of attention heads and of MLP neurons removed, the same share of each
+kind, e.g. 25% and 50%) the bundled ``vit-fashion-mnist`` is pruned physically four ways:
+
+- **Torch-Pruning** 1.6 ``MetaPruner`` (``tp.pruner.MetaPruner``) on the plain Hugging Face model,
+  with its ``MagnitudeImportance(p=2)`` and its ``TaylorImportance`` (gradients of the training
+  cross-entropy over ``--taylor-batches`` training batches), set up as its own HF ViT example
+  (``examples/transformers/prune_hf_vit.py``) does: ``num_heads`` for ``q_proj``/``k_proj``/``v_proj``,
+  here ``prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=budget`` (whole heads,
+  as the kit removes them) and ``pruning_ratio=budget`` for the MLP neurons; the residual stream is
+  kept (the patch embedding, each block's output projections and the classifier are
+  ``ignored_layers``), so both tools remove exactly the same numbers of weights; per-layer
+  uniform (TP's default), and after pruning each attention's ``num_attention_heads`` is set from
+  its ``q_proj`` rows, as the example does with ``num_attention_heads``/``all_head_size``;
+- **the kit**: ``cnb.score`` by exact ablation (``"ablation"``: KL from the dense model when the unit
+  is zeroed) and by |attribution| (``"attribution-abs"``, EAP's |gradient x activation| on the task
+  loss), on ``--n-score-images`` validation images, then ``cnb.prune(..., physical=True)`` (global
+  budget, at least one head per layer).
+
+Every pruned model (and the dense one, for reference) is then put through the *same* recovery
+fine-tuning (``cnb.finetune_vit``: the bundled model's training loop, AdamW, cosine, seeded,
+on the training split), and measured on the first ``--n-test-images`` test images before and after,
+and for throughput (images/s of the plain Hugging Face forward at batch 1 and 64, median of
+``--repeats`` rounds that visit the models in turn, so a busy spell on a shared machine hits all
+of them alike). One table, printed as Markdown, one JSON with ``--out``.
+
+Measured 2026-12-02 (defaults, 643 s on the shared 2-core machine, 1 thread; benchmarks/RESULTS.md):
+at 50% removed (105,866 of 205,066 parameters left) every pruned model runs 1.86-2.08x the dense
+throughput at batch 64; after the same 250 fine-tuning steps kit |attribution| reaches 0.8502
+top-1 (dense 0.8804), kit ablation 0.8424, TP magnitude 0.8380, TP Taylor 0.8374; at 25%
+0.8684 / 0.8632 / 0.8618 / 0.8640.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import causal_nb as cnb
+
+KIT_SCORES = {"kit ablation": ("ablation", {"metric": "kl", "kind": "zero"}),
+              "kit attribution-abs": ("attribution-abs", {"kind": "zero"})}
+TP_IMPORTANCES = ("tp magnitude", "tp taylor")
+
+
+def load_hf(folder):
+    """The plain Hugging Face ViT of a model folder."""
+    from transformers import ViTForImageClassification
+
+    return ViTForImageClassification.from_pretrained(str(folder)).eval()
+
+
+def tp_prune(hf, removed: float, importance: str, train=None, taylor_batches: int = 4, batch_size: int = 128):
+    """A copy of ``hf`` with ``removed`` of each layer's heads and MLP neurons pruned by Torch-Pruning.
+
+    Args:
+        hf: a ``ViTForImageClassification`` (left unchanged).
+        removed: the share of heads (per layer) and of MLP neurons (per layer) removed.
+        importance: ``"tp magnitude"`` (L2 of the coupled weights) or ``"tp taylor"``.
+        train: the training split (``ImageSet``) whose cross-entropy gradients Taylor reads.
+        taylor_batches: batches of ``batch_size`` training images accumulated for Taylor.
+    """
+    import torch_pruning as tp
+
+    model = copy.deepcopy(hf).eval()
+    emb = model.vit.embeddings
+    num_heads, ignored = {}, [model.classifier, emb.patch_embeddings.projection]
+    for layer in model.vit.layers:
+        att = layer.attention
+        for m in (att.q_proj, att.k_proj, att.v_proj):
+            num_heads[m] = att.num_attention_heads
+        ignored += [att.o_proj, layer.mlp.fc2]  # their outputs are the residual stream, which stays whole
+    imp = tp.importance.MagnitudeImportance(p=2) if importance == "tp magnitude" else tp.importance.TaylorImportance()
+    example = torch.zeros(1, *emb.patch_embeddings.projection.weight.shape[1:2], model.config.image_size,
+                          model.config.image_size)
+    pruner = tp.pruner.MetaPruner(model, example, importance=imp, pruning_ratio=removed, ignored_layers=ignored,
+                                  num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+                                  head_pruning_ratio=removed, global_pruning=False,
+                                  output_transform=lambda out: out.logits.sum(),
+                                  unwrapped_parameters=[(emb.cls_token, 2), (emb.position_embeddings, 2)])
+    if importance == "tp taylor":
+        if train is None:
+            raise ValueError("tp taylor needs the training split (train=) for its gradients")
+        model.zero_grad()
+        for i in range(taylor_batches):
+            x, y = train.images[i * batch_size:(i + 1) * batch_size], train.labels[i * batch_size:(i + 1) * batch_size]
+            torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y).backward()
+    for group in pruner.step(interactive=True):
+        group.prune()
+    for layer in model.vit.layers:
+        att = layer.attention
+        att.num_attention_heads = att.q_proj.out_features // att.head_dim
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def kit_scores(bridge, score: str, task) -> list:
+    """The kit's head and neuron tables by ``score`` (a ``KIT_SCORES`` key)."""
+    method, kw = KIT_SCORES[score]
+    return [cnb.score(bridge, task=task, method=method, unit=u, progress=False, **kw) for u in ("head", "neuron")]
+
+
+def kit_prune(bridge, removed: float, tables: list, task):
+    """The plain HF model of the bridge pruned physically by the kit at ``removed`` of each kind."""
+    return cnb.models.hf.plain_hf(cnb.prune(bridge, tables, removed, physical=True, task=task)).eval()
+
+
+def top1(hf, data, batch_size: int = 500) -> float:
+    return cnb.zoo.train_vit.vit_accuracy(hf, data, batch_size)[0]
+
+
+@torch.inference_mode()
+def throughputs(models: dict, batches=(1, 64), repeats: int = 7, image_shape=(1, 28, 28), budget_s: float = 0.3):
+    """Images/s per model and batch size: the median of ``repeats`` rounds, each round visiting every
+    model in turn (each timing ~``budget_s`` seconds of forwards after one warm-up forward)."""
+    out = {name: {} for name in models}
+    for b in batches:
+        x = torch.rand(b, *image_shape)
+        inner = {}
+        for name, m in models.items():  # warm up and size each model's timed loop
+            m(pixel_values=x)
+            t0 = time.perf_counter()
+            m(pixel_values=x)
+            inner[name] = max(1, int(budget_s / max(time.perf_counter() - t0, 1e-6)))
+        samples = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                for _ in range(inner[name]):
+                    m(pixel_values=x)
+                samples[name].append(b * inner[name] / (time.perf_counter() - t0))
+        for name in models:
+            out[name][b] = statistics.median(samples[name])
+    return out
+
+
+def n_params(hf) -> int:
+    return int(sum(p.numel() for p in hf.parameters()))
+
+
+def table(rows: list[dict], dense: dict) -> str:
+    head = ("| budget removed | method | params | top-1 before FT | top-1 after FT | Δ vs dense (pts) | img/s b=1 | "
+            "x dense | img/s b=64 | x dense |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in [dense, *rows]:
+        lines.append(f"| {r['budget']} | {r['method']} | {r['params']:,} | {r['top1_before']:.4f} | "
+                     f"{r['top1_after']:.4f} | {100 * (r['top1_after'] - dense['top1_before']):+.2f} | "
+                     f"{r['ips_1']:.0f} | {r['ips_1'] / dense['ips_1']:.2f} | {r['ips_64']:.0f} | "
+                     f"{r['ips_64'] / dense['ips_64']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vit-fashion-mnist", help="bundled name or folder of the dense ViT")
+    ap.add_argument("--data-dir", default=None, help="folder of the idx files")
+    ap.add_argument("--val-size", type=int, default=5000, help="the model's validation split size")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5], help="shares of heads and neurons removed")
+    ap.add_argument("--methods", nargs="+", default=[*TP_IMPORTANCES, *KIT_SCORES],
+                    help="tp magnitude, tp taylor, kit ablation, kit attribution-abs")
+    ap.add_argument("--n-score-images", type=int, default=128, help="validation images the kit's scores read")
+    ap.add_argument("--taylor-batches", type=int, default=4, help="training batches (128) TP's Taylor reads")
+    ap.add_argument("--n-test-images", type=int, default=5000, help="test images for top-1 (the first N)")
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--finetune-steps", type=int, default=250, help="steps per fine-tuning epoch (0: the whole split)")
+    ap.add_argument("--finetune-lr", type=float, default=2e-4,
+                    help="peak lr (the bundled model's last phase ran at 3e-4; 1e-3 for 100 steps costs the dense "
+                         "model 1.8 points)")
+    ap.add_argument("--repeats", type=int, default=7, help="timing rounds")
+    ap.add_argument("--timing-s", type=float, default=0.3, help="seconds of forwards per model in each round")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    bad = [m for m in a.methods if m not in (*TP_IMPORTANCES, *KIT_SCORES)]
+    if bad or any(not 0 < b < 1 for b in a.budgets):
+        raise SystemExit(f"unknown methods {bad} or budgets outside (0, 1): {a.budgets}")
+    torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
+    bridge = cnb.load_model(a.model, device="cpu")
+    dense = cnb.models.hf.plain_hf(bridge).eval()
+    train = cnb.load_fashion_mnist("train", a.data_dir, val_size=a.val_size)
+    val = cnb.load_fashion_mnist("val", a.data_dir, val_size=a.val_size)
+    test = cnb.load_fashion_mnist("test", a.data_dir).head(a.n_test_images)
+    task = cnb.ImageClassificationTask(val.images[:a.n_score_images], val.labels[:a.n_score_images])
+    ft = cnb.FinetuneConfig(epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=0)
+    pruned, rows, tables, score_s = {}, [], {}, {}
+    for m in a.methods:  # each ranking once, pruned at every budget
+        if m in KIT_SCORES:
+            t0 = time.perf_counter()
+            tables[m] = kit_scores(bridge, m, task)
+            score_s[m] = time.perf_counter() - t0
+    for b in a.budgets:
+        for m in a.methods:
+            t0 = time.perf_counter()
+            hf = tp_prune(dense, b, m, train, a.taylor_batches) if m in TP_IMPORTANCES else kit_prune(
+                bridge, b, tables[m], task)
+            row = {"budget": f"{b:.0%}", "method": m, "params": n_params(hf),
+                   "prune_s": time.perf_counter() - t0 + score_s.get(m, 0.0),
+                   "top1_before": top1(hf, test)}
+            rec = cnb.finetune_vit(hf, train, None, ft, progress=not a.no_progress)
+            row.update(top1_after=top1(hf, test), finetune_s=rec["seconds"], train_loss=rec["train_loss"])
+            if not a.no_progress:
+                print(f"{row['budget']} {m}: {row['params']:,} params, top-1 {row['top1_before']:.4f} -> "
+                      f"{row['top1_after']:.4f} ({row['prune_s']:.0f} s + {row['finetune_s']:.0f} s)", flush=True)
+            pruned[(row["budget"], m)] = hf
+            rows.append(row)
+    dense_row = {"budget": "0%", "method": "dense", "params": n_params(dense), "top1_before": top1(dense, test)}
+    tuned = copy.deepcopy(dense)
+    cnb.finetune_vit(tuned, train, None, ft, progress=False)
+    dense_row["top1_after"] = top1(tuned, test)
+    ips = throughputs({"dense": dense, **{k: v for k, v in pruned.items()}}, repeats=a.repeats, budget_s=a.timing_s)
+    dense_row.update(ips_1=ips["dense"][1], ips_64=ips["dense"][64])
+    for r in rows:
+        r.update(ips_1=ips[(r["budget"], r["method"])][1], ips_64=ips[(r["budget"], r["method"])][64])
+    md = table(rows, dense_row)
+    print(md)
+    print(f"\n{len(test)} test images; fine-tuning: {a.finetune_epochs} epoch(s) x {a.finetune_steps} steps of 128 "
+          f"training images, lr {a.finetune_lr}, the same for every row (dense fine-tuned the same way: top-1 "
+          f"{dense_row['top1_after']:.4f}; the Δ column is against the dense model as shipped, "
+          f"{dense_row['top1_before']:.4f}); {a.threads} thread(s); {time.perf_counter() - t_start:.0f} s in all")
+    result = {"args": vars(a), "dense": dense_row, "rows": rows, "table": md}
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
