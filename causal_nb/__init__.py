@@ -73,7 +73,7 @@ from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .engine.vision import ImageClassificationTask
 from .evaluation import findings, stats
 from .evaluation.acdc_sweep import acdc_sweep
-from .evaluation.duplication_prune import duplication_prune, layer_impact
+from .evaluation.duplication_prune import cluster_table, duplication_prune, layer_impact
 from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
@@ -151,6 +151,7 @@ __all__ = [
     "answer_token_diff",
     "available_domains",
     "balanced_pairs",
+    "cluster_table",
     "domain_losses",
     "duplication_prune",
     "harness_ci",

@@ -43,7 +43,7 @@ from .harness import lm_eval
 from .quality import prompt_losses
 from .stats import bootstrap_ci
 
-__all__ = ["duplication_prune", "layer_impact", "resolve_prompts"]
+__all__ = ["cluster_table", "duplication_prune", "layer_impact", "resolve_prompts"]
 
 
 def resolve_prompts(prompts, eval_prompts, n_prompts: int | None):
@@ -66,7 +66,8 @@ def resolve_prompts(prompts, eval_prompts, n_prompts: int | None):
 def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str = "cosine", method: str = "balanced",
                       sparsities=(0.1, 0.25, 0.5), out=None, n_groups: int = 2, n_prompts: int | None = 32,
                       n_tokens: int = 32, eval_prompts=None, eval_tokens: int = 64, tasks=None, limit=None,
-                      include_path=None, physical: bool = True, seed: int = 0) -> pd.DataFrame:
+                      include_path=None, physical: bool = True, seed: int = 0,
+                      progress: bool | None = None) -> pd.DataFrame:
     """Prune heads by duplication at each sparsity and evaluate the pruned models.
 
     Args:
@@ -85,6 +86,7 @@ def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str 
             ``include_path``'s) run on each pruned model, ``limit`` items each.
         physical: evaluate the physically pruned model too (families in ``PHYSICAL_FAMILIES``).
         seed: the random metric's vectors and the random prompt split.
+        progress: the harness's bars (None follows ``progress_enabled()``).
 
     Returns:
         One row per (sparsity, variant): ``sparsity, variant, heads_removed, loss, loss_ci_low,
@@ -121,7 +123,7 @@ def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str 
                      "loss_ci_high": hi})
         per_prompt.append(pl.assign(sparsity=s, variant=variant))
         if tasks:
-            h = lm_eval(m, tasks, limit=limit, include_path=include_path)
+            h = lm_eval(m, tasks, limit=limit, include_path=include_path, progress=progress)
             harness_items.append(pd.DataFrame(h.attrs["items"]).assign(sparsity=s, variant=variant))
             h.attrs = {}  # the per-item records stay out of the concatenated table
             harness_rows.append(h.assign(sparsity=s, variant=variant))
@@ -208,4 +210,24 @@ def layer_impact(model, logs, prompts, n_tokens: int = 64, sparsities=None, seed
                 rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs["full_loss"] = float(full.mean())
+    return df
+
+
+def cluster_table(log: dict, sparsity: float) -> pd.DataFrame:
+    """The head clusters a pruning log records at ``sparsity``: one row per cluster of two or
+    more heads (``cluster, size, kept, removed, layers``; heads as ``LxHy``), largest first."""
+    key = next((k for k in log.get("sparsities", {}) if np.isclose(float(k), sparsity)), None)
+    if key is None:
+        raise DuplicationError(f"sparsity {sparsity} is not in the log (it has "
+                               f"{sorted(float(k) for k in log.get('sparsities', {}))})")
+    rows = []
+    for c in log["sparsities"][key]["clusters"]:
+        if len(c) < 2:
+            continue
+        names = [f"L{la}H{h}" for la, h in c]
+        rows.append({"size": len(c), "kept": names[0], "removed": " ".join(names[1:]),
+                     "layers": " ".join(str(la) for la in sorted({la for la, _ in c}))})
+    df = pd.DataFrame(rows, columns=["size", "kept", "removed", "layers"])
+    df = df.sort_values(["size", "kept"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    df.insert(0, "cluster", range(len(df)))
     return df

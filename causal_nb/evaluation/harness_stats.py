@@ -89,18 +89,34 @@ def _bootstrap(data: tuple, stat, n_boot: int, level: float, seed: int) -> tuple
 
 
 @strict
-def harness_ci(result, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def harness_ci(result, by=None, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Each task's metrics with a percentile bootstrap interval over its items.
 
     Args:
         result: an ``lm_eval`` table, item records, or an item DataFrame (``harness_items``).
+        by: item columns that tell evaluations apart (e.g. ``["sparsity", "variant"]`` for
+            ``duplication_prune``'s ``lm_eval_items``): one set of rows per group, the group's
+            values in those columns.
         n_boot, level, seed: bootstrap resamples, confidence level and seed.
 
     Returns:
-        One row per (task, metric): ``task, metric, value, ci_low, ci_high, n``; ``value`` is
-        the harness's own aggregate (the mean of per-item values, or the perplexity ratio).
+        One row per ([by...,] task, metric): ``task, metric, value, ci_low, ci_high, n``;
+        ``value`` is the harness's own aggregate (the mean of per-item values, or the
+        perplexity ratio).
     """
     items = harness_items(result)
+    if by is not None:
+        by = [by] if isinstance(by, str) else list(by)
+        missing = [c for c in by if c not in items.columns]
+        if missing:
+            raise ValueError(f"by={missing}: not item columns (have {list(items.columns)})")
+        parts = [harness_ci(g, n_boot=n_boot, level=level, seed=seed).assign(**dict(zip(by, k)))
+                 for k, g in items.groupby(by, sort=True)]
+        df = pd.concat(parts, ignore_index=True)
+        return df[[*by, *[c for c in df.columns if c not in by]]]
+    if items.duplicated(["task", "doc_id"]).any():
+        raise ValueError("the items hold several evaluations of the same documents (e.g. several sparsities): pass "
+                         "by=[...] naming the columns that tell them apart, or filter the items first")
     rows = []
     for task in sorted(items.task.unique()):
         block = items[items.task == task].sort_values("doc_id")
@@ -147,6 +163,10 @@ def harness_paired_test(result, control, n_boot: int = 2000, level: float = 0.95
     if alternative not in ("two-sided", "better"):
         raise ValueError(f"alternative must be 'two-sided' or 'better', not {alternative!r}")
     a, b = harness_items(result), harness_items(control)
+    for name, t in (("result", a), ("control", b)):
+        if t.duplicated(["task", "doc_id"]).any():
+            raise ValueError(f"{name} holds several evaluations of the same documents (e.g. several sparsities); "
+                             "filter it to one (items[(items.sparsity == s) & (items.variant == 'masked')])")
     if set(a.task) != set(b.task):
         raise ValueError(f"the results cover different tasks ({sorted(set(a.task))} vs {sorted(set(b.task))}); "
                          "evaluate both with the same tasks")

@@ -113,7 +113,8 @@ def sparsity_curves(table: pd.DataFrame, value: str = "loss", criterion: str = "
         n_boot, seed: the bootstrap, for per-item rows.
 
     Returns:
-        The figure and ``[facet,] criterion, sparsity, mean, ci_low, ci_high, n``.
+        The figure and ``[facet,] criterion, sparsity, mean, ci_low, ci_high`` and ``n`` (the
+        items per point, for per-item rows or where the summary has an ``n`` column).
     """
     keys = [c for c in (facet, criterion) if c is not None]
     missing = [c for c in (*keys, "sparsity", value) if c not in table.columns]
@@ -127,7 +128,8 @@ def sparsity_curves(table: pd.DataFrame, value: str = "loss", criterion: str = "
                              "table (e.g. one variant, one task and metric) first")
         out = table[[*keys, "sparsity", value, lo_col, hi_col]].rename(
             columns={value: "mean", lo_col: "ci_low", hi_col: "ci_high"})
-        out["n"] = table["n"].to_numpy() if "n" in table.columns else np.nan
+        if "n" in table.columns:
+            out["n"] = table["n"].to_numpy()
     else:
         from ..evaluation.stats import bootstrap_ci  # noqa: PLC0415
 
