@@ -152,3 +152,28 @@ def test_layer_impact_against_hand_zeroed_heads(tmp_path):
         assert r.ci_low <= r.delta <= r.ci_high
     with pytest.raises(cnb.DuplicationError, match="0.25, 0.5"):
         cnb.layer_impact(model, LOGS, texts, n_tokens=12, sparsities=[0.1])
+
+
+def test_duplication_table_benchmark_writes_figures_and_harness_tests(tiny_dirs, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "duplication_table.py"
+    spec = importlib.util.spec_from_file_location("duplication_table", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    bench.main(["--model", str(tiny_dirs["gpt2"]), "--n-prompts", "6", "--n-tokens", "8", "--eval-tokens", "8",
+                "--sparsities", "0.5", "--methods", "balanced", "--tasks", "cnb_next_line_python", "--limit", "3",
+                "--out", str(out)])
+    table = pd.read_csv(out / "table.csv")
+    crits = {"dup-euclidean", "dup-cosine", "dup-random", "ablation", "attribution-abs"}
+    assert set(table.criterion) == crits
+    long = pd.read_parquet(out / "per_prompt.parquet")
+    mean = long.groupby("criterion").loss.mean()
+    assert np.allclose(table.set_index("criterion").loss[mean.index], mean)
+    vs = pd.read_csv(out / "lm_eval_vs_random.csv")
+    assert set(vs.criterion) == crits - {"dup-random"} and (vs.n == 3).all() and vs.p_holm.between(0, 1).all()
+    ci = pd.read_csv(out / "lm_eval_ci.csv")
+    assert set(ci.criterion) == crits and (ci.n == 3).all()
+    assert (out / "figures" / "loss_vs_sparsity.html").exists() and (out / "figures" / "heads_removed_by_layer.html").exists()
