@@ -177,3 +177,15 @@ def test_duplication_table_benchmark_writes_figures_and_harness_tests(tiny_dirs,
     ci = pd.read_csv(out / "lm_eval_ci.csv")
     assert set(ci.criterion) == crits and (ci.n == 3).all()
     assert (out / "figures" / "loss_vs_sparsity.html").exists() and (out / "figures" / "heads_removed_by_layer.html").exists()
+    # the harness script re-prunes from the saved logs: the same numbers as the pipeline's own run
+    spec = importlib.util.spec_from_file_location("duplication_harness", path.with_name("duplication_harness.py"))
+    dh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dh)
+    got = dh.main(["--model", str(tiny_dirs["gpt2"]), "--sparsity", "0.5", "--runs", str(out / "cosine_balanced"),
+                   "--control", str(out / "random_balanced"), "--tasks", "cnb_next_line_python", "--limit", "3"])
+    mine = got["ci"].set_index(["model", "metric"]).value
+    ref = ci[ci.criterion == "dup-cosine"].set_index(["variant", "metric"]).value
+    for metric in ("acc", "target_loglikelihood"):
+        assert mine[("full", metric)] == pytest.approx(ref[("full", metric)], rel=1e-6)
+        assert mine[("cosine_balanced", metric)] == pytest.approx(ref[("masked", metric)], rel=1e-6)
+    assert set(got["vs_control"].model) == {"full", "cosine_balanced"}
