@@ -110,7 +110,7 @@ def harness_ci(result, by=None, n_boot: int = 2000, level: float = 0.95, seed: i
         missing = [c for c in by if c not in items.columns]
         if missing:
             raise ValueError(f"by={missing}: not item columns (have {list(items.columns)})")
-        parts = [harness_ci(g, n_boot=n_boot, level=level, seed=seed).assign(**dict(zip(by, k)))
+        parts = [harness_ci(g.drop(columns=by), n_boot=n_boot, level=level, seed=seed).assign(**dict(zip(by, k)))
                  for k, g in items.groupby(by, sort=True)]
         df = pd.concat(parts, ignore_index=True)
         return df[[*by, *[c for c in df.columns if c not in by]]]
