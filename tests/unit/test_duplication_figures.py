@@ -189,3 +189,14 @@ def test_duplication_table_benchmark_writes_figures_and_harness_tests(tiny_dirs,
         assert mine[("full", metric)] == pytest.approx(ref[("full", metric)], rel=1e-6)
         assert mine[("cosine_balanced", metric)] == pytest.approx(ref[("masked", metric)], rel=1e-6)
     assert set(got["vs_control"].model) == {"full", "cosine_balanced"}
+
+
+def test_cluster_table_lists_the_logged_clusters():
+    log = {"sparsities": {"0.5": {"clusters": [[[0, 2], [0, 1], [1, 3]], [[1, 0]], [[0, 0], [0, 3]]],
+                                  "removed": {}, "kept": {}}}}
+    df = cnb.cluster_table(log, 0.5)
+    assert df.to_dict("records") == [
+        {"cluster": 0, "size": 3, "kept": "L0H2", "removed": "L0H1 L1H3", "layers": "0 1"},
+        {"cluster": 1, "size": 2, "kept": "L0H0", "removed": "L0H3", "layers": "0"}]
+    with pytest.raises(cnb.DuplicationError, match=r"\[0\.5\]"):
+        cnb.cluster_table(log, 0.25)
