@@ -8,7 +8,11 @@ the same number of heads per layer; imbalanced: global) x sparsity, the heads ar
 model (masked: physical == masked is tested) is read on the domain's held-out test prompts:
 mean loss with a bootstrap 95% interval over prompts, and a one-sided Wilcoxon signed-rank test
 per prompt against the random control of the same method and sparsity (H: the criterion
-keeps the loss lower), Holm-adjusted over the table. With ``--tasks`` the harness runs too.
+keeps the loss lower), Holm-adjusted over the table. With ``--tasks`` the harness runs too: its table, item-level
+bootstrap intervals (``cnb.harness_ci``) and paired tests against the random control of the same
+method and sparsity (``cnb.harness_paired_test``). The per-prompt losses are written
+(``per_prompt.parquet``) with the figures of loss against sparsity and of the heads removed per
+layer (``figures/*.html``).
 
     python benchmarks/duplication_table.py --model code-gpt2-2l
     python benchmarks/duplication_table.py --model smollm2-135m --n-prompts 24 --tasks cnb_tatoeba_ending --limit 100
@@ -29,6 +33,7 @@ import pandas as pd
 import causal_nb as cnb
 from causal_nb.evaluation.quality import prompt_losses
 from causal_nb.evaluation.stats import bootstrap_ci, holm, paired_tests
+from causal_nb.notebook.plotting import save_figure
 
 
 def main(argv=None) -> None:
@@ -50,7 +55,7 @@ def main(argv=None) -> None:
     model = cnb.load_model(a.model, device="cpu")
     train = cnb.load_prompts(a.domain, split="train", n=a.n_prompts)
     test = cnb.load_prompts(a.domain, split="test")
-    per, harness = {}, []
+    per, harness, items, logs = {}, [], [], {}
     full = prompt_losses(model, test, a.eval_tokens).loss.to_numpy()
     for method in a.methods:
         for metric in ("euclidean", "cosine", "random"):
@@ -62,8 +67,10 @@ def main(argv=None) -> None:
             for s in a.sparsities:
                 per[(f"dup-{metric}", method, s)] = pl[(pl.sparsity == s) & (pl.variant == "masked")].loss.to_numpy()
             print(f"dup-{metric} {method}: {time.time() - t0:.0f} s", flush=True)
+            logs[f"dup-{metric} {method}"] = res.attrs["log"]
             if res.attrs["lm_eval"]:
                 harness.append(pd.DataFrame(res.attrs["lm_eval"]).assign(criterion=f"dup-{metric}", method=method))
+                items.append(pd.DataFrame(res.attrs["lm_eval_items"]).assign(criterion=f"dup-{metric}", method=method))
     for crit in ("ablation", "attribution-abs"):
         scores = cnb.score(model, train, method=crit, n_tokens=a.n_tokens)
         print(f"{crit} scores: {time.time() - t0:.0f} s", flush=True)
@@ -75,6 +82,8 @@ def main(argv=None) -> None:
                 per[(crit, method, s)] = prompt_losses(pruned, test, a.eval_tokens).loss.to_numpy()
                 if a.tasks:
                     h = cnb.lm_eval(pruned, a.tasks, limit=a.limit)
+                    items.append(pd.DataFrame(h.attrs["items"]).assign(criterion=crit, method=method, sparsity=s,
+                                                                       variant="masked"))
                     h.attrs = {}
                     harness.append(h.assign(criterion=crit, method=method, sparsity=s, variant="masked"))
     rows = []
@@ -91,13 +100,35 @@ def main(argv=None) -> None:
     table.loc[mask, "p_holm"] = holm(table.loc[mask, "p_vs_random"].to_numpy())
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "table.csv", index=False)
+    long = pd.concat([pd.DataFrame({"criterion": c, "method": m, "sparsity": s, "prompt": range(len(v)), "loss": v})
+                      for (c, m, s), v in per.items()], ignore_index=True)
+    long.to_parquet(out / "per_prompt.parquet", index=False)
+    fig, _ = cnb.sparsity_curves(long, value="loss", title=f"{a.model}: held-out loss against sparsity")
+    save_figure(fig, out / "figures", "loss_vs_sparsity", png=False)
+    fig, _ = cnb.heads_removed_by_layer({k: v for k, v in logs.items() if k.startswith("dup-cosine")},
+                                        title=f"{a.model}: heads removed per layer (cosine duplication)")
+    save_figure(fig, out / "figures", "heads_removed_by_layer", png=False)
     if harness:
         pd.concat(harness, ignore_index=True).to_csv(out / "lm_eval_table.csv", index=False)
+        it = pd.concat(items, ignore_index=True)
+        it = it[it.variant != "physical"]
+        cnb.harness_ci(it, by=["criterion", "method", "sparsity", "variant"]).to_csv(out / "lm_eval_ci.csv", index=False)
+        tests = []
+        for (crit, method, s), g in it[it.variant == "masked"].groupby(["criterion", "method", "sparsity"]):
+            ctrl = it[(it.criterion == "dup-random") & (it.method == method) & (it.sparsity == s) & (it.variant == "masked")]
+            if crit != "dup-random" and len(ctrl):
+                tests.append(cnb.harness_paired_test(g, ctrl).assign(criterion=crit, method=method, sparsity=s))
+        if tests:
+            vs = pd.concat(tests, ignore_index=True)
+            vs["p_holm"] = holm(vs.p.to_numpy())  # over the whole table
+            vs.to_csv(out / "lm_eval_vs_random.csv", index=False)
     print(f"{a.model}, {a.domain}: full-model held-out loss {full.mean():.4f} on {len(full)} test prompts "
           f"({a.eval_tokens} tokens); {time.time() - t0:.0f} s")
     print(table.sort_values(["method", "sparsity", "criterion"]).to_markdown(index=False, floatfmt=".4g"))
     if harness:
         print(pd.concat(harness, ignore_index=True).to_markdown(index=False, floatfmt=".4g"))
+        if tests:
+            print(vs.to_markdown(index=False, floatfmt=".4g"))
 
 
 if __name__ == "__main__":

@@ -74,10 +74,11 @@ from .engine.tasks import LMTask, PairBatch, SentencePairTask
 from .engine.vision import ImageClassificationTask
 from .evaluation import findings, stats
 from .evaluation.acdc_sweep import acdc_sweep
-from .evaluation.duplication_prune import duplication_prune
+from .evaluation.duplication_prune import cluster_table, duplication_prune, layer_impact
 from .evaluation.encoder_quality import encoder_sweep
 from .evaluation.encoders import probe_eval, similarity_eval
 from .evaluation.harness import HarnessTaskError, lm_eval, shipped_tasks
+from .evaluation.harness_stats import harness_ci, harness_items, harness_paired_test
 from .evaluation.quality import FullModelRun, domain_losses, evaluate, full_model_run, prompt_losses, token_set_mass
 from .evaluation.sweep import SweepConfig, load_results, sweep
 from .evaluation.vit_eval import (
@@ -94,6 +95,7 @@ from .evaluation.vit_run import run_vit_pipeline
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
 from .notebook import plotting, views, widgets
+from .notebook.pruning_plots import head_distance_heatmap, heads_removed_by_layer, layer_impact_bars, sparsity_curves
 from .notebook.report import save_findings
 from .pruning.compose_measure import compare_arms as compose_compare
 from .pruning.compose_measure import equal_quality
@@ -158,8 +160,16 @@ __all__ = [
     "answer_token_diff",
     "available_domains",
     "balanced_pairs",
+    "cluster_table",
     "domain_losses",
     "duplication_prune",
+    "harness_ci",
+    "harness_items",
+    "harness_paired_test",
+    "head_distance_heatmap",
+    "heads_removed_by_layer",
+    "layer_impact",
+    "layer_impact_bars",
     "encoder_sweep",
     "evaluate",
     "evaluate_vit_models",
@@ -218,6 +228,7 @@ __all__ = [
     "score_methods",
     "scores_path",
     "sentence_embeddings",
+    "sparsity_curves",
     "setup",
     "similarity_eval",
     "stats",

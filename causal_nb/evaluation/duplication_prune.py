@@ -10,7 +10,12 @@ each head's distance to its nearest other head, higher = less duplicated, which 
 takes like any other score table), ``head_distances.parquet`` (the square matrix),
 ``results.csv`` (one row per sparsity and variant: held-out loss with a bootstrap interval over
 prompts), ``prompt_losses.parquet`` (per prompt, for paired tests) and, with tasks,
-``lm_eval.csv`` (task, metric, value, stderr, n per sparsity and variant).
+``lm_eval.csv`` (task, metric, value, stderr, n per sparsity and variant) and
+``lm_eval_items.parquet`` (the harness's per-item records, for ``harness_ci`` and
+``harness_paired_test``).
+
+``layer_impact`` reads a pruning log back: each layer's removals alone, and the held-out loss
+change they cause (the per-layer impact figure, ``plotting.layer_impact_bars``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from .harness import lm_eval
 from .quality import prompt_losses
 from .stats import bootstrap_ci
 
-__all__ = ["duplication_prune", "resolve_prompts"]
+__all__ = ["cluster_table", "duplication_prune", "layer_impact", "resolve_prompts"]
 
 
 def resolve_prompts(prompts, eval_prompts, n_prompts: int | None):
@@ -61,7 +66,8 @@ def resolve_prompts(prompts, eval_prompts, n_prompts: int | None):
 def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str = "cosine", method: str = "balanced",
                       sparsities=(0.1, 0.25, 0.5), out=None, n_groups: int = 2, n_prompts: int | None = 32,
                       n_tokens: int = 32, eval_prompts=None, eval_tokens: int = 64, tasks=None, limit=None,
-                      include_path=None, physical: bool = True, seed: int = 0) -> pd.DataFrame:
+                      include_path=None, physical: bool = True, seed: int = 0,
+                      progress: bool | None = None) -> pd.DataFrame:
     """Prune heads by duplication at each sparsity and evaluate the pruned models.
 
     Args:
@@ -80,11 +86,14 @@ def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str 
             ``include_path``'s) run on each pruned model, ``limit`` items each.
         physical: evaluate the physically pruned model too (families in ``PHYSICAL_FAMILIES``).
         seed: the random metric's vectors and the random prompt split.
+        progress: the harness's bars (None follows ``progress_enabled()``).
 
     Returns:
         One row per (sparsity, variant): ``sparsity, variant, heads_removed, loss, loss_ci_low,
         loss_ci_high``; ``attrs["log"]`` is the pruning log, ``attrs["lm_eval"]`` the harness rows
-        (records of ``task, metric, value, stderr, n, sparsity, variant``; None without tasks).
+        (records of ``task, metric, value, stderr, n, sparsity, variant``; None without tasks)
+        and ``attrs["lm_eval_items"]`` the harness's per-item records with ``sparsity`` and
+        ``variant`` (None without tasks).
     """
     check_choice(metric, DISTANCE_METRICS, "metric")
     check_choice(group_metric, DISTANCE_METRICS, "group metric")
@@ -105,7 +114,7 @@ def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str 
            "n_prompts": len(groups), "n_tokens": n_tokens, "eval_tokens": eval_tokens, "variants": variants,
            "prompt_groups": groups.tolist(), "model": getattr(model, "causal_nb_source", {}).get("name"),
            "sparsities": {}}
-    rows, per_prompt, harness_rows = [], [], []
+    rows, per_prompt, harness_rows, harness_items = [], [], [], []
 
     def record(s, variant, m, n_removed):
         pl = prompt_losses(m, test, eval_tokens)
@@ -114,7 +123,8 @@ def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str 
                      "loss_ci_high": hi})
         per_prompt.append(pl.assign(sparsity=s, variant=variant))
         if tasks:
-            h = lm_eval(m, tasks, limit=limit, include_path=include_path)
+            h = lm_eval(m, tasks, limit=limit, include_path=include_path, progress=progress)
+            harness_items.append(pd.DataFrame(h.attrs["items"]).assign(sparsity=s, variant=variant))
             h.attrs = {}  # the per-item records stay out of the concatenated table
             harness_rows.append(h.assign(sparsity=s, variant=variant))
 
@@ -131,12 +141,15 @@ def duplication_prune(model, prompts, metric: str = "cosine", group_metric: str 
     results.attrs["log"] = log
     harness = pd.concat(harness_rows, ignore_index=True) if harness_rows else None
     results.attrs["lm_eval"] = None if harness is None else harness.to_dict("records")
+    items = pd.concat(harness_items, ignore_index=True) if harness_items else None
+    results.attrs["lm_eval_items"] = None if items is None else items.to_dict("records")
     if out is not None:
-        _write(Path(out), results, pd.concat(per_prompt, ignore_index=True), importance, dist, labels, log, harness)
+        _write(Path(out), results, pd.concat(per_prompt, ignore_index=True), importance, dist, labels, log, harness,
+               items)
     return results
 
 
-def _write(out: Path, results, per_prompt, importance, dist, labels, log, harness) -> None:
+def _write(out: Path, results, per_prompt, importance, dist, labels, log, harness, items) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "pruning_log.json").write_text(json.dumps(log, indent=1) + "\n")
     importance.to_parquet(out / "head_importance.parquet", index=False)
@@ -148,3 +161,73 @@ def _write(out: Path, results, per_prompt, importance, dist, labels, log, harnes
     per_prompt.to_parquet(out / "prompt_losses.parquet", index=False)
     if harness is not None:
         harness.to_csv(out / "lm_eval.csv", index=False)
+        items.to_parquet(out / "lm_eval_items.parquet", index=False)
+
+
+def layer_impact(model, logs, prompts, n_tokens: int = 64, sparsities=None, seed: int = 0) -> pd.DataFrame:
+    """Per layer: the heads a pruning removed there, and the held-out loss change when only
+    those are removed (the other layers intact), with a bootstrap interval over prompts.
+
+    Args:
+        model: the unpruned bridge the logs were made on.
+        logs: a pruning log (``duplication_prune(...).attrs["log"]`` or ``pruning_log.json``
+            read back), or a dict label -> log (e.g. ``{"balanced": ..., "imbalanced": ...}``).
+        prompts: the held-out prompts (a domain's test split, a ``PromptSet`` or strings).
+        n_tokens: tokens per prompt.
+        sparsities: the logged sparsities to read (default all).
+        seed: the bootstrap's.
+
+    Returns:
+        One row per (label, sparsity, layer): ``heads_removed``, ``loss`` (the model with that
+        layer's removals only), ``delta`` (``loss`` minus the full model's, per prompt, then
+        averaged) with ``ci_low, ci_high``; ``attrs["full_loss"]`` is the full model's mean.
+    """
+    if isinstance(logs, dict) and "sparsities" in logs:
+        logs = {logs.get("method", "pruned"): logs}
+    if not isinstance(logs, dict) or not all(isinstance(v, dict) and "sparsities" in v for v in logs.values()):
+        raise TypeError("layer_impact takes a pruning log (duplication_prune(...).attrs['log'], or pruning_log.json "
+                        "loaded) or a dict label -> log")
+    full = prompt_losses(model, prompts, n_tokens).loss.to_numpy()
+    rows = []
+    for label, log in logs.items():
+        keys = list(log["sparsities"])
+        if sparsities is not None:
+            want = {float(s) for s in np.atleast_1d(sparsities)}
+            keys = [k for k in keys if float(k) in want]
+            if not keys:
+                raise DuplicationError(f"{label}: none of sparsities {sorted(want)} in the log (it has "
+                                       f"{sorted(float(k) for k in log['sparsities'])})")
+        for key in keys:
+            for layer, heads in sorted(log["sparsities"][key]["removed"].items(), key=lambda kv: int(kv[0])):
+                row = {"label": label, "sparsity": float(key), "layer": int(layer), "heads_removed": len(heads)}
+                if heads:
+                    loss = prompt_losses(prune_units(model, heads={int(layer): list(heads)}, physical=False), prompts,
+                                         n_tokens).loss.to_numpy()
+                    mean, lo, hi = bootstrap_ci(loss - full, seed=seed)
+                    row.update(loss=float(loss.mean()), delta=mean, ci_low=lo, ci_high=hi)
+                else:
+                    row.update(loss=float(full.mean()), delta=0.0, ci_low=0.0, ci_high=0.0)
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    df.attrs["full_loss"] = float(full.mean())
+    return df
+
+
+def cluster_table(log: dict, sparsity: float) -> pd.DataFrame:
+    """The head clusters a pruning log records at ``sparsity``: one row per cluster of two or
+    more heads (``cluster, size, kept, removed, layers``; heads as ``LxHy``), largest first."""
+    key = next((k for k in log.get("sparsities", {}) if np.isclose(float(k), sparsity)), None)
+    if key is None:
+        raise DuplicationError(f"sparsity {sparsity} is not in the log (it has "
+                               f"{sorted(float(k) for k in log.get('sparsities', {}))})")
+    rows = []
+    for c in log["sparsities"][key]["clusters"]:
+        if len(c) < 2:
+            continue
+        names = [f"L{la}H{h}" for la, h in c]
+        rows.append({"size": len(c), "kept": names[0], "removed": " ".join(names[1:]),
+                     "layers": " ".join(str(la) for la in sorted({la for la, _ in c}))})
+    df = pd.DataFrame(rows, columns=["size", "kept", "removed", "layers"])
+    df = df.sort_values(["size", "kept"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    df.insert(0, "cluster", range(len(df)))
+    return df

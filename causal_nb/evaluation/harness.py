@@ -282,10 +282,11 @@ def lm_eval(model, tasks, limit: int | float | None = None, include_path=None, b
 
     hf, tok = _hf_and_tokenizer(model, tokenizer, device)
     dev = device or str(next(hf.parameters()).device)
-    with tempfile.TemporaryDirectory() as tmp, _datasets_offline(offline), _quiet_harness():
+    bars = progress_enabled(progress)
+    with tempfile.TemporaryDirectory() as tmp, _datasets_offline(offline), _quiet_harness(bars):
         tm = _resolve_tasks(tasks, folders, Path(tmp))
         lm = HFLM(pretrained=hf, tokenizer=tok, batch_size=batch_size, device=dev, add_bos_token=add_bos_token)
-        if not progress_enabled(progress):  # the evaluator calls these without disable_tqdm, which they take
+        if not bars:  # the evaluator calls these without disable_tqdm, which they take
             for name in ("loglikelihood", "loglikelihood_rolling", "generate_until", "_loglikelihood_tokens"):
                 setattr(lm, name, _no_bars(getattr(lm, name)))
         out = harness.simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=tm,
@@ -316,13 +317,37 @@ def _no_bars(fn):
     return call
 
 
+_ENV_INFO: dict = {}
+
+
 @contextlib.contextmanager
-def _quiet_harness():
-    """lm-eval logs each task's defaults at INFO/WARNING: keep them out of notebook stderr."""
+def _quiet_harness(bars: bool = True):
+    """lm-eval logs each task's defaults at INFO/WARNING: keep them out of notebook stderr;
+    without ``bars``, its request-building bars and ``datasets``' bars are off too. Its
+    environment report (torch's ``collect_env``: subprocesses, over a second a call) is read
+    once per process and reused: a pruning sweep evaluates many models in one process."""
+    import datasets  # noqa: PLC0415
+    import lm_eval.api.task as task_mod  # noqa: PLC0415
+    import lm_eval.evaluator as ev  # noqa: PLC0415
+
     log = logging.getLogger("lm_eval")
-    level = log.level
+    level, add_env_info, task_tqdm = log.level, ev.add_env_info, task_mod.tqdm
+    ds_was_on = datasets.utils.logging.is_progress_bar_enabled()
+
+    def env_info_once(storage):
+        if not _ENV_INFO:
+            add_env_info(_ENV_INFO)
+        storage.update(_ENV_INFO)
+
     log.setLevel(logging.ERROR)
+    ev.add_env_info = env_info_once
+    if not bars:
+        task_mod.tqdm = functools.partial(task_tqdm, disable=True)
+        datasets.utils.logging.disable_progress_bar()
     try:
         yield
     finally:
         log.setLevel(level)
+        ev.add_env_info, task_mod.tqdm = add_env_info, task_tqdm
+        if not bars and ds_was_on:
+            datasets.utils.logging.enable_progress_bar()

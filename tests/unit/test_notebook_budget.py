@@ -18,7 +18,7 @@ from causal_nb.notebook.runner import PROFILES, notebook_parameters
 
 CELLS = (SRC / "02_causal_scoring.py").read_text().split("\n# %%")
 CELL_LIMIT_S = 70  # "no cell over about a minute on 2 cores": 60 s plus the run-to-run spread here (57.0 and 66.8 s for one cell)
-SERIES_LIMIT_S = 540  # all cells of the series (nine notebooks with 08_vision): make test runs them (single-threaded) beside the tests, which take longer
+SERIES_LIMIT_S = 540  # all cells of the series (00-10, 09_duplication included): make test runs them (single-threaded) beside the tests, which take longer
 
 
 def parameters(name: str = "02_causal_scoring.py") -> dict:
