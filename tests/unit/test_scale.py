@@ -275,6 +275,18 @@ def test_distributed_sweep_splits_exact_scores_by_layer_and_equals_in_process(ti
     assert [j["cell"]["method"] for j in phase[len(parts):]] == ["taylor", "taylor"] and len(cells) == 4
 
 
+def test_layer_parts_balance_the_cost_of_later_layers():
+    from causal_nb.evaluation.sweep import layer_parts
+
+    # a unit of layer l costs n_layers - l forwards of a layer: 4 layers cost 4 3 2 1
+    assert layer_parts(4, 2) == [[0, 3], [1, 2]]  # 5 and 5
+    assert layer_parts(2, 2) == [[0], [1]]  # 2 and 1: no better split by layer
+    assert layer_parts(1, 3) == [[0], [], []]
+    assert layer_parts(6, 3) == [[0, 5], [1, 4], [2, 3]]  # 7 each
+    for n, k in [(30, 4), (7, 3), (3, 5)]:
+        assert sorted(x for part in layer_parts(n, k) for x in part) == list(range(n))
+
+
 def test_a_failed_score_part_leaves_the_table_to_its_cells(tiny_dirs, tmp_path):
     from causal_nb.core.executors import Failure
 
