@@ -299,8 +299,9 @@ def score_phase(executor, worker, ctx: _Context, todo: list[dict]) -> None:
         split += [{"cell": c, "kind": k, "part": i, "of": n_parts} for k in kinds if not ctx.score_file(c, k).exists()
                   for i in range(n_parts)]
     parts: dict[tuple, list] = {}
-    for i, res in executor.run(worker, score_job, split + whole):
-        job = (split + whole)[i]
+    jobs = split + whole
+    for i, res in executor.run(worker, score_job, jobs):
+        job = jobs[i]
         if "part" in job and not isinstance(res, Failure):
             parts.setdefault((cell_id(job["cell"]), job["kind"]), [job]).append(res)
     for (_, kind), (job, *got) in parts.items():

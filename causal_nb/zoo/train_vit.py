@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ from pathlib import Path
 import torch
 
 from ..data.images import ImageSet, load_fashion_mnist
-from . import MODELS_DIR, VIT_SPECS
+from . import VIT_SPECS
+from .training import check_run_settings, ship_folder, warmup_cosine
 
 __all__ = ["FinetuneConfig", "TrainConfig", "TrainVitError", "build_vit", "check_finetune", "finetune_vit",
            "render_vit_card", "train_epoch", "train_vit", "vit_accuracy"]
@@ -102,16 +102,6 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def _schedule(cfg, steps_per_epoch: int):
-    total = max(1, cfg.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))))
-    return factor
-
-
 @torch.no_grad()
 def vit_accuracy(model, data: ImageSet, batch_size: int = 500) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) on a split."""
@@ -142,11 +132,7 @@ def _weights_of(folder, model) -> dict:
 
 
 def _check_config(cfg: TrainConfig) -> None:
-    for name in ("epochs", "batch_size"):
-        if int(getattr(cfg, name)) < 1:
-            raise TrainVitError(f"{name}={getattr(cfg, name)} must be at least 1")
-    if not cfg.lr > 0:
-        raise TrainVitError(f"lr={cfg.lr} must be positive")
+    check_run_settings(cfg, ("epochs", "batch_size"), TrainVitError)
 
 
 def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool = False, progress: bool = True,
@@ -183,7 +169,7 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
     if cfg.init_from is not None:
         model.load_state_dict(_weights_of(cfg.init_from, model))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.epochs, steps_per_epoch))
     history, start, seconds = [], 0, 0.0
     if resume:
         if not ckpt_path.exists():
@@ -286,7 +272,7 @@ def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: Finet
     before = vit_accuracy(model, val)[0] if val is not None else None
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.epochs, steps))
     t0, losses = time.perf_counter(), []
     for epoch in range(cfg.epochs):
         losses.append(round(train_epoch(model, opt, sched, train, epoch, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -437,8 +423,4 @@ def _phase_lines(card: dict) -> str:
 
 def ship_model(folder) -> Path:
     """Copy a trained model folder into the package zoo (``vit-fashion-mnist``)."""
-    dest = MODELS_DIR / "vit-fashion-mnist"
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in Path(folder).iterdir():
-        shutil.copy2(f, dest / f.name)
-    return dest
+    return ship_folder(folder, "vit-fashion-mnist")

@@ -1,0 +1,43 @@
+"""Pieces the kit's trainers of bundled models share (``train_vit``, ``train_t5``)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from . import MODELS_DIR
+
+__all__ = ["check_run_settings", "ship_folder", "warmup_cosine"]
+
+
+def warmup_cosine(warmup: int, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """``LambdaLR``'s factor: linear warm-up over ``warmup`` steps, then a cosine to 0 at the end
+    of ``epochs * steps_per_epoch`` steps (held at 0 after)."""
+    total = max(1, epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return factor
+
+
+def check_run_settings(cfg, at_least_one: tuple[str, ...], error: type[Exception]) -> None:
+    """Raise ``error`` naming the field when one of ``at_least_one`` is below 1 or ``cfg.lr`` is
+    not positive."""
+    for name in at_least_one:
+        if int(getattr(cfg, name)) < 1:
+            raise error(f"{name}={getattr(cfg, name)} must be at least 1")
+    if not cfg.lr > 0:
+        raise error(f"lr={cfg.lr} must be positive")
+
+
+def ship_folder(folder, name: str) -> Path:
+    """Copy a trained model folder's files into the package zoo as ``name``."""
+    dest = MODELS_DIR / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in Path(folder).iterdir():
+        shutil.copy2(f, dest / f.name)
+    return dest
