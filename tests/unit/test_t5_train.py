@@ -18,6 +18,7 @@ import json
 import pytest
 import sacrebleu
 import torch
+from interrupted import run_killed_after_first_checkpoint
 from transformers import T5ForConditionalGeneration, T5Tokenizer
 
 import causal_nb as cnb
@@ -78,19 +79,7 @@ def test_training_lowers_the_loss(data_dir, tmp_path):
 
 def test_resume_equals_the_uninterrupted_run_bit_exactly(data_dir, tmp_path, monkeypatch):
     full = run(tmp_path / "full", data_dir)
-    saves = []
-    real_save = torch.save
-
-    def interrupt_after_first_epoch(obj, path, *a, **k):
-        if saves:
-            raise KeyboardInterrupt  # the run dies before epoch 2's checkpoint is written
-        saves.append(path)
-        return real_save(obj, path, *a, **k)
-
-    monkeypatch.setattr(tt.torch, "save", interrupt_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", data_dir)
-    monkeypatch.setattr(tt.torch, "save", real_save)
+    run_killed_after_first_checkpoint(monkeypatch, tt, lambda: run(tmp_path / "cut", data_dir))
     torch.manual_seed(12345)  # whatever the global RNG holds now, the checkpoint's state wins
     resumed = run(tmp_path / "cut", data_dir, resume=True)
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)

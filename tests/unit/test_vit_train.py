@@ -17,6 +17,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from interrupted import run_killed_after_first_checkpoint
 
 import causal_nb as cnb
 from causal_nb.zoo import train_vit as tv
@@ -59,19 +60,7 @@ def test_training_lowers_the_loss(data_dir, tmp_path):
 
 def test_resume_equals_the_uninterrupted_run_bit_exactly(data_dir, tmp_path, monkeypatch):
     full = train_vit(tmp_path / "full", config(), data_dir=data_dir, progress=False)
-    saves = []
-    real_save = torch.save
-
-    def interrupt_after_first_epoch(obj, path, *a, **k):
-        if saves:
-            raise KeyboardInterrupt  # the run dies before epoch 2's checkpoint is written
-        saves.append(path)
-        return real_save(obj, path, *a, **k)
-
-    monkeypatch.setattr(tv.torch, "save", interrupt_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_vit(tmp_path / "cut", config(), data_dir=data_dir, progress=False)
-    monkeypatch.setattr(tv.torch, "save", real_save)
+    run_killed_after_first_checkpoint(monkeypatch, tv, lambda: train_vit(tmp_path / "cut", config(), data_dir=data_dir, progress=False))
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     resumed = train_vit(tmp_path / "cut", config(), data_dir=data_dir, resume=True, progress=False)
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
