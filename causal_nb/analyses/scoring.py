@@ -23,7 +23,7 @@ from ..engine.metrics import get_metric
 from ..engine.patching import ablate, patch
 from ..engine.replay import capture
 from ..engine.tasks import LMTask, as_task
-from ..engine.units import unit_columns
+from ..engine.units import unit_columns, units_in_range
 
 __all__ = ["METHODS", "OPTION_USERS", "SCORE_UNITS", "load_scores", "save_scores", "score", "score_methods", "scores_path",
            "uses"]
@@ -43,6 +43,7 @@ OPTION_USERS = {
     "threshold": ("acdc",),
     "batch_size": ("ablation", "patching"),
     "memory_budget_mb": ("ablation", "patching"),
+    "unit_range": ("ablation", "patching"),
 }
 _GRADIENT = ("attribution", "attribution-abs", "eap-ig", "taylor", "fisher")
 _WHY = {**{("metric", m): "it scores the loss" for m in _GRADIENT},
@@ -130,7 +131,8 @@ def uses(method: str, option: str) -> bool:
 def score(model, prompts=None, method: str | None = None, unit: str = "head", metric=None, kind: str | None = None,
           corrupted=None, n_tokens: int | None = None, steps: int | None = None, p: int | None = None, seed: int = 0,
           progress: bool | None = None, threshold: float | None = None, batch_size: int | None = None,
-          memory_budget_mb: float | None = None, layers=None, task=None, executor=None) -> pd.DataFrame:
+          memory_budget_mb: float | None = None, layers=None, task=None, executor=None,
+          unit_range=None) -> pd.DataFrame:
     """Importance of every unit of a kind by one method; higher = more important.
 
     Args:
@@ -178,6 +180,11 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
         executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
             ``SubmititExecutor``...; see ``engine.split``), each loading the model once; the merged
             table (``per_prompt`` included) equals this process's. Not ACDC (its walk crosses layers).
+        unit_range: ablation and patching: ``(start, stop)``, only those units of the table (in
+            its order, after ``layers``), one run each: one slice of a table split over workers
+            (the slices' tables concatenated in order are the whole table; a distributed sweep
+            splits its exact tables so, ``evaluation.sweep``). Such a table covers part of the
+            model, as with ``layers``.
 
     Returns:
         DataFrame ``layer``, ``head``/``neuron``, ``score``; ``attrs["per_prompt"]`` (unit x
@@ -202,7 +209,8 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
     if unit not in score_units:
         raise ValueError(f"unknown unit {unit!r}; valid units: {list(score_units)}")
     reject_unused(method, {"metric": metric, "kind": kind, "corrupted": corrupted, "steps": steps, "p": p,
-                           "threshold": threshold, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb},
+                           "threshold": threshold, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb,
+                           "unit_range": unit_range},
                   OPTION_USERS, _WHY)
     kind = kind or "mean"
     steps = 5 if steps is None else steps
@@ -213,7 +221,11 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             raise ValueError("method='acdc' scores every layer: its walk tests each unit together with the units it "
                              "removed before, so a layer subset would change the scores; drop layers=")
         attrs["layers"] = sorted({int(x) for x in layers})
+    if unit_range is not None:
+        attrs["unit_range"] = tuple(int(x) for x in unit_range)
     if executor is not None:
+        if unit_range is not None:
+            raise ValueError("executor= splits the units over workers itself: drop unit_range=")
         if method == "acdc":
             raise ValueError("method='acdc' cannot be split over workers: its walk tests each unit together with the "
                              "units it removed before, across all layers; drop executor=")
@@ -227,7 +239,7 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             "memory_budget_mb": memory_budget_mb, "task": None if lm else task, **opts}, layers, executor)
     task.check_model(model, "score")  # here too: "magnitude" and "random" never reach prepare's check
     every = task.units(model, unit)
-    units = task.units(model, unit, layers)
+    units = units_in_range(task.units(model, unit, layers), unit_range)
     # the whole-model methods below compute every unit; `pick` keeps the requested layers' rows
     pick = np.array([u.layer in set(attrs["layers"]) if "layers" in attrs else True for u in every])
     if method == "random":
@@ -248,7 +260,8 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
         metric = metric or task.ablation_metric
         df = ablate(model, pb if lm else None, unit=unit, kind=kind, metric=metric,
                     seed=seed if kind == "resample" else None, n_tokens=n_tokens, progress=progress,
-                    batch_size=batch_size, memory_budget_mb=memory_budget_mb, layers=layers, task=None if lm else task)
+                    batch_size=batch_size, memory_budget_mb=memory_budget_mb, layers=layers, task=None if lm else task,
+                    unit_range=unit_range)
         per = df.attrs["per_prompt"].to_numpy()
         dmg = _damage(per, np.asarray(df.attrs["baseline_per_prompt"]), metric, task.higher_is_worse)
         return _table(units, unit, dmg.mean(1), dmg, task.ids(pb), {**attrs, "kind": kind, "metric": str(metric)})
@@ -265,7 +278,7 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             raise ValueError("method='patching' needs corrupted prompts (corrupted=...), paired with prompts")
         metric = metric or task.patch_metric
         opts = {"unit": unit, "metric": metric, "direction": "noise", "progress": progress, "batch_size": batch_size,
-                "memory_budget_mb": memory_budget_mb, "layers": layers}
+                "memory_budget_mb": memory_budget_mb, "layers": layers, "unit_range": unit_range}
         # a task that carries its clean inputs (Seq2SeqTask) pairs corrupted= with them itself
         df = patch(model, pb, corrupted, n_tokens=n_tokens, **opts) if lm else \
             patch(model, corrupted=corrupted, task=task, **opts)

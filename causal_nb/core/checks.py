@@ -221,6 +221,10 @@ def check_table_fits(df, unit: str, n_layers: int, n_per_layer: int, consumer: s
         raise ValueError(f"{consumer}: these {unit} scores cover layers {subset} only (score(..., layers=...)); "
                          f"selecting units to remove needs every layer's. Score all layers, or use a method whose "
                          "scores cover the model")
+    if df.attrs.get("unit_range") is not None:
+        raise ValueError(f"{consumer}: these {unit} scores are units {tuple(df.attrs['unit_range'])} only "
+                         "(score(..., unit_range=...)): one slice of a split table; merge the slices "
+                         "(engine.split.merge_layers) or score every unit")
     problems = []
     if len(df) and (df["layer"].min() < 0 or df["layer"].max() >= n_layers):
         problems.append(f"layers {int(df['layer'].min())}..{int(df['layer'].max())} (the model has 0..{n_layers - 1})")

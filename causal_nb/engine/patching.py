@@ -20,7 +20,7 @@ from .common import ablation_sources, prepare, scored_batch, unit_table
 from .metrics import ScoredBatch, get_metric
 from .replay import evaluate_units, scored_run, stack_size
 from .tasks import LMTask, as_task
-from .units import enumerate_units
+from .units import enumerate_units, units_in_range
 
 __all__ = ["ABLATION_KINDS", "ablate", "patch"]
 
@@ -54,7 +54,7 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
           direction: str = "denoise", positions=None, per_position: bool = False, layers=None,
           scored_positions=None, n_tokens: int | None = None, batch_size: int | None = None,
           memory_budget_mb: float | None = None, progress: bool | None = None, steps: int | None = None,
-          answers=None, task=None) -> pd.DataFrame:
+          answers=None, task=None, unit_range=None) -> pd.DataFrame:
     """Patch each unit between clean and corrupted runs and measure the metric.
 
     Args:
@@ -87,6 +87,9 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
             of sources, each of its clean source's token length, or a ``Seq2SeqTask`` with the
             same targets; units per stack, ``"enc_head"``, ``"cross_head"``...; metric default
             ``"target_logprob"``); ``SentencePairTask`` is refused (use ``ablate``).
+        unit_range: ``(start, stop)``: only those units of the table (in its order, after
+            ``layers``), exact patching only: one slice of a table split over workers (the
+            slices' tables concatenated in order are the whole table).
 
     Raises:
         ValueError: an option the method doesn't use (``steps`` without EAP-IG, ``batch_size``
@@ -102,7 +105,8 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
     task = as_task(task)
     if hasattr(task, "corrupted_batch"):  # a task that carries its clean inputs (images) and pairs corrupted ones
         return _patch_carried(model, task, clean, corrupted, unit, metric, method, direction, positions, per_position,
-                              layers, scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers)
+                              layers, scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers,
+                              unit_range)
     if not isinstance(task, LMTask):
         raise ValueError(f"patch with {task!r}: patching needs paired clean/corrupted inputs, which only the LM "
                          "task has so far; use ablate(model, task=..., kind='zero'|'mean') or "
@@ -113,9 +117,13 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if method not in ("exact", "attribution", "eap-ig"):
         raise ValueError(f"unknown method {method!r}; valid: 'exact', 'attribution', 'eap-ig'")
-    reject_unused(method, {"steps": steps, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb},
-                  {"steps": ("eap-ig",), "batch_size": ("exact",), "memory_budget_mb": ("exact",)},
+    reject_unused(method, {"steps": steps, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb,
+                           "unit_range": unit_range},
+                  {"steps": ("eap-ig",), "batch_size": ("exact",), "memory_budget_mb": ("exact",),
+                   "unit_range": ("exact",)},
                   {("batch_size", "attribution"): "it runs one forward and backward for all units",
+                   ("unit_range", "attribution"): "it scores every unit in one backward pass",
+                   ("unit_range", "eap-ig"): "it scores every unit in a few backward passes",
                    ("batch_size", "eap-ig"): "it runs one forward and backward per step for all units",
                    ("memory_budget_mb", "attribution"): "it stacks no interventions",
                    ("memory_budget_mb", "eap-ig"): "it stacks no interventions",
@@ -125,7 +133,7 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
     cb, xb = prepare(model, clean, n_tokens), prepare(model, corrupted, n_tokens)
     _check_pair(cb, xb)
     positions = check_positions(positions, cb.tokens.shape[1])
-    units = enumerate_units(model, unit, layers, positions, per_position)
+    units = units_in_range(enumerate_units(model, unit, layers, positions, per_position), unit_range)
     hooks = sorted({e.hook for u in units for e in u.edits})
     if answers is None:
         scored = scored_batch(cb, scored_positions)
@@ -151,7 +159,8 @@ def patch(model, clean=None, corrupted=None, unit: str = "head", metric="logprob
 
 
 def _patch_carried(model, task, clean, corrupted, unit, metric, method, direction, positions, per_position, layers,
-                   scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers) -> pd.DataFrame:
+                   scored_positions, n_tokens, batch_size, memory_budget_mb, progress, steps, answers,
+                   unit_range=None) -> pd.DataFrame:
     """``patch`` with a task that carries the clean inputs (``ImageClassificationTask``,
     ``Seq2SeqTask``): the corrupted inputs (``task.corrupted_batch``) are paired with them by
     index; exact, attribution or EAP-IG patching through the one engine."""
@@ -168,6 +177,8 @@ def _patch_carried(model, task, clean, corrupted, unit, metric, method, directio
                          "backwards for all units at once); drop them")
     if steps is not None and method != "eap-ig":
         raise ValueError(f"steps= is not used by method={method!r} (only EAP-IG interpolates); drop it")
+    if unit_range is not None and method != "exact":
+        raise ValueError(f"unit_range= is not used by method={method!r} (it scores every unit in one pass); drop it")
     unused = {"n_tokens": n_tokens, "answers": answers}
     given = [k for k, v in unused.items() if v is not None]
     if given:
@@ -179,7 +190,7 @@ def _patch_carried(model, task, clean, corrupted, unit, metric, method, directio
     metric_fn = task.metric(metric)
     cb, xb = task.prepare(model), task.corrupted_batch(model, corrupted)
     positions = task.check_positions(positions, cb)
-    units = task.units(model, unit, layers, positions, per_position)
+    units = units_in_range(task.units(model, unit, layers, positions, per_position), unit_range)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = task.scoring(model, cb, scored_positions)
     if method != "exact":
@@ -208,7 +219,7 @@ ABLATION_KINDS = ("zero", "mean", "resample")
 def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=None, reference=None, positions=None,
            per_position: bool = False, layers=None, scored_positions=None, n_tokens: int | None = None,
            batch_size: int | None = None, memory_budget_mb: float | None = None, seed: int | None = None,
-           progress: bool | None = None, answers=None, task=None, executor=None) -> pd.DataFrame:
+           progress: bool | None = None, answers=None, task=None, executor=None, unit_range=None) -> pd.DataFrame:
     """Ablate each unit (zero, mean over ``reference``, or resample) and measure the metric.
 
     Args:
@@ -233,6 +244,8 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
             ``"accuracy"``, ``"top1"``; ``reference=`` images for mean and resample ablation).
         executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
             ``SubmititExecutor``...; see ``engine.split``); the merged table equals this process's.
+        unit_range: ``(start, stop)``: only those units of the table (in its order, after
+            ``layers``): one slice of a table split over workers, as in ``patch``.
 
     Returns:
         The same table as ``patch`` (without ``normalized``); ``df.attrs["baseline"]`` is the
@@ -255,6 +268,8 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
                          "turn (the seed draws the derangement of prompts without a reference)")
     metric_fn = task.metric(metric)
     if executor is not None:
+        if unit_range is not None:
+            raise ValueError("executor= splits the units over workers itself: drop unit_range=")
         from .split import split_by_layer  # noqa: PLC0415
 
         return split_by_layer(ablate, model, {
@@ -265,7 +280,7 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
     pb = task.prepare(model, prompts, n_tokens)
     positions = task.check_positions(positions, pb) if hasattr(task, "check_positions") else \
         check_positions(positions, pb.mask.shape[1])  # a ViT names its own: CLS and patches
-    units = task.units(model, unit, layers, positions, per_position)
+    units = units_in_range(task.units(model, unit, layers, positions, per_position), unit_range)
     hooks = sorted({e.hook for u in units for e in u.edits})
     scored = task.scoring(model, pb, scored_positions) if answers is None else \
         _answer_scoring(model, pb, answers, scored_positions)

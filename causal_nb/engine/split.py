@@ -17,7 +17,8 @@ import torch
 
 from ..core.executors import Failure, make_executor
 
-__all__ = ["LayerJob", "ModelWorker", "SplitError", "model_worker", "split_by_layer", "weight_digest"]
+__all__ = ["LayerJob", "ModelWorker", "SplitError", "merge_layers", "model_worker", "split_by_layer", "unit_parts",
+           "weight_digest"]
 
 
 class SplitError(ValueError):
@@ -84,7 +85,7 @@ def merge_layers(parts: list[pd.DataFrame], layers: list[int] | None) -> pd.Data
     df = pd.concat(bare, ignore_index=True)
     attrs = {}
     for k, v in parts[0].attrs.items():
-        if k == "layers":
+        if k in ("layers", "unit_range"):  # a part's subset: the merged table covers them all
             continue
         if isinstance(v, pd.DataFrame) and len(v) == len(parts[0]):  # one row per unit: per_prompt
             attrs[k] = pd.concat([p.attrs[k] for p in parts], ignore_index=True)
@@ -94,6 +95,34 @@ def merge_layers(parts: list[pd.DataFrame], layers: list[int] | None) -> pd.Data
         attrs["layers"] = sorted(layers)
     df.attrs = attrs
     return df
+
+
+def unit_parts(counts: list[int], n_parts: int) -> list[tuple[int, int]]:
+    """Contiguous ranges ``(start, stop)`` of a table's units (layer-major; ``counts[l]`` units in
+    layer ``l``) for ``n_parts`` workers, of about equal cost, for ``unit_range=``.
+
+    Ablating or patching a unit of layer ``l`` reruns layers ``l .. n_layers - 1`` (the run up
+    to ``l`` is cached), so its cost is taken as ``n_layers - l`` (measured: a 2-layer model's
+    layer-0 neurons take twice as long as its layer-1 neurons); a range may cut a layer, so
+    two workers balance a 2-layer model too. Empty ranges are left out (fewer units than
+    parts).
+    """
+    n_layers = len(counts)
+    total = sum(c * (n_layers - layer) for layer, c in enumerate(counts))
+    if total == 0:
+        return []
+    cuts, cost, i = [0], 0, 0
+    for layer, c in enumerate(counts):
+        w = n_layers - layer
+        for _ in range(c):
+            # unit i spans cumulative costs cost .. cost + w: it opens part k when its middle first
+            # reaches k/n of the total
+            while len(cuts) < n_parts and (2 * cost + w) * n_parts >= 2 * len(cuts) * total:
+                cuts.append(i)
+            cost += w
+            i += 1
+    cuts.append(i)
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def split_by_layer(fn, model, kwargs: dict, layers, executor) -> pd.DataFrame:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["STACK_UNIT_KINDS", "UNIT_KINDS", "Edit", "Unit", "enumerate_units", "layer_shape", "unit_columns"]
+__all__ = ["STACK_UNIT_KINDS", "UNIT_KINDS", "Edit", "Unit", "enumerate_units", "layer_shape", "unit_columns",
+           "units_in_range"]
 
 
 @dataclass(frozen=True)
@@ -160,3 +161,23 @@ def enumerate_units(model, kind: str, layers=None, positions=None, per_position:
                 units.append(Unit(kind, layer, edits, label=f"{kind} L{layer}" + "".join(
                     f" {k[0]}{v}" for k, v in coords.items()), **coords))
     return units
+
+
+def units_in_range(units: list, unit_range) -> list:
+    """The units ``start .. stop - 1`` of ``units`` (table order, layer-major) for ``unit_range=(start, stop)``;
+    all of them for None. One slice of a table split over workers: the slices' tables,
+    concatenated in order, are the whole table.
+
+    Raises:
+        ValueError: not a pair of integers with ``0 <= start < stop <= len(units)``.
+    """
+    if unit_range is None:
+        return units
+    try:
+        start, stop = (int(x) for x in unit_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"unit_range must be a pair (start, stop) of unit indices, got {unit_range!r}") from None
+    if not 0 <= start < stop <= len(units):
+        raise ValueError(f"unit_range=({start}, {stop}) is outside the {len(units)} units of this call (in table order, "
+                         f"after layers=): use 0 <= start < stop <= {len(units)}")
+    return units[start:stop]

@@ -31,7 +31,7 @@ from ..core.executors import Failure, InProcessExecutor, make_executor
 from ..core.io import atomic_write_text, load_json, save_json
 
 __all__ = ["SPLIT_METHODS", "CellWorker", "InProcessExecutor", "SweepConfig", "SweepError", "load_config", "load_results",
-           "layer_parts", "run_cell", "score_job", "score_phase", "sweep"]
+           "run_cell", "score_job", "score_phase", "sweep"]
 
 
 class SweepError(ValueError):
@@ -182,13 +182,15 @@ class _Context:
         return self.root / "scores" / model_key(cell["model"]) / self.cfg.domain / \
             f"{cell['method']}_{kind}_seed{cell['seed']}.json"
 
-    def compute_scores(self, cell, kind, layers=None) -> pd.DataFrame:
-        """``score`` of a cell's method on its scoring prompts (``layers``: only those)."""
+    def compute_scores(self, cell, kind, unit_range=None) -> pd.DataFrame:
+        """``score`` of a cell's method on its scoring prompts (``unit_range``: only those units)."""
         from ..analyses.scoring import score  # noqa: PLC0415
 
         prompts, kw = self.scoring_prompts(cell)
+        if unit_range is not None:
+            kw["unit_range"] = unit_range
         return score(self.model(cell["model"]), prompts, cell["method"], unit=kind, n_tokens=self.cfg.n_tokens,
-                     seed=cell["seed"], progress=False, layers=layers, **kw)
+                     seed=cell["seed"], progress=False, **kw)
 
     def save_scores(self, cell, kind, df: pd.DataFrame, seconds: float) -> None:
         save_json({"model": cell["model"], "domain": self.cfg.domain, "method": cell["method"], "unit": kind,
@@ -240,9 +242,9 @@ def compute_scores(ctx: _Context, cell: dict) -> None:
 
 
 #: Exact per-unit methods: their cost grows with the number of units (one ablated run each), so
-#: the scoring phase of a distributed sweep splits each of their tables by layer over the workers
-#: (the merged table is bit-identical to one process's: ``engine.split``). The other methods
-#: compute every unit in a few passes and run as one job.
+#: the scoring phase of a distributed sweep splits each of their tables into unit ranges of about
+#: equal cost over the workers (``engine.split.unit_parts``; the merged table is bit-identical to
+#: one process's). The other methods compute every unit in a few passes and run as one job.
 SPLIT_METHODS = ("ablation", "patching")
 
 
@@ -250,41 +252,34 @@ def score_job(ctx: _Context, job: dict):
     """One job of a distributed sweep's scoring phase.
 
     ``{"cell": c}``: the cell's whole score tables, computed and saved by the worker (``None``
-    returned). ``{"cell": c, "kind": k, "part": i, "of": n}``: the per-layer tables of kind ``k``
-    of part ``i`` of ``layer_parts(n_layers, n)``, returned as ``(n_layers, {layer: table}, seconds)`` for the
-    driver to merge and save.
+    returned). ``{"cell": c, "kind": k, "part": i, "of": n}``: part ``i`` of
+    ``unit_parts(counts, n)`` of the table of kind ``k`` (``counts``: units per layer), returned
+    as ``(n_units, {(start, stop): table}, seconds)`` for the driver to merge and save (no
+    table when the part is empty: fewer units than parts).
     """
+    from ..engine.split import unit_parts  # noqa: PLC0415
+    from ..engine.units import enumerate_units  # noqa: PLC0415
+
     if "part" not in job:
         compute_scores(ctx, job["cell"])
         return None
     t0 = time.time()
-    n_layers = ctx.model(job["cell"]["model"]).cfg.n_layers
-    tables = {layer: ctx.compute_scores(job["cell"], job["kind"], layers=[layer])
-              for layer in layer_parts(n_layers, job["of"])[job["part"]]}
-    return n_layers, tables, time.time() - t0
-
-
-def layer_parts(n_layers: int, n_parts: int) -> list[list[int]]:
-    """Layers dealt out to ``n_parts`` parts of about equal cost (longest first, each to the part
-    with the least so far): ablating a unit of layer ``l`` reruns layers ``l .. n_layers - 1``,
-    so its cost grows with ``n_layers - l`` (measured: a 2-layer model's layer 0 takes twice
-    layer 1's time). A model with fewer layers than parts leaves some parts empty."""
-    parts: list[list[int]] = [[] for _ in range(n_parts)]
-    load = [0] * n_parts
-    for layer in range(n_layers):  # costs n_layers, n_layers - 1, ...: already longest first
-        i = load.index(min(load))
-        parts[i].append(layer)
-        load[i] += n_layers - layer
-    return parts
+    model = ctx.model(job["cell"]["model"])
+    counts = [len(enumerate_units(model, job["kind"], [layer])) for layer in range(model.cfg.n_layers)]
+    ranges = unit_parts(counts, job["of"])
+    tables = {ranges[job["part"]]: ctx.compute_scores(job["cell"], job["kind"], unit_range=ranges[job["part"]])} \
+        if job["part"] < len(ranges) else {}
+    return sum(counts), tables, time.time() - t0
 
 
 def score_phase(executor, worker, ctx: _Context, todo: list[dict]) -> None:
     """Compute every score table the cells in ``todo`` need, once each, on ``executor``'s workers.
 
-    The tables of ``SPLIT_METHODS`` are split into as many parts as the executor runs jobs at
-    once (``workers``, else ``jobs``, else 4), the heavy parts first so that no long job starts
-    last; the driver merges the parts in layer order and saves the table where the cells read
-    it. A part that fails leaves its table unsaved: its cells compute it and report the error.
+    The tables of ``SPLIT_METHODS`` are split into as many unit ranges of about equal cost as
+    the executor runs jobs at once (``workers``, else ``jobs``, else 4), the split parts first so
+    that no long job starts last; the driver merges the ranges in order and saves the table
+    where the cells read it. A part that fails leaves its table unsaved: its cells compute it
+    and report the error.
     """
     from ..engine.split import merge_layers  # noqa: PLC0415
 
@@ -305,10 +300,13 @@ def score_phase(executor, worker, ctx: _Context, todo: list[dict]) -> None:
         if "part" in job and not isinstance(res, Failure):
             parts.setdefault((cell_id(job["cell"]), job["kind"]), [job]).append(res)
     for (_, kind), (job, *got) in parts.items():
-        n_layers = got[0][0]
-        tables = {layer: t for _, ts, _ in got for layer, t in ts.items()}
-        if len(got) == n_parts and sorted(tables) == list(range(n_layers)):
-            merged = merge_layers([tables[layer] for layer in range(n_layers)], None)
+        n_units = got[0][0]
+        tables = {r: t for _, ts, _ in got for r, t in ts.items()}
+        ranges = sorted(tables)
+        # every part came back and the ranges tile the table: else its cells compute it themselves
+        if len(got) == n_parts and [a for a, _ in ranges] == [0] + [b for _, b in ranges[:-1]] \
+                and ranges[-1][1] == n_units:
+            merged = merge_layers([tables[r] for r in ranges], None)
             ctx.save_scores(job["cell"], kind, merged, sum(s for *_, s in got))
 
 

@@ -234,7 +234,7 @@ def test_killed_ray_driver_resumes_without_recomputing(tiny_dirs, tmp_path, refe
     same(res[res.sparsity != 0.75], reference)
 
 
-# ------------------------------------------------------------ a sweep's exact scores split by layer
+# ------------------------------------------------------ a sweep's exact scores split into unit ranges
 
 
 class Recording:
@@ -258,7 +258,7 @@ def score_records(out: Path) -> dict:
     return {p.relative_to(out).as_posix(): json.loads(p.read_text())["scores"] for p in (out / "scores").rglob("*.json")}
 
 
-def test_distributed_sweep_splits_exact_scores_by_layer_and_equals_in_process(tiny_dirs, tmp_path):
+def test_distributed_sweep_splits_exact_scores_into_unit_ranges_and_equals_in_process(tiny_dirs, tmp_path):
     cfg = dict(methods=["ablation", "taylor"], units=["head", "neuron"], sparsities=[0.5])
     ref = sweep(small(tiny_dirs, tmp_path / "one", **cfg), progress=False)
     ex = Recording()
@@ -275,16 +275,23 @@ def test_distributed_sweep_splits_exact_scores_by_layer_and_equals_in_process(ti
     assert [j["cell"]["method"] for j in phase[len(parts):]] == ["taylor", "taylor"] and len(cells) == 4
 
 
-def test_layer_parts_balance_the_cost_of_later_layers():
-    from causal_nb.evaluation.sweep import layer_parts
+def test_unit_parts_balance_the_cost_of_later_layers():
+    from causal_nb.engine.split import unit_parts
 
-    # a unit of layer l costs n_layers - l forwards of a layer: 4 layers cost 4 3 2 1
-    assert layer_parts(4, 2) == [[0, 3], [1, 2]]  # 5 and 5
-    assert layer_parts(2, 2) == [[0], [1]]  # 2 and 1: no better split by layer
-    assert layer_parts(1, 3) == [[0], [], []]
-    assert layer_parts(6, 3) == [[0, 5], [1, 4], [2, 3]]  # 7 each
-    for n, k in [(30, 4), (7, 3), (3, 5)]:
-        assert sorted(x for part in layer_parts(n, k) for x in part) == list(range(n))
+    # a unit of layer l costs n_layers - l forwards of a layer; ranges may cut a layer
+    assert unit_parts([1024, 1024], 2) == [(0, 768), (768, 2048)]  # 768 x 2 = 1536 = 256 x 2 + 1024 x 1
+    assert unit_parts([4, 4], 2) == [(0, 3), (3, 8)]  # costs 6 and 6
+    assert unit_parts([4, 4, 4, 4], 2) == [(0, 5), (5, 16)]  # 4 x 4 + 3 = 19 vs 3 x 3 + 4 x 2 + 4 x 1 = 21
+    assert unit_parts([2], 4) == [(0, 1), (1, 2)]  # fewer units than parts: no empty ranges
+    assert unit_parts([0, 0], 2) == []
+    for counts, k in [([9] * 30, 4), ([5, 7, 3], 3), ([2, 2, 2], 5), ([1536] * 30, 2)]:
+        ranges = unit_parts(counts, k)
+        assert ranges[0][0] == 0 and ranges[-1][1] == sum(counts) and len(ranges) <= k
+        assert all(b == c for (_, b), (c, _) in zip(ranges, ranges[1:]))  # contiguous, in order
+        n = len(counts)
+        weight = [n - layer for layer, c in enumerate(counts) for _ in range(c)]
+        costs = [sum(weight[a:b]) for a, b in ranges]
+        assert max(costs) - min(costs) <= 2 * n or len(ranges) < k, costs  # equal up to a unit or two
 
 
 def test_a_failed_score_part_leaves_the_table_to_its_cells(tiny_dirs, tmp_path):
@@ -365,6 +372,53 @@ def test_ablate_split_by_layer_equals_one_process(llama):
     whole = causal_nb.ablate(llama, prompts, unit="neuron", kind="mean", n_tokens=8, progress=False)
     same_scores(causal_nb.ablate(llama, prompts, unit="neuron", kind="mean", n_tokens=8, progress=False,
                                  executor=InProcessExecutor()), whole)
+
+
+@pytest.mark.parametrize("method", ["ablation", "patching"])
+def test_unit_range_slices_concatenate_to_the_whole_table(llama, method):
+    import causal_nb
+    from causal_nb.engine.split import merge_layers
+
+    prompts = causal_nb.load_prompts("python", n=3)
+    kw = {"corrupted": causal_nb.load_prompts("cpp", n=3)} if method == "patching" else {}
+    whole = causal_nb.score(llama, prompts, method, unit="neuron", n_tokens=8, progress=False, **kw)
+    n = len(whole)
+    cuts = [0, 5, n // 2 + 3, n]  # the middle range cuts across the layer boundary
+    parts = [causal_nb.score(llama, prompts, method, unit="neuron", n_tokens=8, progress=False, unit_range=(a, b), **kw)
+             for a, b in zip(cuts, cuts[1:])]
+    assert [len(t) for t in parts] == [b - a for a, b in zip(cuts, cuts[1:])]
+    assert parts[1].attrs["unit_range"] == (5, n // 2 + 3)
+    same_scores(merge_layers(parts, None), whole)
+    # ablate's own table too: rows, per-prompt values and baselines
+    ab = causal_nb.ablate(llama, prompts, unit="head", kind="zero", n_tokens=8, progress=False)
+    halves = [causal_nb.ablate(llama, prompts, unit="head", kind="zero", n_tokens=8, progress=False, unit_range=r)
+              for r in [(0, 3), (3, len(ab))]]
+    same_scores(merge_layers(halves, None), ab)
+
+
+def test_unit_range_refuses_what_it_cannot_mean(llama):
+    import causal_nb
+    from causal_nb.core.executors import InProcessExecutor
+
+    prompts = causal_nb.load_prompts("python", n=2)
+    n = len(causal_nb.score(llama, prompts, "magnitude", unit="head"))
+    with pytest.raises(ValueError, match=rf"outside the {n} units.*0 <= start < stop <= {n}"):
+        causal_nb.score(llama, prompts, "ablation", unit="head", n_tokens=8, unit_range=(2, n + 1))
+    with pytest.raises(ValueError, match="outside"):
+        causal_nb.ablate(llama, prompts, unit="head", n_tokens=8, unit_range=(3, 3))
+    with pytest.raises(ValueError, match="pair"):
+        causal_nb.ablate(llama, prompts, unit="head", n_tokens=8, unit_range=5)
+    with pytest.raises(ValueError, match="unit_range.*taylor"):
+        causal_nb.score(llama, prompts, "taylor", unit="head", n_tokens=8, unit_range=(0, 2))
+    with pytest.raises(ValueError, match="unit_range.*attribution"):
+        causal_nb.patch(llama, prompts, causal_nb.load_prompts("cpp", n=2), method="attribution", n_tokens=8,
+                        unit_range=(0, 2))
+    with pytest.raises(ValueError, match="splits the units over workers itself"):
+        causal_nb.score(llama, prompts, "ablation", unit="head", n_tokens=8, unit_range=(0, 2),
+                        executor=InProcessExecutor())
+    part = causal_nb.score(llama, prompts, "ablation", unit="head", n_tokens=8, progress=False, unit_range=(0, 2))
+    with pytest.raises(ValueError, match=r"units \(0, 2\) only.*merge the slices"):
+        causal_nb.prune(llama, part, 0.5)
 
 
 def test_split_refuses_what_workers_cannot_reproduce(llama, tiny_dirs):
