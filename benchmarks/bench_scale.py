@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     lines += ["", f"In process: {sum(jobs.values()):.1f} s of work, of which the score tables "
               f"{sum(v for k, v in jobs.items() if k.startswith('score')):.1f} s (the longest, {heavy}, "
               f"{jobs[heavy]:.1f} s). A distributed sweep splits the tables of the exact methods "
-              f"({', '.join(SPLIT_METHODS)}) by layer over its workers."]
+              f"({', '.join(SPLIT_METHODS)}) into unit ranges of equal cost over its workers."]
     table = "\n".join(lines)
     print(table)
     return table
