@@ -5,10 +5,14 @@ and then times the sweep itself, which includes each worker's first imports and 
 cost the in-process run pays once too). The tables must be equal (the ``seconds`` column
 aside); the ratio is in-process time / Ray sweep time (higher = faster), also given with the
 start-up included. On a machine shared with other work the ratios say little: the sweep needs
-idle cores.
+idle cores. A virtual machine's cores also change speed from minute to minute (here the same
+table took 95 s and 142 s ten minutes apart), so ``--repeats R`` runs the set R times in turn
+(in-process, then each worker count) and each ratio is taken against the in-process run of the
+same round; the summary gives the median and the range over the rounds.
 
     python benchmarks/bench_scale.py                                  # bundled 2-layer GPT-2
     python benchmarks/bench_scale.py --workers 1,2,4 --methods magnitude,taylor,ablation
+    python benchmarks/bench_scale.py --methods taylor,attribution,ablation --n-prompts 16 --n-tokens 64 --workers 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -51,7 +55,10 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--n-prompts", type=int, default=8)
     p.add_argument("--n-tokens", type=int, default=32)
     p.add_argument("--workers", default="1,2", help="comma-separated Ray worker counts")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of the whole set, each ratio within its round")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
 
     import ray
     import torch
@@ -61,38 +68,49 @@ def main(argv: list[str] | None = None) -> str:
 
     torch.set_num_threads(1)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        ref = sweep(config(args, Path(tmp) / "inprocess"), progress=False)
-        inproc = time.perf_counter() - t0
-        jobs = job_seconds(Path(tmp) / "inprocess", ref)
-        rows.append({"run": "in-process", "startup_s": 0.0, "sweep_s": inproc, "ratio": 1.0, "ratio_with_startup": 1.0,
-                     "equal": "reference"})
-        for n in [int(w) for w in args.workers.split(",")]:
+    for rnd in range(1, args.repeats + 1):
+        with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            startup = time.perf_counter() - t0
-            try:
+            ref = sweep(config(args, Path(tmp) / "inprocess"), progress=False)
+            inproc = time.perf_counter() - t0
+            jobs = job_seconds(Path(tmp) / "inprocess", ref)
+            rows.append({"round": rnd, "run": "in-process", "workers": 0, "startup_s": 0.0, "sweep_s": inproc,
+                         "ratio": 1.0, "ratio_with_startup": 1.0, "equal": "reference"})
+            for n in [int(w) for w in args.workers.split(",")]:
                 t0 = time.perf_counter()
-                res = sweep(config(args, Path(tmp) / f"ray{n}"), executor=RayExecutor(workers=n), progress=False)
-                took = time.perf_counter() - t0
-            finally:
-                ray.shutdown()
-            try:
-                pd.testing.assert_frame_equal(res.drop(columns="seconds"), ref.drop(columns="seconds"))
-                equal = "yes"
-            except AssertionError as e:
-                equal = f"NO: {str(e).splitlines()[0]}"
-            rows.append({"run": f"ray, {n} worker(s)", "startup_s": startup, "sweep_s": took, "ratio": inproc / took,
-                         "ratio_with_startup": inproc / (took + startup), "equal": equal})
+                ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                startup = time.perf_counter() - t0
+                try:
+                    t0 = time.perf_counter()
+                    res = sweep(config(args, Path(tmp) / f"ray{n}"), executor=RayExecutor(workers=n), progress=False)
+                    took = time.perf_counter() - t0
+                finally:
+                    ray.shutdown()
+                try:
+                    pd.testing.assert_frame_equal(res.drop(columns="seconds"), ref.drop(columns="seconds"))
+                    equal = "yes"
+                except AssertionError as e:
+                    equal = f"NO: {str(e).splitlines()[0]}"
+                rows.append({"round": rnd, "run": f"ray, {n} worker(s)", "workers": n, "startup_s": startup,
+                             "sweep_s": took, "ratio": inproc / took, "ratio_with_startup": inproc / (took + startup),
+                             "equal": equal})
+        print(f"round {rnd}: " + ", ".join(f"{r['run']} {r['sweep_s']:.1f} s" for r in rows if r["round"] == rnd),
+              flush=True)
     cells = len(ref)
     lines = [f"{cells} cells ({args.model}, methods {args.methods}, head+neuron, sparsities {args.sparsities}, "
              f"{args.n_prompts} prompts x {args.n_tokens} tokens), {os.cpu_count()} CPUs, load average "
              f"{os.getloadavg()[0]:.1f} at the end",
-             "| run | Ray start-up s | sweep s | in-process / run | with start-up | table equal |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['startup_s']:.1f} | {r['sweep_s']:.1f} | {r['ratio']:.2f}x | "
+             "| round | run | Ray start-up s | sweep s | in-process / run | with start-up | table equal |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['run']} | {r['startup_s']:.1f} | {r['sweep_s']:.1f} | {r['ratio']:.2f}x | "
               f"{r['ratio_with_startup']:.2f}x | {r['equal']} |" for r in rows]
+    if args.repeats > 1:
+        df = pd.DataFrame(rows)
+        lines += ["", "| workers | median ratio | range | median with start-up | median in-process s |", "|---|---|---|---|---|"]
+        base = df[df.workers == 0].sweep_s.median()
+        for n, g in df[df.workers > 0].groupby("workers"):
+            lines.append(f"| {n} | {g.ratio.median():.2f}x | {g.ratio.min():.2f}-{g.ratio.max():.2f}x | "
+                         f"{g.ratio_with_startup.median():.2f}x | {base:.1f} |")
     heavy = max((k for k in jobs if k.startswith("score")), key=jobs.get)
     lines += ["", f"In process: {sum(jobs.values()):.1f} s of work, of which the score tables "
               f"{sum(v for k, v in jobs.items() if k.startswith('score')):.1f} s (the longest, {heavy}, "

@@ -14,7 +14,15 @@ method and sparsity (``cnb.harness_paired_test``). The per-prompt losses are wri
 (``per_prompt.parquet``) with the figures of loss against sparsity and of the heads removed per
 layer (``figures/*.html``).
 
+The random control is drawn ``--random-seeds`` times (default one seed, 0): its row is the
+mean over the draws (each prompt's loss averaged over the seeds: the expected loss of a random
+pruning), with the spread of the draws' mean losses (``seed_sd``, ``seed_min``, ``seed_max``),
+and the tests compare each criterion with that average; the harness's control is the first
+seed's model (McNemar needs one model's 0/1 answers). ``--criteria`` runs a subset
+(``dup-random`` is always run: it is the control).
+
     python benchmarks/duplication_table.py --model code-gpt2-2l
+    python benchmarks/duplication_table.py --model code-gpt2-2l --random-seeds 0 1 2 3 4
     python benchmarks/duplication_table.py --model smollm2-135m --n-prompts 24 --tasks cnb_tatoeba_ending --limit 100
 """
 
@@ -36,6 +44,9 @@ from causal_nb.evaluation.stats import bootstrap_ci, holm, paired_tests
 from causal_nb.notebook.plotting import save_figure
 
 
+CRITERIA = ("dup-euclidean", "dup-cosine", "dup-random", "ablation", "attribution-abs")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="code-gpt2-2l")
@@ -49,7 +60,13 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", nargs="*", default=None)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", default=None, help="folder (default benchmarks/results/duplication_<model>)")
+    p.add_argument("--random-seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the random control (its row: the mean over them)")
+    p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA,
+                   help="criteria to run (dup-random, the control, always runs)")
     a = p.parse_args(argv)
+    if len(set(a.random_seeds)) != len(a.random_seeds):
+        p.error(f"--random-seeds repeats a seed: {a.random_seeds}")
     t0 = time.time()
     out = Path(a.out or Path(__file__).parent / "results" / f"duplication_{a.model}")
     model = cnb.load_model(a.model, device="cpu")
@@ -57,21 +74,35 @@ def main(argv=None) -> None:
     test = cnb.load_prompts(a.domain, split="test")
     per, harness, items, logs = {}, [], [], {}
     full = prompt_losses(model, test, a.eval_tokens).loss.to_numpy()
+    seed_means = {}  # (method, sparsity) -> each random draw's mean loss
     for method in a.methods:
-        for metric in ("euclidean", "cosine", "random"):
+        runs = [(m, 0) for m in ("euclidean", "cosine") if f"dup-{m}" in a.criteria]
+        runs += [("random", seed) for seed in a.random_seeds]
+        for metric, seed in runs:
+            # the first random seed keeps the plain folder name (duplication_harness.py reads it)
+            name = f"{metric}_{method}" + (f"_seed{seed}" if metric == "random" and seed != a.random_seeds[0] else "")
             res = cnb.duplication_prune(model, a.domain, metric=metric, group_metric=metric,
-                                        method=method, sparsities=a.sparsities, out=out / f"{metric}_{method}",
+                                        method=method, sparsities=a.sparsities, out=out / name,
                                         n_groups=a.groups, n_prompts=a.n_prompts, n_tokens=a.n_tokens,
-                                        eval_tokens=a.eval_tokens, tasks=a.tasks, limit=a.limit, physical=False)
-            pl = pd.read_parquet(out / f"{metric}_{method}" / "prompt_losses.parquet")
+                                        eval_tokens=a.eval_tokens, tasks=a.tasks, limit=a.limit, physical=False,
+                                        seed=seed)
+            pl = pd.read_parquet(out / name / "prompt_losses.parquet")
             for s in a.sparsities:
-                per[(f"dup-{metric}", method, s)] = pl[(pl.sparsity == s) & (pl.variant == "masked")].loss.to_numpy()
-            print(f"dup-{metric} {method}: {time.time() - t0:.0f} s", flush=True)
+                loss = pl[(pl.sparsity == s) & (pl.variant == "masked")].loss.to_numpy()
+                if metric == "random":
+                    seed_means.setdefault((method, s), []).append(loss.mean())
+                    # the control: each prompt's loss averaged over the draws so far
+                    k = len(seed_means[(method, s)])
+                    loss = loss if k == 1 else (per[("dup-random", method, s)] * (k - 1) + loss) / k
+                per[(f"dup-{metric}", method, s)] = loss
+            print(f"dup-{metric} {method} (seed {seed}): {time.time() - t0:.0f} s", flush=True)
+            if metric == "random" and seed != a.random_seeds[0]:
+                continue  # the figures and the harness's control: the first draw
             logs[f"dup-{metric} {method}"] = res.attrs["log"]
             if res.attrs["lm_eval"]:
                 harness.append(pd.DataFrame(res.attrs["lm_eval"]).assign(criterion=f"dup-{metric}", method=method))
                 items.append(pd.DataFrame(res.attrs["lm_eval_items"]).assign(criterion=f"dup-{metric}", method=method))
-    for crit in ("ablation", "attribution-abs"):
+    for crit in [c for c in ("ablation", "attribution-abs") if c in a.criteria]:
         scores = cnb.score(model, train, method=crit, n_tokens=a.n_tokens)
         print(f"{crit} scores: {time.time() - t0:.0f} s", flush=True)
         for method, budget in (("balanced", "per_layer"), ("imbalanced", "global")):
@@ -91,7 +122,11 @@ def main(argv=None) -> None:
         mean, lo, hi = bootstrap_ci(loss)
         row = {"criterion": crit, "method": method, "sparsity": s, "loss": mean, "ci_low": lo, "ci_high": hi,
                "delta_vs_full": mean - full.mean()}
-        if crit != "dup-random":
+        if crit == "dup-random":
+            draws = seed_means[(method, s)]
+            row.update(n_seeds=len(draws), seed_sd=pd.Series(draws).std(ddof=1) if len(draws) > 1 else float("nan"),
+                       seed_min=min(draws), seed_max=max(draws))
+        else:
             t = paired_tests({crit: -loss, "random": -per[("dup-random", method, s)]}, crit).iloc[0]
             row.update(p_vs_random=t.p, mean_loss_gain_vs_random=t.mean_diff)
         rows.append(row)
@@ -105,8 +140,9 @@ def main(argv=None) -> None:
     long.to_parquet(out / "per_prompt.parquet", index=False)
     fig, _ = cnb.sparsity_curves(long, value="loss", title=f"{a.model}: held-out loss against sparsity")
     save_figure(fig, out / "figures", "loss_vs_sparsity", png=False)
-    fig, _ = cnb.heads_removed_by_layer({k: v for k, v in logs.items() if k.startswith("dup-cosine")},
-                                        title=f"{a.model}: heads removed per layer (cosine duplication)")
+    shown = "dup-cosine" if "dup-cosine" in a.criteria else "dup-random"
+    fig, _ = cnb.heads_removed_by_layer({k: v for k, v in logs.items() if k.startswith(shown)},
+                                        title=f"{a.model}: heads removed per layer ({shown})")
     save_figure(fig, out / "figures", "heads_removed_by_layer", png=False)
     if harness:
         pd.concat(harness, ignore_index=True).to_csv(out / "lm_eval_table.csv", index=False)

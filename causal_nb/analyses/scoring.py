@@ -44,13 +44,17 @@ OPTION_USERS = {
     "batch_size": ("ablation", "patching"),
     "memory_budget_mb": ("ablation", "patching"),
     "unit_range": ("ablation", "patching"),
+    "executor": ("ablation", "patching"),
 }
 _GRADIENT = ("attribution", "attribution-abs", "eap-ig", "taylor", "fisher")
 _WHY = {**{("metric", m): "it scores the loss" for m in _GRADIENT},
         ("metric", "acdc"): "it scores the KL divergence, or a sentence-pair task's own metric",
         ("kind", "eap-ig"): "it interpolates towards corrupted=",
         ("kind", "patching"): "it patches in corrupted= activations",
-        **{("corrupted", m): "it needs no second prompt set" for m in METHODS if m not in ("patching", "eap-ig")}}
+        **{("corrupted", m): "it needs no second prompt set" for m in METHODS if m not in ("patching", "eap-ig")},
+        **{("executor", m): "it scores every unit in one pass, which each worker would only repeat"
+           for m in METHODS if m not in ("ablation", "patching", "acdc")},
+        ("executor", "acdc"): "its walk tests each unit together with the units it removed before, across all layers"}
 _HIGHER_IS_WORSE = {"kl", "loss"}
 #: The methods that take a task other than the LM (``task=SentencePairTask(...)``); the others
 #: read next-token logits or paired corrupted prompts (patching, EAP-IG, duplication's head
@@ -177,9 +181,12 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
             attribution(-abs), Taylor, Fisher (the gradient of each pair's mean target-token
             log-prob), patching (``corrupted=`` sources, as ``patch`` takes them), magnitude or
             random.
-        executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
-            ``SubmititExecutor``...; see ``engine.split``), each loading the model once; the merged
-            table (``per_prompt`` included) equals this process's. Not ACDC (its walk crosses layers).
+        executor: ablation and patching: split the units over workers (``"ray"``,
+            ``core.executors.RayExecutor``, ``SubmititExecutor``...; see ``engine.split``) in
+            contiguous ranges of about equal cost, one per job the executor runs at once, each
+            worker loading the model once; the merged table (``per_prompt`` included) equals this
+            process's. The other methods score every unit in one pass, and ACDC's walk crosses
+            layers: they refuse it.
         unit_range: ablation and patching: ``(start, stop)``, only those units of the table (in
             its order, after ``layers``), one run each: one slice of a table split over workers
             (the slices' tables concatenated in order are the whole table; a distributed sweep
@@ -210,7 +217,7 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
         raise ValueError(f"unknown unit {unit!r}; valid units: {list(score_units)}")
     reject_unused(method, {"metric": metric, "kind": kind, "corrupted": corrupted, "steps": steps, "p": p,
                            "threshold": threshold, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb,
-                           "unit_range": unit_range},
+                           "unit_range": unit_range, "executor": executor},
                   OPTION_USERS, _WHY)
     kind = kind or "mean"
     steps = 5 if steps is None else steps
@@ -226,17 +233,16 @@ def score(model, prompts=None, method: str | None = None, unit: str = "head", me
     if executor is not None:
         if unit_range is not None:
             raise ValueError("executor= splits the units over workers itself: drop unit_range=")
-        if method == "acdc":
-            raise ValueError("method='acdc' cannot be split over workers: its walk tests each unit together with the "
-                             "units it removed before, across all layers; drop executor=")
-        from ..engine.split import split_by_layer  # noqa: PLC0415
+        from ..engine.split import split_units  # noqa: PLC0415
 
         # the defaults filled in above go only to the methods that read them (the others refuse them)
         opts = {k: v for k, v in {"kind": kind, "steps": steps, "p": p}.items() if uses(method, k)}
-        return split_by_layer(score, model, {
+        task.check_model(model, "score")
+        return split_units(score, model, {
             "prompts": prompts, "method": method, "unit": unit, "metric": metric, "corrupted": corrupted,
             "n_tokens": n_tokens, "seed": seed, "threshold": threshold, "batch_size": batch_size,
-            "memory_budget_mb": memory_budget_mb, "task": None if lm else task, **opts}, layers, executor)
+            "memory_budget_mb": memory_budget_mb, "task": None if lm else task, **opts},
+            task.units(model, unit, layers), layers, executor)
     task.check_model(model, "score")  # here too: "magnitude" and "random" never reach prepare's check
     every = task.units(model, unit)
     units = units_in_range(task.units(model, unit, layers), unit_range)

@@ -242,8 +242,9 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
             ``cnb.ImageClassificationTask(images, labels)``, a ViT's class logits on the CLS token,
             one value per image (metrics ``"kl"``, the default, ``"label_logprob"``,
             ``"accuracy"``, ``"top1"``; ``reference=`` images for mean and resample ablation).
-        executor: split the units by layer over workers (``"ray"``, ``core.executors.RayExecutor``,
-            ``SubmititExecutor``...; see ``engine.split``); the merged table equals this process's.
+        executor: split the units over workers (``"ray"``, ``core.executors.RayExecutor``,
+            ``SubmititExecutor``...; see ``engine.split``) in contiguous ranges of about equal cost;
+            the merged table equals this process's.
         unit_range: ``(start, stop)``: only those units of the table (in its order, after
             ``layers``): one slice of a table split over workers, as in ``patch``.
 
@@ -270,13 +271,14 @@ def ablate(model, prompts=None, unit: str = "head", kind: str = "zero", metric=N
     if executor is not None:
         if unit_range is not None:
             raise ValueError("executor= splits the units over workers itself: drop unit_range=")
-        from .split import split_by_layer  # noqa: PLC0415
+        from .split import split_units  # noqa: PLC0415
 
-        return split_by_layer(ablate, model, {
+        return split_units(ablate, model, {
             "prompts": prompts, "unit": unit, "kind": kind, "metric": metric, "reference": reference,
             "positions": positions, "per_position": per_position, "scored_positions": scored_positions,
             "n_tokens": n_tokens, "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "seed": seed,
-            "answers": answers, "task": None if isinstance(task, LMTask) else task}, layers, executor)
+            "answers": answers, "task": None if isinstance(task, LMTask) else task},
+            task.units(model, unit, layers, positions, per_position), layers, executor)
     pb = task.prepare(model, prompts, n_tokens)
     positions = task.check_positions(positions, pb) if hasattr(task, "check_positions") else \
         check_positions(positions, pb.mask.shape[1])  # a ViT names its own: CLS and patches

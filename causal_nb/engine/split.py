@@ -1,9 +1,10 @@
-"""Exact per-unit runs split by layer over an executor's workers, merged into one table.
+"""Exact per-unit runs split into unit ranges over an executor's workers, merged into one table.
 
-``score(..., executor=...)`` and ``ablate(..., executor=...)`` run themselves once per layer
-(``layers=[l]``) on the workers of a ``core.executors`` executor and concatenate the layer
-tables in layer order: the rows, and the per-unit attrs (``per_prompt``) row-wise, so the result
-is the single-process table. Each worker loads the model once, from where ``load_model`` read it
+``score(..., executor=...)`` and ``ablate(..., executor=...)`` run themselves once per
+contiguous range of units (``unit_range=(start, stop)``, ranges of about equal cost from
+``unit_parts``, as many as the executor runs jobs at once) on the workers of a
+``core.executors`` executor and concatenate the range tables in order: the rows, and the
+per-unit attrs (``per_prompt``) row-wise, so the result is the single-process table. Each worker loads the model once, from where ``load_model`` read it
 (``model.causal_nb_source``); a checksum of the weights guards against a model changed in memory
 since, which the workers could not see.
 """
@@ -17,8 +18,8 @@ import torch
 
 from ..core.executors import Failure, make_executor
 
-__all__ = ["LayerJob", "ModelWorker", "SplitError", "merge_layers", "model_worker", "split_by_layer", "unit_parts",
-           "weight_digest"]
+__all__ = ["ModelWorker", "RangeJob", "SplitError", "executor_width", "merge_layers", "model_worker", "split_units",
+           "unit_parts", "weight_digest"]
 
 
 class SplitError(ValueError):
@@ -64,14 +65,19 @@ def model_worker(model) -> ModelWorker:
 
 
 @dataclass(frozen=True)
-class LayerJob:
-    """``fn(model, layers=[layer], **kwargs)`` for one layer (fn: a module-level function)."""
+class RangeJob:
+    """``fn(model, unit_range=(start, stop), **kwargs)`` for one range (fn: a module-level function)."""
 
     fn: object
     kwargs: dict
 
-    def __call__(self, model, layer: int) -> pd.DataFrame:
-        return self.fn(model, layers=[layer], **self.kwargs)
+    def __call__(self, model, unit_range: tuple[int, int]) -> pd.DataFrame:
+        return self.fn(model, unit_range=unit_range, **self.kwargs)
+
+
+def executor_width(executor, default: int = 4) -> int:
+    """How many jobs ``executor`` runs at once (``workers``, else ``jobs``, else ``default``)."""
+    return max(1, int(getattr(executor, "workers", None) or getattr(executor, "jobs", None) or default))
 
 
 def merge_layers(parts: list[pd.DataFrame], layers: list[int] | None) -> pd.DataFrame:
@@ -125,22 +131,28 @@ def unit_parts(counts: list[int], n_parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def split_by_layer(fn, model, kwargs: dict, layers, executor) -> pd.DataFrame:
-    """Run ``fn(model, layers=[l], **kwargs)`` for each layer on ``executor``'s workers and merge.
+def split_units(fn, model, kwargs: dict, units: list, layers, executor) -> pd.DataFrame:
+    """Run ``fn(model, layers=layers, unit_range=r, **kwargs)`` for ranges ``r`` of about equal
+    cost on ``executor``'s workers (as many as it runs at once) and merge them in order.
+
+    Args:
+        units: the units ``fn`` would compute for ``layers`` (table order), to cut into ranges.
 
     Raises:
-        SplitError: a layer's job raised (its traceback in the message), or the model cannot
+        SplitError: a range's job raised (its traceback in the message), or the model cannot
             be reloaded by the workers.
     """
-    n = model.cfg.n_layers
-    todo = sorted({int(x) for x in layers}) if layers is not None else list(range(n))
-    bad = [x for x in todo if not 0 <= x < n]
-    if bad:
-        raise SplitError(f"layers {bad} are outside the model's {n} layers")
+    ex = make_executor(executor)
+    # every layer's slot, so that unit_parts weighs a unit by its layer (a T5's stacks share the indices)
+    counts = [0] * max([model.cfg.n_layers] + [u.layer + 1 for u in units])
+    for u in units:
+        counts[u.layer] += 1
+    ranges = unit_parts(counts, executor_width(ex))
     setup = model_worker(model)
     out: dict[int, pd.DataFrame] = {}
-    for i, res in make_executor(executor).run(setup, LayerJob(fn, {**kwargs, "progress": False}), todo):
+    job = RangeJob(fn, {**kwargs, "layers": layers, "progress": False})
+    for i, res in ex.run(setup, job, ranges):
         if isinstance(res, Failure):
-            raise SplitError(f"layer {todo[i]} failed on a worker: {res.error}\n{res.traceback}")
+            raise SplitError(f"units {ranges[i][0]}..{ranges[i][1] - 1} failed on a worker: {res.error}\n{res.traceback}")
         out[i] = res
-    return merge_layers([out[i] for i in range(len(todo))], None if layers is None else todo)
+    return merge_layers([out[i] for i in range(len(ranges))], None if layers is None else sorted({int(x) for x in layers}))

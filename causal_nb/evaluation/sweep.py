@@ -281,10 +281,10 @@ def score_phase(executor, worker, ctx: _Context, todo: list[dict]) -> None:
     where the cells read it. A part that fails leaves its table unsaved: its cells compute it
     and report the error.
     """
-    from ..engine.split import merge_layers  # noqa: PLC0415
+    from ..engine.split import executor_width, merge_layers  # noqa: PLC0415
 
     first = list({(c["model"], c["method"], c["unit"], c["seed"]): c for c in reversed(todo)}.values())[::-1]
-    n_parts = max(1, int(getattr(executor, "workers", None) or getattr(executor, "jobs", None) or 4))
+    n_parts = executor_width(executor)
     split, whole = [], []
     for c in first:
         kinds = ["head", "neuron"] if c["unit"] == "both" else [c["unit"]]

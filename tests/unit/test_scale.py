@@ -327,7 +327,7 @@ def test_ray_sweep_of_exact_scores_equals_in_process(tiny_dirs, tmp_path, ray_cl
     assert score_records(tmp_path / "ray") == score_records(tmp_path / "one")
 
 
-# ------------------------------------------------------------------- exact scoring split by layer
+# ------------------------------------------------------------------- exact scoring split into unit ranges
 
 
 def same_scores(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -347,24 +347,50 @@ def llama(tiny_dirs):
     return causal_nb.load_model(tiny_dirs["llama"], device="cpu")
 
 
-@pytest.mark.parametrize("method", ["ablation", "taylor", "magnitude", "random", "patching"])
-def test_score_split_by_layer_equals_one_process(llama, method):
+class Width:
+    """An in-process executor that says it runs three jobs at once: three unit ranges."""
+
+    workers = 3
+
+    def run(self, setup, fn, items):
+        from causal_nb.core.executors import InProcessExecutor
+
+        self.items = list(items)
+        return InProcessExecutor().run(setup, fn, self.items)
+
+
+@pytest.mark.parametrize("method", ["ablation", "patching"])
+def test_score_split_over_workers_equals_one_process(llama, method):
     import causal_nb
-    from causal_nb.core.executors import InProcessExecutor
 
     prompts = causal_nb.load_prompts("python", n=3)
     kw = {"corrupted": causal_nb.load_prompts("cpp", n=3)} if method == "patching" else {}
-    unit = "neuron" if method == "taylor" else "head"
-    whole = causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False, **kw)
-    split = causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False,
-                            executor=InProcessExecutor(), **kw)
+    whole = causal_nb.score(llama, prompts, method, unit="neuron", n_tokens=8, seed=3, progress=False, **kw)
+    ex = Width()
+    split = causal_nb.score(llama, prompts, method, unit="neuron", n_tokens=8, seed=3, progress=False, executor=ex, **kw)
     same_scores(split, whole)
-    part = causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False, layers=[1], **kw)
-    same_scores(causal_nb.score(llama, prompts, method, unit=unit, n_tokens=8, seed=3, progress=False, layers=[1],
-                                executor=InProcessExecutor(), **kw), part)
+    # three ranges of about equal cost: a layer-0 neuron reruns both layers, a layer-1 neuron one
+    n = len(whole)
+    assert len(ex.items) == 3 and ex.items[0][0] == 0 and ex.items[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ex.items, ex.items[1:]))
+    cost = [sum(2 if i < n // 2 else 1 for i in range(a, b)) for a, b in ex.items]
+    assert max(cost) - min(cost) <= 2, (ex.items, cost)
+    part = causal_nb.score(llama, prompts, "ablation", unit="head", n_tokens=8, seed=3, progress=False, layers=[1])
+    same_scores(causal_nb.score(llama, prompts, "ablation", unit="head", n_tokens=8, seed=3, progress=False,
+                                layers=[1], executor=Width()), part)
 
 
-def test_ablate_split_by_layer_equals_one_process(llama):
+@pytest.mark.parametrize("method", ["taylor", "magnitude", "random", "attribution", "acdc"])
+def test_score_refuses_executor_for_one_pass_methods(llama, method):
+    import causal_nb
+
+    prompts = causal_nb.load_prompts("python", n=2)
+    why = "walk tests each unit" if method == "acdc" else "every unit in one pass"
+    with pytest.raises(ValueError, match=rf"executor= is not used by method '{method}' \(.*{why}.*ablation, patching"):
+        causal_nb.score(llama, prompts, method, unit="head", n_tokens=8, executor=Width())
+
+
+def test_ablate_split_over_workers_equals_one_process(llama):
     import causal_nb
     from causal_nb.core.executors import InProcessExecutor
 
@@ -429,8 +455,6 @@ def test_split_refuses_what_workers_cannot_reproduce(llama, tiny_dirs):
     from causal_nb.engine.split import SplitError
 
     prompts = causal_nb.load_prompts("python", n=2)
-    with pytest.raises(ValueError, match="acdc.*cannot be split"):
-        causal_nb.score(llama, prompts, "acdc", n_tokens=8, executor=InProcessExecutor())
     pruned = causal_nb.prune(llama, causal_nb.score(llama, method="magnitude"), 0.5)
     with pytest.raises(SplitError, match="pruned in memory; save it"):
         causal_nb.score(pruned, prompts, "ablation", n_tokens=8, executor=InProcessExecutor())
@@ -453,7 +477,7 @@ def test_score_and_ablate_on_ray_equal_one_process(llama, ray_cluster):
     same_scores(causal_nb.ablate(llama, prompts, unit="head", kind="zero", n_tokens=8, progress=False,
                                  executor=RayExecutor(workers=2)), whole)
     with pytest.raises(ExecutorError, match="num_gpus_per_cell=1 but the Ray cluster has 0 GPU"):
-        causal_nb.score(llama, prompts, "magnitude", executor=RayExecutor(num_gpus_per_cell=1))
+        causal_nb.score(llama, prompts, "ablation", n_tokens=8, executor=RayExecutor(num_gpus_per_cell=1))
 
 
 # -------------------------------------------------------------------------------------- submitit
