@@ -176,6 +176,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--finetune-lr", type=float, default=2e-4,
                     help="peak lr (the bundled model's last phase ran at 3e-4; 1e-3 for 100 steps costs the dense "
                          "model 1.8 points)")
+    ap.add_argument("--finetune-distill", type=float, default=0.0,
+                    help="weight of distillation from the dense model's logits (0: cross-entropy only)")
+    ap.add_argument("--finetune-no-augment", action="store_true",
+                    help="no random shifts and flips in fine-tuning (the bundled model's last phases ran without)")
     ap.add_argument("--repeats", type=int, default=7, help="timing rounds")
     ap.add_argument("--timing-s", type=float, default=0.3, help="seconds of forwards per model in each round")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -193,7 +197,9 @@ def main(argv=None) -> dict:
     val = cnb.load_fashion_mnist("val", a.data_dir, val_size=a.val_size)
     test = cnb.load_fashion_mnist("test", a.data_dir).head(a.n_test_images)
     task = cnb.ImageClassificationTask(val.images[:a.n_score_images], val.labels[:a.n_score_images])
-    ft = cnb.FinetuneConfig(epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=0)
+    ft = cnb.FinetuneConfig(epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=0,
+                            augment=not a.finetune_no_augment, distill=a.finetune_distill)
+    teacher = dense if a.finetune_distill > 0 else None  # never trained: the fine-tuned copies are others
     pruned, rows, tables, score_s = {}, [], {}, {}
     for m in a.methods:  # each ranking once, pruned at every budget
         if m in KIT_SCORES:
@@ -208,7 +214,7 @@ def main(argv=None) -> dict:
             row = {"budget": f"{b:.0%}", "method": m, "params": n_params(hf),
                    "prune_s": time.perf_counter() - t0 + score_s.get(m, 0.0),
                    "top1_before": top1(hf, test)}
-            rec = cnb.finetune_vit(hf, train, None, ft, progress=not a.no_progress)
+            rec = cnb.finetune_vit(hf, train, None, ft, progress=not a.no_progress, teacher=teacher)
             row.update(top1_after=top1(hf, test), finetune_s=rec["seconds"], train_loss=rec["train_loss"])
             if not a.no_progress:
                 print(f"{row['budget']} {m}: {row['params']:,} params, top-1 {row['top1_before']:.4f} -> "
@@ -217,7 +223,7 @@ def main(argv=None) -> dict:
             rows.append(row)
     dense_row = {"budget": "0%", "method": "dense", "params": n_params(dense), "top1_before": top1(dense, test)}
     tuned = copy.deepcopy(dense)
-    cnb.finetune_vit(tuned, train, None, ft, progress=False)
+    cnb.finetune_vit(tuned, train, None, ft, progress=False, teacher=teacher)
     dense_row["top1_after"] = top1(tuned, test)
     ips = throughputs({"dense": dense, **{k: v for k, v in pruned.items()}}, repeats=a.repeats, budget_s=a.timing_s)
     dense_row.update(ips_1=ips["dense"][1], ips_64=ips["dense"][64])
@@ -226,7 +232,8 @@ def main(argv=None) -> dict:
     md = table(rows, dense_row)
     print(md)
     print(f"\n{len(test)} test images; fine-tuning: {a.finetune_epochs} epoch(s) x {a.finetune_steps} steps of 128 "
-          f"training images, lr {a.finetune_lr}, the same for every row (dense fine-tuned the same way: top-1 "
+          f"training images, lr {a.finetune_lr}, augmentation {'off' if a.finetune_no_augment else 'on'}, distillation "
+          f"{a.finetune_distill}, the same for every row (dense fine-tuned the same way: top-1 "
           f"{dense_row['top1_after']:.4f}; the Δ column is against the dense model as shipped, "
           f"{dense_row['top1_before']:.4f}); {a.threads} thread(s); {time.perf_counter() - t_start:.0f} s in all")
     result = {"args": vars(a), "dense": dense_row, "rows": rows, "table": md}

@@ -27,13 +27,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from ..data.images import ImageSet, load_fashion_mnist
 from . import VIT_SPECS
 from .training import check_run_settings, ship_folder, warmup_cosine
 
 __all__ = ["FinetuneConfig", "TrainConfig", "TrainVitError", "build_vit", "check_finetune", "finetune_vit",
-           "render_vit_card", "train_epoch", "train_vit", "vit_accuracy"]
+           "recovery_loss", "render_vit_card", "train_epoch", "train_vit", "vit_accuracy"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -216,6 +218,10 @@ class FinetuneConfig:
         warmup: linear warm-up steps.
         seed: the data order's and the augmentation's seed.
         augment: random shifts and flips, as in training.
+        distill: weight of the distillation term (0: cross-entropy only): the loss is
+            ``(1 - distill) * CE + distill * T^2 * KL(teacher || student)`` at temperature ``T``
+            (Hinton et al. 2015), the teacher being the dense model (``finetune_vit(teacher=)``).
+        temperature: the distillation temperature ``T``.
     """
 
     epochs: int = 1
@@ -226,6 +232,23 @@ class FinetuneConfig:
     warmup: int = 50
     seed: int = 0
     augment: bool = True
+    distill: float = 0.0
+    temperature: float = 2.0
+
+
+def recovery_loss(logits: Float[Tensor, "batch cls"], labels: Int[Tensor, " batch"],
+                  teacher_logits: Float[Tensor, "batch cls"] | None = None, distill: float = 0.0,
+                  temperature: float = 2.0) -> Tensor:
+    """Cross-entropy, mixed with distillation from ``teacher_logits`` when ``distill > 0``:
+    ``(1 - distill) * CE + distill * T^2 * KL(softmax(t / T) || softmax(s / T))`` (the ``T^2``
+    keeps the soft term's gradients on the scale of the hard one's)."""
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    if distill == 0:
+        return ce
+    t = temperature
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, -1), torch.log_softmax(teacher_logits / t, -1),
+                                    log_target=True, reduction="batchmean")
+    return (1 - distill) * ce + distill * t * t * kl
 
 
 def check_finetune(cfg: FinetuneConfig) -> None:
@@ -235,6 +258,11 @@ def check_finetune(cfg: FinetuneConfig) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < least:
             raise TrainVitError(f"fine-tuning {name}={v!r} must be an integer of at least {least} "
                                 f"(e.g. --finetune-epochs 1)")
+    if not 0 <= cfg.distill <= 1:
+        raise TrainVitError(f"fine-tuning distill={cfg.distill!r} must be in [0, 1] (0: cross-entropy only, 1: "
+                            "the teacher's soft labels only)")
+    if cfg.temperature <= 0:
+        raise TrainVitError(f"fine-tuning temperature={cfg.temperature!r} must be > 0 (e.g. 2)")
     if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise TrainVitError(f"fine-tuning steps={cfg.steps!r} must be a positive integer, or None for whole epochs")
     if not cfg.lr > 0 or not cfg.weight_decay >= 0:
@@ -242,7 +270,7 @@ def check_finetune(cfg: FinetuneConfig) -> None:
 
 
 def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: FinetuneConfig | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, teacher=None) -> dict:
     """Recovery fine-tuning, in place: ``cfg.epochs`` of ``train_epoch`` on the training split.
 
     Seeded and deterministic on CPU (the same model, data and settings give bit-equal weights).
@@ -255,6 +283,8 @@ def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: Finet
         val: images whose top-1 is recorded before and after (the validation split).
         cfg: the settings (default ``FinetuneConfig()``).
         progress: a tqdm bar per epoch.
+        teacher: the dense model whose logits the student is distilled towards when
+            ``cfg.distill > 0`` (a Hugging Face ViT; kept in eval mode, not trained).
 
     Returns:
         The record: settings, ``train_loss`` per epoch, ``val_top1_before``/``val_top1_after``
@@ -265,6 +295,11 @@ def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: Finet
     """
     cfg = cfg or FinetuneConfig()
     check_finetune(cfg)
+    if (cfg.distill > 0) != (teacher is not None):
+        raise TrainVitError("distill > 0 needs teacher= (the dense model)" if teacher is None else
+                            "teacher= is used only with distill > 0 (FinetuneConfig(distill=0.5), --finetune-distill)")
+    if teacher is not None:
+        teacher.eval()
     if len(train) == 0:
         raise TrainVitError("fine-tuning got no training images: pass the training split (load_fashion_mnist('train'))")
     steps = math.ceil(len(train) / cfg.batch_size)
@@ -277,7 +312,8 @@ def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: Finet
     for epoch in range(cfg.epochs):
         losses.append(round(train_epoch(model, opt, sched, train, epoch, batch_size=cfg.batch_size, seed=cfg.seed,
                                         augment=cfg.augment, steps=steps, progress=progress,
-                                        desc=f"fine-tune {epoch + 1}/{cfg.epochs}"), 5))
+                                        desc=f"fine-tune {epoch + 1}/{cfg.epochs}", teacher=teacher,
+                                        distill=cfg.distill, temperature=cfg.temperature), 5))
     model.eval()
     after = vit_accuracy(model, val)[0] if val is not None else None
     return {"settings": asdict(cfg), "steps_per_epoch": steps, "n_train": len(train),
@@ -288,7 +324,8 @@ def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: Finet
 
 
 def train_epoch(model, opt, sched, train: ImageSet, epoch: int, *, batch_size: int, seed: int, augment: bool,
-                steps: int, progress: bool = True, desc: str = "") -> float:
+                steps: int, progress: bool = True, desc: str = "", teacher=None, distill: float = 0.0,
+                temperature: float = 2.0) -> float:
     """One pass of the training loop (the bundled model's and the recovery fine-tuning's).
 
     The data order and the augmentation come from a generator seeded by ``(seed, epoch)``, so an
@@ -306,9 +343,11 @@ def train_epoch(model, opt, sched, train: ImageSet, epoch: int, *, batch_size: i
         steps: optimizer steps in this epoch (at most one pass over ``train``).
         progress: a tqdm bar.
         desc: the bar's label.
+        teacher, distill, temperature: distillation from ``teacher``'s logits on the same
+            (augmented) images (``recovery_loss``); none by default.
 
     Returns:
-        The mean training cross-entropy over the epoch's images.
+        The mean training loss over the epoch's images.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -322,7 +361,12 @@ def train_epoch(model, opt, sched, train: ImageSet, epoch: int, *, batch_size: i
         x, y = train.images[idx], train.labels[idx]
         if augment:
             x = _augment(x, g)
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
+        if teacher is None:
+            loss = recovery_loss(model(pixel_values=x).logits, y)
+        else:
+            with torch.no_grad():
+                soft = teacher(pixel_values=x).logits
+            loss = recovery_loss(model(pixel_values=x).logits, y, soft, distill, temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -139,3 +139,54 @@ def test_the_command_line_fine_tunes_and_names_bad_input(vit_folder, data_dir, t
     assert rec["n_train"] == 128 and rec["n_val"] == 32  # the training split; before/after on all validation images
     assert main([*base, "--finetune-epochs", "-2"]) == 1
     assert "--finetune-epochs -2 is negative" in capsys.readouterr().err
+
+
+def test_recovery_loss_distils_by_the_hand_formula():
+    import numpy as np
+
+    from causal_nb.zoo.train_vit import recovery_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 10, generator=g, dtype=torch.float64), torch.randn(5, 10, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 3, 9, 2, 2])
+
+    def softmax(x):
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    sn, tn, T = s.numpy(), t.numpy(), 3.0
+    ce = -np.log(softmax(sn)[np.arange(5), y.numpy()]).mean()
+    p, q = softmax(tn / T), softmax(sn / T)
+    kl = (p * (np.log(p) - np.log(q))).sum(1).mean()
+    assert recovery_loss(s, y).item() == pytest.approx(ce, rel=1e-12)
+    assert recovery_loss(s, y, t, 0.25, T).item() == pytest.approx(0.75 * ce + 0.25 * T * T * kl, rel=1e-12)
+    assert recovery_loss(s, y, s, 1.0, T).item() == pytest.approx(0.0, abs=1e-12)  # a student equal to its teacher
+
+
+def test_distillation_fine_tunes_towards_the_teacher_and_names_bad_settings(vit_folder, splits):
+    import copy
+
+    train, _ = splits
+    teacher = hf_of(vit_folder)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # a student that disagrees with its teacher
+        student.classifier.weight.mul_(-1)
+    x = train.images[:64]
+
+    def kl():
+        with torch.no_grad():
+            return torch.nn.functional.kl_div(torch.log_softmax(student(pixel_values=x).logits, -1),
+                                              torch.log_softmax(teacher(pixel_values=x).logits, -1),
+                                              log_target=True, reduction="batchmean").item()
+
+    before, ref = kl(), {k: v.clone() for k, v in teacher.state_dict().items()}
+    finetune_vit(student, train, None, FinetuneConfig(**{**FT.__dict__, "distill": 1.0}), progress=False,
+                 teacher=teacher)
+    assert kl() < 0.5 * before
+    assert all(torch.equal(ref[k], v) for k, v in teacher.state_dict().items())  # the teacher is not trained
+    with pytest.raises(TrainVitError, match="needs teacher="):
+        finetune_vit(student, train, None, FinetuneConfig(distill=0.5), progress=False)
+    with pytest.raises(TrainVitError, match="only with distill > 0"):
+        finetune_vit(student, train, None, FT, progress=False, teacher=teacher)
+    with pytest.raises(TrainVitError, match=r"distill=1.5 must be in \[0, 1\]"):
+        finetune_vit(student, train, None, FinetuneConfig(distill=1.5), progress=False, teacher=teacher)
