@@ -202,6 +202,10 @@ def test_seq2seq_loss_and_greedy_by_hand(tiny, tmp_path):
             if nxt == 1:
                 break
         assert text == tok.decode(dec, skip_special_tokens=True).strip()
+        # on the plain Hugging Face model (not the bridge) cached decoding agrees, sliced heads included
+        with torch.no_grad():
+            cached = model.generate(**enc, max_new_tokens=6, do_sample=False, num_beams=1, use_cache=True)
+        assert tok.decode(cached[0], skip_special_tokens=True).strip() == text
 
 
 def test_model_finetuning_seq2seq_keeps_zeros(tiny, tmp_path):
