@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from ..models.hf import quiet_loading
 from ..zoo import corpus
-from .compose_t5 import Pairs, seq2seq_loss
 from ..zoo.quality import heldout_windows, mean_loss
+from .compose_t5 import Pairs, seq2seq_loss
 
 __all__ = ["capture", "code_windows", "finetune_model", "finetune_module", "heldout_loss"]
 

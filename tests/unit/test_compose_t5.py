@@ -16,6 +16,7 @@ import torch
 from torch.nn.utils import prune as tprune
 
 from causal_nb.__main__ import main
+from causal_nb.models.loading import resolve_source
 from causal_nb.pruning import compose_stages
 from causal_nb.pruning.compose_modules import (
     compose_model,
@@ -29,7 +30,6 @@ from causal_nb.pruning.compose_modules import (
 from causal_nb.pruning.compose_scheme import ComposeError, make_configurations, make_scheme
 from causal_nb.pruning.compose_t5 import Pairs, seq2seq_loss, t5_module_data, translate, translation_pairs
 from causal_nb.pruning.compose_train import _first, capture, finetune_model, finetune_module, heldout_loss
-from causal_nb.models.loading import resolve_source
 
 H, DK = 4, 8
 ATT = ["encoder.block.0.layer.0.SelfAttention", "encoder.block.1.layer.0.SelfAttention",
@@ -118,7 +118,7 @@ def test_headwise_removes_lowest_qkv_l1_heads(tiny, module):
     assert torch.equal(mod.o.weight, src.o.weight[:, rows]) and mod.n_heads == 2
 
 
-def _scheme(hf, att, lin, k=1):
+def _scheme(hf, att, lin):
     conf = make_configurations("m", prunable_modules(hf), att, lin, base_fingerprint=weights_fingerprint(hf))
     return make_scheme(conf)
 
