@@ -1,6 +1,7 @@
 """Composable pruning vs direct pruning + end-to-end fine-tuning: time to equal quality for a family.
 
 ``nice -n 10 python benchmarks/bench_compose.py --model code-gpt2-2l --out runs/compose_bench``
+``nice -n 10 python benchmarks/bench_compose.py --model t5-tatoeba-en-de --bleu-pairs 500 --out runs/compose_t5``
 
 Configuration i prunes attention at ``--attention[i]`` and the MLP linears at ``--linear[i]``. The
 composed arm fine-tunes each distinct variant once (``--module-steps``, against the dense module)
@@ -19,6 +20,11 @@ run minutes apart, so a calibration then times ``--calib-steps`` steps of every 
 model-level step back to back, ``--calib-repeats`` times, and restates both arms' totals in
 *model-step units*: each module step counts its median time over the median model step's, and the
 capture pass likewise (``--from-saved`` redoes the tables and the calibration on an existing ``--out``).
+
+On a T5 (``t5-tatoeba-en-de``) the windows are translation pairs (``--train-windows`` pairs in the
+pool, 64 validation pairs for the held-out loss per target token, ``--batch`` pairs a step) and
+``--bleu-pairs`` validation pairs are translated greedily (uncached) and scored with sacrebleu
+before and after each arm: the BLEU table gives every configuration's final BLEU in both arms.
 """
 
 from __future__ import annotations
@@ -83,12 +89,13 @@ def calibrate(scheme: dict, work: Path, steps: int = 10, repeats: int = 3, n_win
               batch_size: int = 8) -> dict:
     """Median seconds of a step of every variant and of a model-level step, timed back to back."""
     from causal_nb.pruning.compose_modules import compose_model, load_dense, load_variant
-    from causal_nb.pruning.compose_stages import DATA, ModuleSetup
-    from causal_nb.pruning.compose_train import capture, code_windows, finetune_model, finetune_module
+    from causal_nb.pruning.compose_stages import DATA, ModuleSetup, _data
+    from causal_nb.pruning.compose_t5 import t5_module_data
+    from causal_nb.pruning.compose_train import capture, finetune_model, finetune_module
 
     setup = ModuleSetup(scheme, sorted({v["module"] for v in scheme["variants"]}), n_windows, 0)
     hf, data, _ = setup()
-    windows = code_windows(load_dense(scheme["model"])[1], "train", n_windows, DATA["seq"], 0, DATA["n_files"])
+    windows = _data(hf, load_dense(scheme["model"])[1], "train", n_windows, 0, DATA)
     model, masks = compose_model(hf, scheme, 1, work / "pruned")
     times: dict[str, list] = {"model": [], "capture": []}
     for _ in range(repeats):
@@ -96,8 +103,8 @@ def calibrate(scheme: dict, work: Path, steps: int = 10, repeats: int = 3, n_win
         capture(hf, setup.modules, windows)
         times["capture"].append(time.perf_counter() - t0)
         for v in scheme["variants"]:
-            mod, mk, _ = load_variant(work / "pruned" / f"{v['key']}.safetensors", hf, scheme["base_fingerprint"])
-            st = finetune_module(mod, mk, data[v["module"]], steps)
+            mod, mk, meta = load_variant(work / "pruned" / f"{v['key']}.safetensors", hf, scheme["base_fingerprint"])
+            st = finetune_module(mod, mk, t5_module_data(v["module"], meta["keep"], data[v["module"]]), steps)
             times.setdefault(v["key"], []).append(_median_step(st[st.scope == "batch"]))
         st = finetune_model(copy.deepcopy(model), masks, windows, steps, batch_size)
         times["model"].append(_median_step(st))
@@ -130,6 +137,22 @@ def units_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bleu_markdown(work: Path, scheme: dict) -> str:
+    """Each configuration's BLEU before and after each arm (a T5 run with ``--bleu-pairs``), or ''."""
+    rows = []
+    for k in range(1, len(scheme["configurations"]) + 1):
+        r = {arm: json.loads((work / "runs" / f"c{k}_{arm}.json").read_text()) for arm in ("baseline", "composed")}
+        if not r["baseline"].get("bleu_pairs"):
+            return ""
+        rows.append(f"| {k} | {r['baseline']['bleu_before']:.2f} | {r['baseline']['bleu_after']:.2f} "
+                    f"| {r['composed']['bleu_before']:.2f} | {r['composed']['bleu_after']:.2f} "
+                    f"| {r['composed']['bleu_after'] - r['baseline']['bleu_after']:+.2f} |")
+    head = (f"BLEU on {r['baseline']['bleu_pairs']} validation pairs (greedy, uncached; dense "
+            f"{r['baseline']['dense_bleu']:.2f}):\n\n| config | pruned | baseline after | composed start "
+            "| composed after | composed - baseline |\n|---|---|---|---|---|---|")
+    return "\n".join([head, *rows]) + "\n"
+
+
 def report(a, scheme: dict, curves: pd.DataFrame, module: pd.DataFrame, dense: float) -> dict:
     """Tables for every tolerance, the calibration, and the totals in model-step units; written to ``--out``."""
     tables, md = {}, []
@@ -140,7 +163,7 @@ def report(a, scheme: dict, curves: pd.DataFrame, module: pd.DataFrame, dense: f
             print(fam.round(3).to_string(index=False))
         tables[tol] = (per, fam)
         md.append(f"Same quality = within {tol:.1%}.\n\n" + markdown(per, fam, dense, tol))
-    cal = calibrate(scheme, a.out / "work", a.calib_steps, a.calib_repeats)
+    cal = calibrate(scheme, a.out / "work", a.calib_steps, a.calib_repeats, a.windows, a.batch)
     res = {"module": module.to_dict("records"), "dense_heldout": dense, "args": vars(a), "calibration": cal,
            "tables": {}}
     for n, tol in enumerate(a.tol):
@@ -156,7 +179,7 @@ def report(a, scheme: dict, curves: pd.DataFrame, module: pd.DataFrame, dense: f
         fig, _ = cnb.plotting.compose_loss_curves(curves, targets=per[per.rule == "baseline"], x=x, smooth=10)
         cnb.plotting.save_figure(fig, figs, f"loss_curves_{x}", png=not a.no_png)
     cnb.plotting.save_figure(cnb.plotting.compose_scheme_matrix(scheme)[0], figs, "scheme", png=not a.no_png)
-    text = "\n".join(md)
+    text = "\n".join(md) + "\n" + bleu_markdown(a.out / "work", scheme)
     print(text)
     (a.out / "table.md").write_text(text)
     (a.out / "results.json").write_text(json.dumps(res, indent=1, default=str))
@@ -178,6 +201,12 @@ def main(argv=None) -> None:
                    help="relative tolerances of 'the same quality', each with its tables (0.01: the issue's 1%%)")
     p.add_argument("--train-windows", type=int, default=2048,
                    help="pool of training windows the model level draws from (both arms)")
+    p.add_argument("--batch", type=int, default=8, help="windows (T5: pairs) per model-level step, both arms")
+    p.add_argument("--module-lr", type=float, default=1e-3)
+    p.add_argument("--windows", type=int, default=32, help="training windows (pairs) the module level captures")
+    p.add_argument("--heldout", type=int, default=64, help="held-out windows (T5: validation pairs) of the loss")
+    p.add_argument("--bleu-pairs", type=int, default=0,
+                   help="T5: BLEU on this many validation pairs before and after each arm (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calib-steps", type=int, default=10)
     p.add_argument("--calib-repeats", type=int, default=3)
@@ -200,7 +229,8 @@ def main(argv=None) -> None:
     cnb.save_scheme(scheme, a.out / "conf_prune.json")
     r = cnb.compose_compare(scheme, a.out / "work", module_steps=a.module_steps, composed_steps=a.steps,
                             baseline_steps=a.baseline_steps, eval_every=a.eval_every, tol=a.tol[0], lr=a.lr,
-                            data={"n_train": a.train_windows})
+                            module_lr=a.module_lr, batch_size=a.batch, n_windows=a.windows,
+                            data={"n_train": a.train_windows, "n_heldout": a.heldout, "bleu_pairs": a.bleu_pairs})
     report(a, scheme, r["curves"], r["module"], r["dense_heldout"])
 
 

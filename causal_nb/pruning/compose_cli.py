@@ -10,7 +10,9 @@
     compose finetune-model -s conf_prune.json -n 1   # model level
     compose finetune-baseline -s conf_prune.json -n 1  # the control: pruned directly, same budget
 
-The work folder (``-d``) defaults to ``<scheme>_work`` beside the scheme file.
+The work folder (``-d``) defaults to ``<scheme>_work`` beside the scheme file. The same commands run
+on a T5 (``-m t5-tatoeba-en-de``: encoder self-, decoder self- and cross-attention, the FF
+linears; translation pairs and the seq2seq loss, ``compose_t5``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def add_compose_parser(sub) -> None:
     cf = st.add_parser("config", help="write N pruning configurations (rates editable per module in the JSON)")
     cf.add_argument("-m", "--model", required=True, help="bundled name or Hugging Face folder")
     cf.add_argument("--attention", type=float, nargs="+", required=True, help="attention rates, one per configuration")
-    cf.add_argument("--linear", type=float, nargs="+", required=True, help="MLP linear rates, one per configuration")
+    cf.add_argument("--linear", type=float, nargs="+", required=True,
+                    help="MLP (T5: FF wi/wo) linear rates, one per configuration")
     cf.add_argument("-n", type=int, default=None, help="number of configurations (checked against the lists)")
     cf.add_argument("--criterion", default="l1", help="attention criterion: l1 (default) or causal (kit scores)")
     cf.add_argument("-o", "--out", required=True, help="configuration file to write")

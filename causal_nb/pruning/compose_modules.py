@@ -1,6 +1,8 @@
 """Composable pruning, step 2: prune one module at a time, save each variant once, compose configurations.
 
-Works on the plain Hugging Face decoder (any layout ``models.hf.hf_arch`` knows). Two module kinds:
+Works on the plain Hugging Face decoder (any layout ``models.hf.hf_arch`` knows) and on the Hugging
+Face T5 (``compose_t5``: its three attention kinds and FF linears; the few places that differ
+branch on ``is_t5``). Two module kinds:
 
 * ``linear``: an MLP linear layer (``nn.Linear`` or GPT-2's ``Conv1D``), pruned L1-unstructured with
   ``torch.nn.utils.prune.l1_unstructured`` and made permanent (``prune.remove``); its 0/1 weight
@@ -28,23 +30,27 @@ from torch import nn
 
 from ..models.hf import attention, hf_arch, quiet_loading, slice_heads
 from .compose_scheme import ComposeError
+from .compose_t5 import is_t5, t5_head_l1, t5_prunable, t5_sliced, t5_structure
 
 __all__ = ["compose_model", "head_l1_scores", "l1_unstructured", "load_dense", "load_variant", "make_variant",
            "prunable_modules", "save_variant", "weights_fingerprint"]
 
 
 def load_dense(model: str):
-    """The dense base model as a plain float32 Hugging Face causal LM (eval mode) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+    """The dense base model as a plain float32 Hugging Face causal LM or T5 (eval mode) and its tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5ForConditionalGeneration  # noqa: PLC0415
 
     from ..models.loading import resolve_source  # noqa: PLC0415
 
     _, where = resolve_source(model)
+    t5 = getattr(AutoConfig.from_pretrained(where), "model_type", None) == "t5"
     with quiet_loading(False):  # no loading bars on stderr (nbval compares it)
-        hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval()
+        cls = T5ForConditionalGeneration if t5 else AutoModelForCausalLM
+        hf = cls.from_pretrained(where, dtype=torch.float32).eval()
     if getattr(hf.config, "causal_nb_pruned", None):
         raise ComposeError(f"{model} is already pruned; compose a family from the dense model")
-    hf_arch(hf)  # refuses layouts the kit cannot prune, by name
+    if not t5:
+        hf_arch(hf)  # refuses layouts the kit cannot prune, by name
     return hf, AutoTokenizer.from_pretrained(where)
 
 
@@ -63,7 +69,10 @@ def _is_linear(m: nn.Module) -> bool:
 
 
 def prunable_modules(hf: nn.Module) -> dict[str, list[str]]:
-    """Names of each decoder layer's attention module and of its other (MLP) linear layers."""
+    """Names of each decoder layer's attention module and of its other (MLP) linear layers (a T5:
+    ``compose_t5.t5_prunable``)."""
+    if is_t5(hf):
+        return t5_prunable(hf)
     arch, layers = hf_arch(hf)
     names = {id(m): n for n, m in hf.named_modules()}
     out: dict[str, list[str]] = {"attention": [], "linear": []}
@@ -122,6 +131,8 @@ def heads_to_remove(scores: torch.Tensor, rate: float) -> list[int]:
 
 
 def _layer_of(hf: nn.Module, module: str) -> int:
+    if is_t5(hf):
+        raise ComposeError("criterion 'causal' is not implemented for a T5's attention; use 'l1'")
     arch, layers = hf_arch(hf)
     for i, layer in enumerate(layers):
         if attention(arch, layer) is hf.get_submodule(module):
@@ -138,7 +149,14 @@ def _get(hf: nn.Module, module: str) -> nn.Module:
                            f"{mods['linear'][:3]} ...)") from None
 
 
-def _sliced_attention(hf: nn.Module, layer: int, keep: list[int]) -> tuple[nn.Module, dict]:
+def _n_heads(hf: nn.Module, module: str) -> int:
+    return hf.config.num_heads if is_t5(hf) else hf.config.num_attention_heads
+
+
+def _sliced_attention(hf: nn.Module, module: str, keep: list[int]) -> tuple[nn.Module, dict]:
+    if is_t5(hf):
+        return t5_sliced(hf, module, keep)
+    layer = _layer_of(hf, module)
     arch, layers = hf_arch(hf)
     block = copy.deepcopy(layers[layer])
     info = slice_heads(arch, block, keep, hf.config)
@@ -162,17 +180,19 @@ def make_variant(hf: nn.Module, variant: dict, head_scores=None) -> tuple[nn.Mod
             raise ComposeError(f"{variant['module']} is not a linear layer")
         mod = copy.deepcopy(src)
         return mod, {"weight": l1_unstructured(mod, rate)}, meta
-    layer = _layer_of(hf, variant["module"])
     if variant["criterion"] == "causal":
+        layer = _layer_of(hf, variant["module"])
         if head_scores is None:
             raise ComposeError("criterion 'causal' needs head scores (score(model, ..., unit='head'))")
         t = head_scores[head_scores.layer == layer].sort_values("head")
         scores = torch.tensor(t.score.to_numpy(dtype=float))
+    elif is_t5(hf):
+        scores = t5_head_l1(hf, variant["module"])
     else:
-        scores = head_l1_scores(hf, layer)
+        scores = head_l1_scores(hf, _layer_of(hf, variant["module"]))
     removed = heads_to_remove(scores, rate)
-    keep = [h for h in range(hf.config.num_attention_heads) if h not in removed]
-    mod, info = _sliced_attention(hf, layer, keep)
+    keep = [h for h in range(_n_heads(hf, variant["module"])) if h not in removed]
+    mod, info = _sliced_attention(hf, variant["module"], keep)
     masks = {}
     if info.get("zeroed_heads"):  # GQA padding: those heads' output columns stay zero
         o = mod.o_proj.weight
@@ -217,7 +237,7 @@ def load_variant(path, hf: nn.Module, base: str) -> tuple[nn.Module, dict[str, t
     if variant["kind"] == "linear":
         mod = copy.deepcopy(src)
     else:
-        mod, _ = _sliced_attention(hf, _layer_of(hf, variant["module"]), meta["keep"])
+        mod, _ = _sliced_attention(hf, variant["module"], meta["keep"])
     masks = {k[5:]: v for k, v in tensors.items() if k.startswith("mask.")}
     mod.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("mask.")})
     meta["variant"], meta["finetuned"] = variant, md["finetuned"] == "1"
@@ -237,16 +257,14 @@ def compose_model(hf: nn.Module, scheme: dict, k: int, folder) -> tuple[nn.Modul
     if not 1 <= int(k) <= n:
         raise ComposeError(f"configuration {k} does not exist: the scheme has configurations 1..{n}")
     out = copy.deepcopy(hf)
+    if is_t5(out):
+        return _compose_t5(out, scheme, k, folder)
     arch, layers = hf_arch(out)
     spec_layers = [{"removed_heads": [], "removed_neurons": [], "fill": "zero", "q_heads": None, "kv_heads": None,
                     "kv_groups": None, "neurons": None} for _ in layers]
     masks: dict[str, torch.Tensor] = {}
     for module, key in scheme["configurations"][str(int(k))].items():
-        path = Path(folder) / f"{key}.safetensors"
-        if not path.exists():
-            raise ComposeError(f"variant {key} is missing from {folder}: run the `compose prune` (and "
-                               "`compose finetune-modules`) stage first")
-        mod, mk, meta = load_variant(path, hf, scheme["base_fingerprint"])
+        mod, mk, meta = load_variant(_variant_path(folder, key), hf, scheme["base_fingerprint"])
         parent, _, attr = module.rpartition(".")
         setattr(out.get_submodule(parent), attr, mod)
         masks.update({f"{module}.{p}": m for p, m in mk.items()})
@@ -256,4 +274,25 @@ def compose_model(hf: nn.Module, scheme: dict, k: int, folder) -> tuple[nn.Modul
             spec_layers[i].update(removed_heads=meta["removed"], q_heads=s["q_heads"], kv_heads=s["kv_heads"],
                                   kv_groups=s["kv_groups"])
     out.config.causal_nb_pruned = {"arch": arch, "physical": True, "removed_blocks": [], "layers": spec_layers}
+    return out, masks
+
+
+def _variant_path(folder, key: str) -> Path:
+    path = Path(folder) / f"{key}.safetensors"
+    if not path.exists():
+        raise ComposeError(f"variant {key} is missing from {folder}: run the `compose prune` (and "
+                           "`compose finetune-modules`) stage first")
+    return path
+
+
+def _compose_t5(out: nn.Module, scheme: dict, k: int, folder) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """``compose_model`` on a T5 copy: the kit's T5 slicing first (heads and position biases, one
+    spec for the whole model), then every module's weights from its variant file."""
+    loaded = {m: load_variant(_variant_path(folder, key), out, scheme["base_fingerprint"])
+              for m, key in scheme["configurations"][str(int(k))].items()}
+    t5_structure(out, {m: meta["removed"] for m, (_, _, meta) in loaded.items() if meta["keep"] is not None})
+    masks: dict[str, torch.Tensor] = {}
+    for module, (mod, mk, _) in loaded.items():
+        out.get_submodule(module).load_state_dict(mod.state_dict())
+        masks.update({f"{module}.{p}": m for p, m in mk.items()})
     return out, masks

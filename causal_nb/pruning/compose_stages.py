@@ -8,6 +8,10 @@ the fine-tuned variants) -> ``finetune_configuration`` with ``arm="composed"`` (
 fine-tuned end to end) or ``arm="baseline"`` (the control: configuration k pruned directly, i.e.
 composed from the *un*-fine-tuned variants, fine-tuned end to end with the same settings).
 Results: ``<dir>/runs/c<k>_<arm>.csv`` (curves) and ``.json`` (held-out loss, seconds).
+
+A T5 family (``compose_t5``) reads translation pairs instead of code windows (``_data``: the same
+``DATA`` counts, in pairs; ``seq`` and the file counts unused) and scores its held-out loss per
+target token; its runs also record BLEU on ``bleu_pairs`` validation pairs when asked.
 """
 
 from __future__ import annotations
@@ -28,14 +32,16 @@ from .compose_modules import (
     weights_fingerprint,
 )
 from .compose_scheme import ComposeError, make_configurations
+from .compose_t5 import bleu, is_t5, t5_module_data, translation_pairs
 from .compose_train import capture, code_windows, finetune_model, finetune_module, heldout_loss
 
 __all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants",
            "data_settings", "run_configuration", "shared_data"]
 
 #: Data settings every stage shares: window length, training files per domain (a seeded subset),
-#: held-out windows (from every held-out file: there are about 150), the training-window pool.
-DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512}
+#: held-out windows (from every held-out file: there are about 150), the training-window pool;
+#: ``bleu_pairs``: a T5's BLEU on that many validation pairs before and after each run (0: none).
+DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512, "bleu_pairs": 0}
 
 
 def data_settings(data: dict | None = None) -> dict:
@@ -48,9 +54,18 @@ def data_settings(data: dict | None = None) -> dict:
     return {**DATA, **data}
 
 
+def _data(hf, tok, split: str, n: int, seed: int, d: dict):
+    """``n`` training or held-out examples of the model's task: code windows, or (a T5) translation pairs."""
+    if is_t5(hf):
+        return translation_pairs(tok, split, n, seed)
+    return code_windows(tok, split, n, d["seq"], seed, d["n_files"] if split == "train" else d["n_files_heldout"])
+
+
 def configure(model: str, attention, linear, n: int | None = None, criterion: str = "l1") -> dict:
     """``make_configurations`` for a model name or folder (its modules and weight digest read from it)."""
     hf, _ = load_dense(model)
+    if is_t5(hf) and criterion != "l1":
+        raise ComposeError(f"criterion {criterion!r} is not implemented for a T5's attention; use 'l1'")
     return make_configurations(model, prunable_modules(hf), attention, linear, n, criterion, weights_fingerprint(hf))
 
 
@@ -89,6 +104,8 @@ def prune_variants(scheme: dict, workdir, seed: int = 0) -> list[Path]:
     hf, tok = _dense(scheme)
     scores = None
     if any(v["criterion"] == "causal" for v in scheme["variants"]):
+        if is_t5(hf):
+            raise ComposeError("criterion 'causal' is not implemented for a T5's attention; configure with 'l1'")
         scores = _head_scores(scheme, workdir, tok, seed)
     out = []
     for v in scheme["variants"]:
@@ -111,7 +128,7 @@ class ModuleSetup:
     def __call__(self):
         t0 = time.perf_counter()
         hf, tok = _dense(self.scheme)
-        x = code_windows(tok, "train", self.n_windows, self.data["seq"], self.seed, self.data["n_files"])
+        x = _data(hf, tok, "train", self.n_windows, self.seed, self.data)
         return hf, capture(hf, self.modules, x), time.perf_counter() - t0
 
 
@@ -122,7 +139,7 @@ def train_variant(state, job: tuple) -> dict:
     folder = Path(workdir) / "finetuned"
     folder.mkdir(parents=True, exist_ok=True)
     mod, masks, meta = load_variant(Path(workdir) / "pruned" / f"{v['key']}.safetensors", hf, base)
-    stats = finetune_module(mod, masks, data[v["module"]], steps, lr, seed)
+    stats = finetune_module(mod, masks, t5_module_data(v["module"], meta["keep"], data[v["module"]]), steps, lr, seed)
     stats.to_csv(folder / f"{v['key']}.csv", index=False)
     save_variant(folder / f"{v['key']}.safetensors", mod, masks,
                  {k: meta[k] for k in meta if k not in ("variant", "finetuned")}, v, base, finetuned=True)
@@ -180,7 +197,7 @@ def build(scheme: dict, workdir, k: int, out=None, finetuned: bool = True):
     workdir = Path(workdir)
     hf, tok = _dense(scheme)
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if finetuned else "pruned"))
-    loss = heldout_loss(model, code_windows(tok, "heldout", DATA["n_heldout"], DATA["seq"], 0, DATA["n_files_heldout"]))
+    loss = heldout_loss(model, _data(hf, tok, "heldout", DATA["n_heldout"], 0, DATA))
     if out is not None:
         model.save_pretrained(str(out), safe_serialization=True)
         tok.save_pretrained(str(out))
@@ -195,14 +212,17 @@ def shared_data(scheme: dict, seed: int = 0, data: dict | None = None) -> dict:
         data: ``DATA`` keys to replace (``data_settings``).
 
     Returns:
-        ``{"hf", "tok", "heldout", "train", "dense_heldout"}``.
+        ``{"hf", "tok", "heldout", "train", "dense_heldout", "bleu_pairs", "dense_bleu"}`` (BLEU:
+        a T5 with ``bleu_pairs`` > 0, else NaN).
     """
     hf, tok = _dense(scheme)
     d = data_settings(data)
-    held = code_windows(tok, "heldout", d["n_heldout"], d["seq"], 0, d["n_files_heldout"])
+    held = _data(hf, tok, "heldout", d["n_heldout"], 0, d)
     # one pool of training windows whatever the step count, so both arms draw from the same data
-    train = code_windows(tok, "train", d["n_train"], d["seq"], seed + 7, d["n_files"])
-    return {"hf": hf, "tok": tok, "heldout": held, "train": train, "dense_heldout": heldout_loss(hf, held)}
+    train = _data(hf, tok, "train", d["n_train"], seed + 7, d)
+    n_bleu = d["bleu_pairs"] if is_t5(hf) else 0
+    return {"hf": hf, "tok": tok, "heldout": held, "train": train, "dense_heldout": heldout_loss(hf, held),
+            "bleu_pairs": n_bleu, "dense_bleu": bleu(hf, tok, n_bleu) if n_bleu else float("nan")}
 
 
 def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed", steps: int = 100,
@@ -233,6 +253,8 @@ def run_configuration(data: dict, scheme: dict, workdir, k: int, arm: str = "com
     workdir = Path(workdir)
     hf, tok, held = data["hf"], data["tok"], data["heldout"]
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if arm == "composed" else "pruned"))
+    n_bleu = data.get("bleu_pairs", 0)
+    bleu_before = bleu(model, tok, n_bleu) if n_bleu else float("nan")
     stats = finetune_model(model, masks, data["train"], steps, batch_size, lr, seed, kl, hf if kl else None, held,
                            eval_every, target)
     runs = workdir / "runs"
@@ -249,7 +271,9 @@ def run_configuration(data: dict, scheme: dict, workdir, k: int, arm: str = "com
               "model_seconds": float(stats.seconds.iloc[-1]), "module_seconds": mods, "steps": steps,
               "steps_run": int(stats.step.iloc[-1]), "target": target,
               "reached": bool(target is not None and stats.val_loss.iloc[-1] <= target),
-              "batch_size": batch_size, "lr": lr, "kl": kl, "seed": seed}
+              "batch_size": batch_size, "lr": lr, "kl": kl, "seed": seed,
+              "bleu_before": bleu_before, "bleu_after": bleu(model, tok, n_bleu) if n_bleu else float("nan"),
+              "dense_bleu": data.get("dense_bleu", float("nan")), "bleu_pairs": n_bleu}
     save_json(result, runs / f"c{k}_{arm}.json")
     if out is not None:
         model.save_pretrained(str(out), safe_serialization=True)

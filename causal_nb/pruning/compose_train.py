@@ -9,7 +9,9 @@
 * Model level (``finetune_model``): the whole (composed or directly pruned) model, next-token
   loss on training windows, optionally plus ``kl`` times the KL divergence to the dense model.
 
-Both keep pruned weights at zero (masks re-applied after every step) and are seeded.
+Both keep pruned weights at zero (masks re-applied after every step) and are seeded. On a T5 the
+data are translation pairs (``compose_t5.Pairs``) and the task loss is the seq2seq cross-entropy:
+``_forward`` and ``_task_loss`` branch on the data's type, nothing else does.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from ..models.hf import quiet_loading
 from ..zoo import corpus
 from ..zoo.quality import heldout_windows, mean_loss
+from .compose_t5 import Pairs, seq2seq_loss
 
 __all__ = ["capture", "code_windows", "finetune_model", "finetune_module", "heldout_loss"]
 
@@ -79,12 +82,12 @@ def code_windows(tokenizer, split: str = "train", n: int = 64, seq: int = 128, s
     return torch.cat(rows)
 
 
-def heldout_loss(model: nn.Module, windows: Int[Tensor, "batch pos"]) -> float:
-    """Mean next-token loss (nats) on held-out windows."""
+def heldout_loss(model: nn.Module, windows: Int[Tensor, "batch pos"] | Pairs) -> float:
+    """Mean next-token loss (nats) on held-out windows (translation pairs: per target token)."""
     was = model.training
     model.eval()
     with quiet_loading(False):  # transformers' one-time padding notice goes to stderr, which nbval compares
-        loss = mean_loss(model, windows)
+        loss = seq2seq_loss(model, windows) if isinstance(windows, Pairs) else mean_loss(model, windows)
     model.train(was)
     return loss
 
@@ -101,26 +104,51 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _forward(model: nn.Module, x):
+    """The model's output on a batch: LM windows, or translation pairs (with their labels)."""
+    if isinstance(x, Pairs):
+        return model(**x.inputs(), use_cache=False)
+    return model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+
+
+def _task_loss(out, x) -> Tensor:
+    """The task loss of a batch's output: next-token loss, or the seq2seq loss over the labels."""
+    return out.loss if isinstance(x, Pairs) else _lm_loss(out.logits.float(), x)
+
+
+def _kl(logits: Tensor, ref: Tensor, x) -> Tensor:
+    """Mean per-token KL(dense || model) (translation pairs: over the real target tokens)."""
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), ref, log_target=True, reduction="none").sum(-1)
+    if isinstance(x, Pairs):
+        keep = (x.inputs()["labels"] != -100).to(kl.dtype)
+        return (kl * keep).sum() / keep.sum()
+    return kl.mean()
+
+
 @torch.no_grad()
 def capture(hf: nn.Module, modules: list[str], windows: Int[Tensor, "batch pos"], batch_size: int = 16) -> dict:
-    """Inputs and outputs of the named modules of the dense ``hf`` over ``windows``, by forward hooks.
+    """Inputs and outputs of the named modules of the dense ``hf`` over ``windows`` (or translation
+    pairs), by forward hooks.
 
     Returns:
         ``{module: [(args, kwargs, output), ...]}``, one entry per batch (cache arguments dropped).
+        A module that takes a ``position_bias`` (T5) and returns the bias it used second gets that
+        one recorded, so a layer that computes its own bias replays the same.
     """
     store: dict[str, list] = {m: [] for m in modules}
     handles = []
     for m in modules:
         def hook(mod, args, kwargs, out, m=m):
             kw = {k: _detach(v) for k, v in kwargs.items() if k not in _CACHE_KEYS}
+            if "position_bias" in kw and isinstance(out, tuple) and len(out) > 1:
+                kw["position_bias"] = out[1].detach()
             store[m].append((_detach(args), kw, _first(out).detach()))
         handles.append(hf.get_submodule(m).register_forward_hook(hook, with_kwargs=True))
     was = hf.training
     hf.eval()
     try:
         for i in range(0, len(windows), batch_size):
-            x = windows[i:i + batch_size]
-            hf(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+            _forward(hf, windows[np.arange(i, min(i + batch_size, len(windows)))])
     finally:
         for h in handles:
             h.remove()
@@ -176,15 +204,16 @@ def _lm_loss(logits: Tensor, x: Tensor) -> Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
 
 
-def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor, "batch pos"], steps: int = 100,
+def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor, "batch pos"] | Pairs, steps: int = 100,
                    batch_size: int = 8, lr: float = 5e-5, seed: int = 0, kl: float = 0.0, dense: nn.Module | None = None,
                    heldout: Int[Tensor, "_ pos"] | None = None, eval_every: int = 0,
                    target: float | None = None) -> pd.DataFrame:
-    """Fine-tune a whole model end to end on next-token loss (plus ``kl`` x KL(dense || model)), in place.
+    """Fine-tune a whole model end to end on its task loss (plus ``kl`` x KL(dense || model)), in place.
 
     Args:
         masks: full parameter name -> 0/1 mask of weights that stay zero.
-        train: training windows; each step draws ``batch_size`` of them (seeded).
+        train: training windows (next-token loss) or translation pairs (seq2seq loss); each step
+            draws ``batch_size`` of them (seeded).
         dense: the dense model, for ``kl > 0``.
         heldout: windows for the validation loss, every ``eval_every`` steps (0: at the start
             and the end only).
@@ -217,14 +246,13 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
         x = train[rng.integers(0, len(train), batch_size)]
-        logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits.float()
-        lm = _lm_loss(logits, x)
+        out = _forward(model, x)
+        lm = _task_loss(out, x)
         loss = lm
         if kl > 0:
             with torch.no_grad():
-                ref = torch.log_softmax(dense(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits.float(), -1)
-            loss = lm + kl * torch.nn.functional.kl_div(torch.log_softmax(logits, -1), ref, log_target=True,
-                                                        reduction="batchmean") / x.shape[1]
+                ref = torch.log_softmax(_forward(dense, x).logits.float(), -1)
+            loss = lm + kl * _kl(out.logits.float(), ref, x)
         opt.zero_grad()
         loss.backward()
         opt.step()
