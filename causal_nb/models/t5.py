@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["HEAD_KINDS", "NEURON_KINDS", "apply_t5_structure", "load_pruned_t5", "set_bias", "t5_attention",
-           "t5_mlp"]
+__all__ = ["HEAD_KINDS", "NEURON_KINDS", "apply_t5_structure", "load_pruned_t5", "set_bias", "slice_t5_heads",
+           "t5_attention", "t5_mlp"]
 
 HEAD_KINDS = ("enc_head", "dec_head", "cross_head")
 NEURON_KINDS = ("enc_neuron", "dec_neuron")
@@ -75,7 +75,9 @@ def _cols(lin: nn.Linear, idx: list[int]) -> nn.Linear:
     return new
 
 
-def _slice_heads(att: nn.Module, keep: list[int]) -> None:
+def slice_t5_heads(att: nn.Module, keep: list[int]) -> None:
+    """Keep only heads ``keep`` of a T5 attention module, in place (its q/k/v rows and o columns;
+    the relative position bias is the stack's, fitted by ``apply_t5_structure``)."""
     dk = att.key_value_proj_dim
     cols = [h * dk + i for h in keep for i in range(dk)]
     att.q, att.k, att.v = (_rows(m, cols) for m in (att.q, att.k, att.v))
@@ -137,7 +139,7 @@ def apply_t5_structure(hf, spec: dict) -> None:
             layer = int(layer)
             keep = [h for h in range(n_full) if h not in set(idx)]
             if idx:
-                _slice_heads(t5_attention(hf, kind, layer), keep)
+                slice_t5_heads(t5_attention(hf, kind, layer), keep)
                 keeps[layer] = keep
         if not keeps:
             continue

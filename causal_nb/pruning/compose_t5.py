@@ -8,7 +8,7 @@ only where a T5 differs from a decoder LM:
 * Head-wise L1 (``t5_head_l1``): a head's L1 norm of its rows of the raw ``q``, ``k`` and ``v``
   weights (T5 has no GQA: one key/value head per query head).
 * Slicing (``t5_sliced``) and composing (``t5_structure``): the kit's T5 slicing
-  (``models.t5._slice_heads``, ``apply_t5_structure``), which keeps the relative position bias
+  (``models.t5.slice_t5_heads``, ``apply_t5_structure``), which keeps the relative position bias
   whole and hands each sliced self-attention its kept heads' rows.
 * Module-level inputs (``t5_module_data``): a captured self-attention's ``position_bias`` is the
   full bias the dense layer used (every head); a variant gets its kept heads' rows. A
@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from ..models.t5 import _slice_heads, apply_t5_structure
+from ..models.t5 import slice_t5_heads, apply_t5_structure
 from .compose_scheme import ComposeError
 
 __all__ = ["Pairs", "bleu", "is_t5", "seq2seq_loss", "t5_head_l1", "t5_kind_layer", "t5_module_data",
@@ -79,7 +79,7 @@ def t5_sliced(hf: nn.Module, module: str, keep: list[int]) -> tuple[nn.Module, d
     """A copy of the T5 attention ``module`` keeping heads ``keep`` (q/k/v rows, o columns)."""
     kind, layer = t5_kind_layer(hf, module)
     att = copy.deepcopy(hf.get_submodule(module))
-    _slice_heads(att, list(keep))
+    slice_t5_heads(att, list(keep))
     return att, {"kind": kind, "layer": layer, "q_heads": list(keep)}
 
 
