@@ -30,7 +30,7 @@ from torch import nn
 
 from ..models.hf import attention, hf_arch, quiet_loading, slice_heads
 from .compose_scheme import ComposeError
-from .compose_t5 import is_t5, t5_head_l1, t5_prunable, t5_sliced, t5_structure
+from .compose_t5 import check_t5_criterion, is_t5, t5_head_l1, t5_prunable, t5_sliced, t5_structure
 
 __all__ = ["compose_model", "head_l1_scores", "l1_unstructured", "load_dense", "load_variant", "make_variant",
            "prunable_modules", "save_variant", "weights_fingerprint"]
@@ -131,8 +131,6 @@ def heads_to_remove(scores: torch.Tensor, rate: float) -> list[int]:
 
 
 def _layer_of(hf: nn.Module, module: str) -> int:
-    if is_t5(hf):
-        raise ComposeError("criterion 'causal' is not implemented for a T5's attention; use 'l1'")
     arch, layers = hf_arch(hf)
     for i, layer in enumerate(layers):
         if attention(arch, layer) is hf.get_submodule(module):
@@ -149,7 +147,7 @@ def _get(hf: nn.Module, module: str) -> nn.Module:
                            f"{mods['linear'][:3]} ...)") from None
 
 
-def _n_heads(hf: nn.Module, module: str) -> int:
+def _n_heads(hf: nn.Module) -> int:
     return hf.config.num_heads if is_t5(hf) else hf.config.num_attention_heads
 
 
@@ -181,6 +179,7 @@ def make_variant(hf: nn.Module, variant: dict, head_scores=None) -> tuple[nn.Mod
         mod = copy.deepcopy(src)
         return mod, {"weight": l1_unstructured(mod, rate)}, meta
     if variant["criterion"] == "causal":
+        check_t5_criterion(hf, "causal")
         layer = _layer_of(hf, variant["module"])
         if head_scores is None:
             raise ComposeError("criterion 'causal' needs head scores (score(model, ..., unit='head'))")
@@ -191,7 +190,7 @@ def make_variant(hf: nn.Module, variant: dict, head_scores=None) -> tuple[nn.Mod
     else:
         scores = head_l1_scores(hf, _layer_of(hf, variant["module"]))
     removed = heads_to_remove(scores, rate)
-    keep = [h for h in range(_n_heads(hf, variant["module"])) if h not in removed]
+    keep = [h for h in range(_n_heads(hf)) if h not in removed]
     mod, info = _sliced_attention(hf, variant["module"], keep)
     masks = {}
     if info.get("zeroed_heads"):  # GQA padding: those heads' output columns stay zero

@@ -32,7 +32,7 @@ from .compose_modules import (
     weights_fingerprint,
 )
 from .compose_scheme import ComposeError, make_configurations
-from .compose_t5 import bleu, is_t5, t5_module_data, translation_pairs
+from .compose_t5 import bleu, check_t5_criterion, is_t5, t5_module_data, translation_pairs
 from .compose_train import capture, code_windows, finetune_model, finetune_module, heldout_loss
 
 __all__ = ["build", "configure", "finetune_configuration", "finetune_variants", "prune_variants",
@@ -64,8 +64,7 @@ def _data(hf, tok, split: str, n: int, seed: int, d: dict):
 def configure(model: str, attention, linear, n: int | None = None, criterion: str = "l1") -> dict:
     """``make_configurations`` for a model name or folder (its modules and weight digest read from it)."""
     hf, _ = load_dense(model)
-    if is_t5(hf) and criterion != "l1":
-        raise ComposeError(f"criterion {criterion!r} is not implemented for a T5's attention; use 'l1'")
+    check_t5_criterion(hf, criterion)
     return make_configurations(model, prunable_modules(hf), attention, linear, n, criterion, weights_fingerprint(hf))
 
 
@@ -104,8 +103,7 @@ def prune_variants(scheme: dict, workdir, seed: int = 0) -> list[Path]:
     hf, tok = _dense(scheme)
     scores = None
     if any(v["criterion"] == "causal" for v in scheme["variants"]):
-        if is_t5(hf):
-            raise ComposeError("criterion 'causal' is not implemented for a T5's attention; configure with 'l1'")
+        check_t5_criterion(hf, "causal")
         scores = _head_scores(scheme, workdir, tok, seed)
     out = []
     for v in scheme["variants"]:

@@ -28,10 +28,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from ..models.t5 import slice_t5_heads, apply_t5_structure
+from ..models.t5 import apply_t5_structure, slice_t5_heads
 from .compose_scheme import ComposeError
 
-__all__ = ["Pairs", "bleu", "is_t5", "seq2seq_loss", "t5_head_l1", "t5_kind_layer", "t5_module_data",
+__all__ = ["Pairs", "bleu", "check_t5_criterion", "is_t5", "seq2seq_loss", "t5_head_l1", "t5_kind_layer", "t5_module_data",
            "t5_prunable", "t5_sliced", "t5_structure", "translate", "translation_pairs"]
 
 _ATT = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.(SelfAttention|EncDecAttention)$")
@@ -40,6 +40,13 @@ _ATT = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.(SelfAttenti
 def is_t5(hf: nn.Module) -> bool:
     """Whether ``hf`` is a Hugging Face T5 encoder-decoder."""
     return getattr(getattr(hf, "config", None), "model_type", None) == "t5"
+
+
+def check_t5_criterion(hf: nn.Module, criterion: str) -> None:
+    """Refuse an attention criterion other than L1 on a T5 (the kit's causal head scores are not
+    wired to its three attention kinds here)."""
+    if is_t5(hf) and criterion != "l1":
+        raise ComposeError(f"criterion {criterion!r} is not implemented for a T5's attention; use 'l1'")
 
 
 def t5_prunable(hf: nn.Module) -> dict[str, list[str]]:
