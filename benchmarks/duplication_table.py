@@ -36,13 +36,13 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import causal_nb as cnb
 from causal_nb.evaluation.quality import prompt_losses
 from causal_nb.evaluation.stats import bootstrap_ci, holm, paired_tests
 from causal_nb.notebook.plotting import save_figure
-
 
 CRITERIA = ("dup-euclidean", "dup-cosine", "dup-random", "ablation", "attribution-abs")
 
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     test = cnb.load_prompts(a.domain, split="test")
     per, harness, items, logs = {}, [], [], {}
     full = prompt_losses(model, test, a.eval_tokens).loss.to_numpy()
-    seed_means = {}  # (method, sparsity) -> each random draw's mean loss
+    draws = {}  # (method, sparsity) -> each random draw's per-prompt losses
     for method in a.methods:
         runs = [(m, 0) for m in ("euclidean", "cosine") if f"dup-{m}" in a.criteria]
         runs += [("random", seed) for seed in a.random_seeds]
@@ -90,10 +90,8 @@ def main(argv=None) -> None:
             for s in a.sparsities:
                 loss = pl[(pl.sparsity == s) & (pl.variant == "masked")].loss.to_numpy()
                 if metric == "random":
-                    seed_means.setdefault((method, s), []).append(loss.mean())
-                    # the control: each prompt's loss averaged over the draws so far
-                    k = len(seed_means[(method, s)])
-                    loss = loss if k == 1 else (per[("dup-random", method, s)] * (k - 1) + loss) / k
+                    draws.setdefault((method, s), []).append(loss)
+                    loss = np.mean(draws[(method, s)], axis=0)  # the control: each prompt's loss over the draws
                 per[(f"dup-{metric}", method, s)] = loss
             print(f"dup-{metric} {method} (seed {seed}): {time.time() - t0:.0f} s", flush=True)
             if metric == "random" and seed != a.random_seeds[0]:
@@ -123,9 +121,9 @@ def main(argv=None) -> None:
         row = {"criterion": crit, "method": method, "sparsity": s, "loss": mean, "ci_low": lo, "ci_high": hi,
                "delta_vs_full": mean - full.mean()}
         if crit == "dup-random":
-            draws = seed_means[(method, s)]
-            row.update(n_seeds=len(draws), seed_sd=pd.Series(draws).std(ddof=1) if len(draws) > 1 else float("nan"),
-                       seed_min=min(draws), seed_max=max(draws))
+            means = [d.mean() for d in draws[(method, s)]]
+            row.update(n_seeds=len(means), seed_sd=pd.Series(means).std(ddof=1) if len(means) > 1 else float("nan"),
+                       seed_min=min(means), seed_max=max(means))
         else:
             t = paired_tests({crit: -loss, "random": -per[("dup-random", method, s)]}, crit).iloc[0]
             row.update(p_vs_random=t.p, mean_loss_gain_vs_random=t.mean_diff)
