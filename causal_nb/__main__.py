@@ -197,6 +197,8 @@ def add_t5_commands(sub) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from an earlier run's model/ folder (its weights and tokenizer): a further phase")
     t.add_argument("--test-pairs", type=int, default=None, help="test pairs for the card's BLEU (default all)")
     t.add_argument("--data-dir", default=None, help="folder of the tatoeba_en_de_*.jsonl.gz files (default: shipped)")
     t.add_argument("--ship", action="store_true", help="copy the trained model into the package zoo")
@@ -208,7 +210,8 @@ def t5_command(a) -> int:
     from .zoo.train_t5 import T5TrainConfig, train_t5  # noqa: PLC0415
 
     try:
-        cfg = T5TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, warmup=a.warmup)
+        cfg = T5TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, warmup=a.warmup,
+                            init_from=a.init_from)
         card = train_t5(a.out, cfg, resume=a.resume, progress=not a.no_progress, ship=a.ship, test_pairs=a.test_pairs,
                          data_dir=a.data_dir)
     except (ValueError, TypeError) as e:

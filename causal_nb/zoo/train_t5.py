@@ -60,6 +60,9 @@ class T5TrainConfig:
         max_steps_per_epoch: stop each epoch after this many steps (tests; None: the whole split).
         max_train_pairs: use only the first pairs of the training split (tests; None: all).
         spec: the model's shape (``T5_SPECS`` entry).
+        init_from: start from the weights and the tokenizer of an earlier run's ``model/`` folder
+            (a further phase with its own schedule; the card lists the earlier phases), not random
+            init and a new vocabulary.
     """
 
     epochs: int = 4
@@ -72,6 +75,7 @@ class T5TrainConfig:
     max_steps_per_epoch: int | None = None
     max_train_pairs: int | None = None
     spec: dict = field(default_factory=lambda: dict(T5_SPECS[NAME]))
+    init_from: str | None = None
 
 
 def build_translation_tokenizer(texts, vocab_size: int):
@@ -222,6 +226,12 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
             raise TrainT5Error(f"--resume: settings differ from the checkpoint's (name: (checkpoint, now)) {diff}; "
                                "resume with the checkpoint's settings, or start a new run in another --out")
         tok = T5Tokenizer.from_pretrained(str(out / "tokenizer"))
+    elif cfg.init_from is not None:
+        _check_init_folder(cfg.init_from)
+        # the earlier phase's vocabulary: its embedding rows mean those pieces
+        tok = T5Tokenizer.from_pretrained(str(cfg.init_from))
+        out.mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(str(out / "tokenizer"))
     else:
         tok = build_translation_tokenizer([*train.en, *train.de], cfg.spec["vocab_size"])
         out.mkdir(parents=True, exist_ok=True)
@@ -232,6 +242,8 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
     model = build_t5(cfg.spec, len(tok), cfg.seed)
+    if cfg.init_from is not None and not resume:
+        model.load_state_dict(_weights_of(cfg.init_from, model))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.epochs, steps_per_epoch))
     history, start, seconds = [], 0, 0.0
@@ -278,6 +290,26 @@ def train_t5(out, cfg: T5TrainConfig | None = None, resume: bool = False, progre
                         load_translation_pairs("test", test_pairs, folder=data_dir))
 
 
+def _check_init_folder(folder) -> None:
+    folder = Path(folder)
+    if not (folder / "config.json").exists() or not (folder / "tokenizer_config.json").exists():
+        raise TrainT5Error(f"--init-from {str(folder)!r} has no config.json and tokenizer: pass the model/ folder of "
+                           "an earlier run (or causal_nb/zoo/models/t5-tatoeba-en-de)")
+
+
+def _weights_of(folder, model) -> dict:
+    """The state dict of an earlier run's model folder, checked against this run's shape."""
+    from transformers import T5ForConditionalGeneration  # noqa: PLC0415
+
+    state = T5ForConditionalGeneration.from_pretrained(str(folder)).state_dict()
+    own = model.state_dict()
+    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad:
+        raise TrainT5Error(f"--init-from {folder}: its weights do not fit this run's shape (first mismatch {bad[0]}); "
+                           "start from a model of the same spec")
+    return state
+
+
 def _write_model(model, tok, cfg: T5TrainConfig, folder: Path, history: list, seconds: float, threads: int,
                  ship: bool, sizes: tuple[int, int], test) -> dict:
     t0 = time.perf_counter()
@@ -308,6 +340,13 @@ def _write_model(model, tok, cfg: T5TrainConfig, folder: Path, history: list, se
             "test_bleu_seconds": round(bleu_seconds, 1),
             "examples": [{"en": e, "reference": r, "model": h}
                          for e, r, h in list(zip(test.en, test.de, hyps))[:8]]}
+    if cfg.init_from is not None and (Path(cfg.init_from) / "card.json").exists():
+        prev = json.loads((Path(cfg.init_from) / "card.json").read_text())
+        card["phases"] = [*prev.get("phases", [{"training": prev["training"], "history": prev["history"],
+                                                 "test_bleu": prev["test_bleu"]}]),
+                          {"training": card["training"], "history": history, "test_bleu": card["test_bleu"]}]
+        card["training"] = {**card["training"], "seconds_all_phases": round(sum(
+            p["training"]["seconds"] for p in card["phases"]), 1)}
     (folder / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     (folder / "README.md").write_text(render_t5_card(card))
     if ship:
@@ -318,7 +357,8 @@ def _write_model(model, tok, cfg: T5TrainConfig, folder: Path, history: list, se
 def _command(cfg: T5TrainConfig) -> str:
     """The command line that reproduces this run (its non-default settings spelled out)."""
     d, parts = T5TrainConfig(), [f"--epochs {cfg.epochs}"]
-    for name, flag in (("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed"), ("warmup", "--warmup")):
+    for name, flag in (("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed"), ("warmup", "--warmup"),
+                       ("init_from", "--init-from")):
         if getattr(cfg, name) != getattr(d, name):
             parts.append(f"{flag} {getattr(cfg, name)}")
     return "nice -n 10 python -m causal_nb t5 train " + " ".join(parts)
@@ -346,7 +386,7 @@ TransformerBridge (family `t5`), read with `cnb.Seq2SeqTask(df.en, df.de)` on
 - Training: {tr['epochs']} epochs, batch {tr['batch_size']}, AdamW lr {tr['lr']} (warm-up {tr['warmup']} steps, cosine),
   weight decay {tr['weight_decay']}, dropout {card['dropout']}, seed {tr['seed']};
   **{tr['seconds'] / 60:.1f} min** on {tr['device']} ({tr['threads']} thread(s), machine shared)
-- Command: `{tr['command']}`
+- Command: `{tr['command']}`{_phase_lines(card)}
 - Weights: fp32 safetensors
 
 ## Translation quality
@@ -365,6 +405,15 @@ the Tatoeba contributors (tatoeba.org), CC-BY 2.0 FR.
 |---|---|---|---|---|
 {rows}
 """
+
+
+def _phase_lines(card: dict) -> str:
+    if not card.get("phases"):
+        return ""
+    lines = [f"  - phase {i + 1}: `{p['training']['command']}` ({p['training']['seconds'] / 60:.1f} min, test BLEU "
+             f"{p['test_bleu']:.2f})" for i, p in enumerate(card["phases"])]
+    return ("\n- Phases (each later one starts from the earlier one's weights and tokenizer; "
+            f"{card['training']['seconds_all_phases'] / 60:.1f} min in all):\n" + "\n".join(lines))
 
 
 def ship_t5(folder) -> Path:

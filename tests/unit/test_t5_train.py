@@ -129,3 +129,24 @@ def test_the_command_line_names_bad_input(tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["t5", "train", "--out", str(tmp_path / "z"), "--epochs", "0"]) == 1
     assert "epochs=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_a_further_phase_starts_from_the_earlier_weights_and_tokenizer_and_lists_both(data_dir, tmp_path):
+    first = run(tmp_path / "one", data_dir, config(epochs=1))
+    folder = tmp_path / "one" / "model"
+    # lr ~0 in phase 2: the weights must come out as phase 1 left them, read through its own vocabulary
+    second = run(tmp_path / "two", data_dir, config(epochs=1, lr=1e-12, weight_decay=0.0, init_from=str(folder)))
+    a = T5ForConditionalGeneration.from_pretrained(folder).state_dict()
+    b = T5ForConditionalGeneration.from_pretrained(tmp_path / "two" / "model").state_dict()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
+    assert (T5Tokenizer.from_pretrained(folder).get_vocab()
+            == T5Tokenizer.from_pretrained(tmp_path / "two" / "model").get_vocab())
+    assert [p["test_bleu"] for p in second["phases"]] == [first["test_bleu"], second["test_bleu"]]
+    assert second["training"]["seconds_all_phases"] == pytest.approx(
+        first["training"]["seconds"] + second["training"]["seconds"], abs=0.11)
+    assert "--init-from" in second["training"]["command"]
+    assert "phase 2" in (tmp_path / "two" / "model" / "README.md").read_text()
+    with pytest.raises(TrainT5Error, match="has no config.json and tokenizer"):
+        run(tmp_path / "bad", data_dir, config(init_from=str(tmp_path)))
+    with pytest.raises(TrainT5Error, match="do not fit this run's shape"):
+        run(tmp_path / "bad", data_dir, config(init_from=str(folder), spec=dict(TINY, d_ff=16)))
