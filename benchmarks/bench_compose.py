@@ -25,6 +25,9 @@ On a T5 (``t5-tatoeba-en-de``) the windows are translation pairs (``--train-wind
 pool, 64 validation pairs for the held-out loss per target token, ``--batch`` pairs a step) and
 ``--bleu-pairs`` validation pairs are translated greedily (uncached) and scored with sacrebleu
 before and after each arm: the BLEU table gives every configuration's final BLEU in both arms.
+``--bleu-curve-pairs N`` also translates N validation pairs at every evaluation of both arms, so
+rule ``bleu`` (target = the baseline's best BLEU - ``--bleu-tol``, 0.5 points) gets its own
+steps-to-target and family tables.
 """
 
 from __future__ import annotations
@@ -50,18 +53,27 @@ def _secs(v, cap_s) -> str:
     return f"> {cap_s:.1f}" if pd.isna(v) else f"{v:.1f}"
 
 
-def markdown(configs: pd.DataFrame, family: pd.DataFrame, dense: float, tol: float = 0.01) -> str:
+def _rule_title(rule: str, tol: float, bleu_tol: float, dense: float, dense_bleu: float) -> str:
+    if rule == "bleu":
+        return (f"Rule `bleu` (target = the baseline's best validation BLEU - {bleu_tol:g}; dense {dense_bleu:.2f}; "
+                "steps to target: the first evaluation at or above it):")
+    return (f"Rule `{rule}` (target = {1 + tol:g} x {'the baseline' if rule == 'baseline' else 'the better arm'}'s "
+            f"best held-out loss; dense {dense:.4f}):")
+
+
+def markdown(configs: pd.DataFrame, family: pd.DataFrame, dense: float, tol: float = 0.01, bleu_tol: float = 0.5,
+             dense_bleu: float = float("nan")) -> str:
     """The per-configuration and family tables as markdown ("> cap" where a target was not reached)."""
     out = []
     for rule, r in configs.groupby("rule", sort=False):
-        out += [f"Rule `{rule}` (target = {1 + tol:g} x {'the baseline' if rule == 'baseline' else 'the better arm'}'s "
-                f"best held-out loss; dense {dense:.4f}):", "",
+        f = ".2f" if rule == "bleu" else ".4f"
+        out += [_rule_title(rule, tol, bleu_tol, dense, dense_bleu), "",
                 "| config (att/lin) | pruned | composed start | composed best | baseline best | target "
                 "| composed steps | composed s | baseline steps | baseline s | s/step |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for _, x in r.iterrows():
-            out.append(f"| {x.config} ({x.attention}/{x.linear}) | {x.baseline_start:.4f} | {x.composed_start:.4f} "
-                       f"| {x.composed_best:.4f} | {x.baseline_best:.4f} | {x.target:.4f} "
+            out.append(f"| {x.config} ({x.attention}/{x.linear}) | {x.baseline_start:{f}} | {x.composed_start:{f}} "
+                       f"| {x.composed_best:{f}} | {x.baseline_best:{f}} | {x.target:{f}} "
                        f"| {_steps(x.composed_steps, x.composed_cap)} "
                        f"| {_secs(x.composed_s, x.composed_cap * x.s_per_step)} "
                        f"| {_steps(x.baseline_steps, x.baseline_cap)} "
@@ -153,16 +165,17 @@ def bleu_markdown(work: Path, scheme: dict) -> str:
     return "\n".join([head, *rows]) + "\n"
 
 
-def report(a, scheme: dict, curves: pd.DataFrame, module: pd.DataFrame, dense: float) -> dict:
+def report(a, scheme: dict, curves: pd.DataFrame, module: pd.DataFrame, dense: float,
+           dense_bleu: float = float("nan")) -> dict:
     """Tables for every tolerance, the calibration, and the totals in model-step units; written to ``--out``."""
     tables, md = {}, []
     for tol in a.tol:
-        per, fam = cnb.equal_quality(curves, module, scheme, tol)
+        per, fam = cnb.equal_quality(curves, module, scheme, tol, a.bleu_tol)
         with pd.option_context("display.width", 250, "display.max_columns", 40):
             print(per.round(4).to_string(index=False))
             print(fam.round(3).to_string(index=False))
         tables[tol] = (per, fam)
-        md.append(f"Same quality = within {tol:.1%}.\n\n" + markdown(per, fam, dense, tol))
+        md.append(f"Same quality = within {tol:.1%}.\n\n" + markdown(per, fam, dense, tol, a.bleu_tol, dense_bleu))
     cal = calibrate(scheme, a.out / "work", a.calib_steps, a.calib_repeats, a.windows, a.batch)
     res = {"module": module.to_dict("records"), "dense_heldout": dense, "args": vars(a), "calibration": cal,
            "tables": {}}
@@ -207,6 +220,10 @@ def main(argv=None) -> None:
     p.add_argument("--heldout", type=int, default=64, help="held-out windows (T5: validation pairs) of the loss")
     p.add_argument("--bleu-pairs", type=int, default=0,
                    help="T5: BLEU on this many validation pairs before and after each arm (0: none)")
+    p.add_argument("--bleu-curve-pairs", type=int, default=0,
+                   help="T5: BLEU on this many validation pairs at every evaluation, for rule 'bleu' (0: none)")
+    p.add_argument("--bleu-tol", type=float, default=0.5,
+                   help="rule 'bleu': BLEU points below the baseline's best that count as the same quality")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calib-steps", type=int, default=10)
     p.add_argument("--calib-repeats", type=int, default=3)
@@ -218,9 +235,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     if a.from_saved:
         saved = a.out / "work" / "compare"
-        dense = json.loads((a.out / "work" / "runs" / "c1_baseline.json").read_text())["dense_heldout"]
+        run1 = json.loads((a.out / "work" / "runs" / "c1_baseline.json").read_text())
         report(a, cnb.load_scheme(a.out / "conf_prune.json"), pd.read_csv(saved / "curves.csv"),
-               pd.read_csv(saved / "module.csv"), dense)
+               pd.read_csv(saved / "module.csv"), run1["dense_heldout"], run1.get("dense_bleu", float("nan")))
         return
     a.out.mkdir(parents=True, exist_ok=True)
     conf = cnb.compose_config(a.model, a.attention, a.linear)
@@ -230,8 +247,10 @@ def main(argv=None) -> None:
     r = cnb.compose_compare(scheme, a.out / "work", module_steps=a.module_steps, composed_steps=a.steps,
                             baseline_steps=a.baseline_steps, eval_every=a.eval_every, tol=a.tol[0], lr=a.lr,
                             module_lr=a.module_lr, batch_size=a.batch, n_windows=a.windows,
-                            data={"n_train": a.train_windows, "n_heldout": a.heldout, "bleu_pairs": a.bleu_pairs})
-    report(a, scheme, r["curves"], r["module"], r["dense_heldout"])
+                            data={"n_train": a.train_windows, "n_heldout": a.heldout, "bleu_pairs": a.bleu_pairs,
+                                  "bleu_curve_pairs": a.bleu_curve_pairs})
+    run1 = json.loads((a.out / "work" / "runs" / "c1_baseline.json").read_text())
+    report(a, scheme, r["curves"], r["module"], r["dense_heldout"], run1.get("dense_bleu", float("nan")))
 
 
 if __name__ == "__main__":

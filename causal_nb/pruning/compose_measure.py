@@ -12,6 +12,10 @@ the *baseline* from direct pruning. ``equal_quality`` then reads the curves:
 * **Steps to target**: the first *evaluated* model-level step whose held-out loss is at or below
   the target (step 0 counts: a composed model may start there); seconds to target: the training
   seconds up to that step (evaluations excluded, in both arms).
+* **BLEU** (a T5's curves with a ``val_bleu`` column, ``bleu_curve_pairs``): rule ``"bleu"``, the
+  issue's other measure: the target is the baseline's best BLEU within its cap minus ``bleu_tol``
+  points (0.5), and an arm's steps to target its first evaluated step at or *above* it; its rows
+  give BLEU in the ``*_start``/``*_best``/``*_final`` columns (``measure`` says which).
 * **Family totals**: the composed arm's module-level time (every variant the family uses, once)
   plus its model-level time to target for every configuration, against the baseline's time to
   target for every configuration. A configuration that never reaches the target counts its
@@ -37,10 +41,11 @@ ARMS = ("composed", "baseline")
 CURVE_COLUMNS = ("config", "arm", "step", "train_loss", "val_loss", "seconds")
 
 
-def steps_to_target(curve: pd.DataFrame, target: float) -> tuple[int | None, float | None]:
-    """``(step, seconds)`` of the first evaluated row of a curve with ``val_loss <= target``,
-    ``(None, None)`` when no evaluation reaches it."""
-    hit = curve[curve.val_loss.notna() & (curve.val_loss <= target)]
+def steps_to_target(curve: pd.DataFrame, target: float, column: str = "val_loss") -> tuple[int | None, float | None]:
+    """``(step, seconds)`` of the first evaluated row of a curve at the target (``val_loss <=
+    target``; a ``val_bleu`` column: ``>= target``), ``(None, None)`` when no evaluation reaches it."""
+    v = curve[column]
+    hit = curve[v.notna() & ((v >= target) if column == "val_bleu" else (v <= target))]
     if hit.empty:
         return None, None
     row = hit.sort_values("step").iloc[0]
@@ -80,8 +85,12 @@ def _check_curves(curves: pd.DataFrame, scheme: dict) -> list[int]:
     return configs
 
 
+def _has_bleu(curves: pd.DataFrame) -> bool:
+    return "val_bleu" in curves.columns and bool(curves.val_bleu.notna().any())
+
+
 def equal_quality(curves: pd.DataFrame, module: pd.DataFrame, scheme: dict,
-                  tol: float = 0.01) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  tol: float = 0.01, bleu_tol: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per configuration and family totals of the time each arm needs to reach the same quality.
 
     Args:
@@ -92,33 +101,42 @@ def equal_quality(curves: pd.DataFrame, module: pd.DataFrame, scheme: dict,
             (its share of the capture).
         scheme: the family's scheme (which variants each configuration uses).
         tol: the relative tolerance of "the same quality" (0.01: within 1%).
+        bleu_tol: BLEU points below the baseline's best that count as the same quality (rule
+            ``"bleu"``, only where the curves carry ``val_bleu``).
 
     Returns:
-        ``(configs, family)``: per configuration and rule, each arm's best and final loss, target,
+        ``(configs, family)``: per configuration and rule (``measure`` "loss" or "bleu"), each arm's best and final loss, target,
         steps and seconds to it (NaN: not reached within the cap); per rule, the family totals,
         the ratios baseline / composed of seconds and of cost, and whether the totals are lower
         bounds.
     """
     if not 0 <= tol < 1:
         raise ComposeError(f"tol {tol!r} must be in [0, 1) (0.01: within 1%)")
+    if not bleu_tol >= 0:
+        raise ComposeError(f"bleu_tol {bleu_tol!r} must be >= 0 (BLEU points; 0.5: within half a point)")
     configs = _check_curves(curves, scheme)
     module = module.set_index("key")
+    rules = [*RULES, "bleu"] if _has_bleu(curves) else list(RULES)
     rows = []
     for k in configs:
         cur = {arm: curves[(curves.config == k) & (curves.arm == arm)].sort_values("step") for arm in ARMS}
-        best = {arm: float(c.val_loss.min()) for arm, c in cur.items()}
-        final = {arm: float(c.dropna(subset=["val_loss"]).val_loss.iloc[-1]) for arm, c in cur.items()}
         cap = {arm: int(c.step.max()) for arm, c in cur.items()}
         per_step = _median_step_seconds(curves[curves.config == k])
         rates = config_rates(scheme, k)
-        for rule in RULES:
-            target = (1 + tol) * (best["baseline"] if rule == "baseline" else min(best.values()))
+        for rule in rules:
+            col = "val_bleu" if rule == "bleu" else "val_loss"
+            evals = {arm: c.dropna(subset=[col])[col] for arm, c in cur.items()}
+            best = {arm: float(v.max() if rule == "bleu" else v.min()) for arm, v in evals.items()}
+            if rule == "bleu":
+                target = best["baseline"] - bleu_tol
+            else:
+                target = (1 + tol) * (best["baseline"] if rule == "baseline" else min(best.values()))
             row = {"config": k, "attention": rates["attention"], "linear": rates["linear"], "rule": rule,
-                   "target": target, "s_per_step": per_step}
+                   "measure": "bleu" if rule == "bleu" else "loss", "target": target, "s_per_step": per_step}
             for arm in ARMS:
-                step, sec = steps_to_target(cur[arm], target)
-                row.update({f"{arm}_start": float(cur[arm].val_loss.iloc[0]), f"{arm}_best": best[arm],
-                            f"{arm}_final": final[arm], f"{arm}_cap": cap[arm],
+                step, sec = steps_to_target(cur[arm], target, col)
+                row.update({f"{arm}_start": float(cur[arm][col].iloc[0]), f"{arm}_best": best[arm],
+                            f"{arm}_final": float(evals[arm].iloc[-1]), f"{arm}_cap": cap[arm],
                             f"{arm}_steps": np.nan if step is None else step,
                             f"{arm}_s": np.nan if sec is None else sec})
             rows.append(row)
@@ -130,7 +148,7 @@ def equal_quality(curves: pd.DataFrame, module: pd.DataFrame, scheme: dict,
     mod = module.loc[used]
     module_cost = float((mod.steps * mod.seconds_per_step + mod.setup_seconds).sum())
     fam = []
-    for rule in RULES:
+    for rule in rules:
         r = per[per.rule == rule]
         tot = {}
         for arm in ARMS:
@@ -191,7 +209,8 @@ def compare_arms(scheme: dict, workdir, module_steps: int = 100, composed_steps:
         for arm, steps in (("baseline", baseline_steps), ("composed", composed_steps)):
             run_configuration(shared, scheme, workdir, k, arm, steps, batch_size, lr, 0.0, seed, eval_every)
             c = pd.read_csv(workdir / "runs" / f"c{k}_{arm}.csv")
-            curves.append(c.assign(config=k, arm=arm)[list(CURVE_COLUMNS)])
+            extra = ["val_bleu"] if "val_bleu" in c.columns else []
+            curves.append(c.assign(config=k, arm=arm)[[*CURVE_COLUMNS, *extra]])
     curves = pd.concat(curves, ignore_index=True)
     per, fam = equal_quality(curves, module, scheme, tol)
     out = workdir / "compare"

@@ -40,8 +40,11 @@ __all__ = ["build", "configure", "finetune_configuration", "finetune_variants", 
 
 #: Data settings every stage shares: window length, training files per domain (a seeded subset),
 #: held-out windows (from every held-out file: there are about 150), the training-window pool;
-#: ``bleu_pairs``: a T5's BLEU on that many validation pairs before and after each run (0: none).
-DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512, "bleu_pairs": 0}
+#: ``bleu_pairs``: a T5's BLEU on that many validation pairs before and after each run (0: none);
+#: ``bleu_curve_pairs``: a T5's BLEU on that many validation pairs at every evaluation of a run, a
+#: ``val_bleu`` column in its curve (0: none).
+DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512, "bleu_pairs": 0,
+        "bleu_curve_pairs": 0}
 
 
 def data_settings(data: dict | None = None) -> dict:
@@ -218,9 +221,14 @@ def shared_data(scheme: dict, seed: int = 0, data: dict | None = None) -> dict:
     held = _data(hf, tok, "heldout", d["n_heldout"], 0, d)
     # one pool of training windows whatever the step count, so both arms draw from the same data
     train = _data(hf, tok, "train", d["n_train"], seed + 7, d)
-    n_bleu = d["bleu_pairs"] if is_t5(hf) else 0
+    asked = {k: d[k] for k in ("bleu_pairs", "bleu_curve_pairs") if d[k]}
+    if asked and not is_t5(hf):
+        raise ComposeError(f"{sorted(asked)} measure a translation model's BLEU; {scheme['model']} is a language "
+                           "model, judged by its held-out loss: leave them at 0")
+    n_bleu = d["bleu_pairs"]
     return {"hf": hf, "tok": tok, "heldout": held, "train": train, "dense_heldout": heldout_loss(hf, held),
-            "bleu_pairs": n_bleu, "dense_bleu": bleu(hf, tok, n_bleu) if n_bleu else float("nan")}
+            "bleu_pairs": n_bleu, "dense_bleu": bleu(hf, tok, n_bleu) if n_bleu else float("nan"),
+            "bleu_curve_pairs": d["bleu_curve_pairs"]}
 
 
 def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed", steps: int = 100,
@@ -253,8 +261,10 @@ def run_configuration(data: dict, scheme: dict, workdir, k: int, arm: str = "com
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if arm == "composed" else "pruned"))
     n_bleu = data.get("bleu_pairs", 0)
     bleu_before = bleu(model, tok, n_bleu) if n_bleu else float("nan")
+    n_curve = data.get("bleu_curve_pairs", 0)
+    metrics = (lambda m: {"val_bleu": bleu(m, tok, n_curve)}) if n_curve else None
     stats = finetune_model(model, masks, data["train"], steps, batch_size, lr, seed, kl, hf if kl else None, held,
-                           eval_every, target)
+                           eval_every, target, metrics)
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     stats.to_csv(runs / f"c{k}_{arm}.csv", index=False)

@@ -207,7 +207,7 @@ def _lm_loss(logits: Tensor, x: Tensor) -> Tensor:
 def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor, "batch pos"] | Pairs, steps: int = 100,
                    batch_size: int = 8, lr: float = 5e-5, seed: int = 0, kl: float = 0.0, dense: nn.Module | None = None,
                    heldout: Int[Tensor, "_ pos"] | None = None, eval_every: int = 0,
-                   target: float | None = None) -> pd.DataFrame:
+                   target: float | None = None, metrics=None) -> pd.DataFrame:
     """Fine-tune a whole model end to end on its task loss (plus ``kl`` x KL(dense || model)), in place.
 
     Args:
@@ -219,10 +219,13 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
             and the end only).
         target: stop at the first evaluation (step 0 included) whose validation loss is at or
             below it (needs ``heldout``); ``None`` runs all ``steps``.
+        metrics: ``model -> {name: value}``, computed at every evaluation beside the validation
+            loss (e.g. a translation model's BLEU), in eval mode without gradients; each name
+            becomes a column (NaN where not evaluated). Its time is excluded from ``seconds``, like the evaluations'.
 
     Returns:
         ``step``, ``train_loss`` (the batch's LM loss), ``val_loss`` (NaN where not evaluated),
-        ``seconds`` (training time, evaluations excluded). Stopped at ``target``, the last row is
+        the ``metrics`` columns, ``seconds`` (training time, evaluations excluded). Stopped at ``target``, the last row is
         the step that reached it.
     """
     if kl < 0 or (kl > 0 and dense is None):
@@ -233,8 +236,24 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
     rng = np.random.default_rng(seed)
     params = dict(model.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
-    val = (lambda: heldout_loss(model, heldout)) if heldout is not None else (lambda: float("nan"))
-    rows = [{"step": 0, "train_loss": float("nan"), "val_loss": val(), "seconds": 0.0}]
+    if metrics is not None and not callable(metrics):
+        raise TypeError(f"metrics must be a callable model -> {{name: value}}, got {type(metrics).__name__}")
+
+    def val() -> dict:
+        out = {"val_loss": heldout_loss(model, heldout) if heldout is not None else float("nan")}
+        if metrics is not None:
+            was = model.training
+            model.eval()  # an evaluation: no dropout
+            with torch.no_grad():
+                extra = metrics(model)
+            model.train(was)
+            clash = set(extra) & {"step", "train_loss", "val_loss", "seconds"}
+            if clash:
+                raise ValueError(f"metrics returned {sorted(clash)}, names the curve already uses: rename them")
+            out.update({k: float(v) for k, v in extra.items()})
+        return out
+
+    rows = [{"step": 0, "train_loss": float("nan"), **val(), "seconds": 0.0}]
 
     def reached() -> bool:
         return target is not None and rows[-1]["val_loss"] <= target
@@ -259,7 +278,7 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
         _apply_masks(params, masks)
         spent += time.perf_counter() - t0
         last = step == steps or (eval_every and step % eval_every == 0)
-        rows.append({"step": step, "train_loss": lm.item(), "val_loss": val() if last else float("nan"),
+        rows.append({"step": step, "train_loss": lm.item(), **(val() if last else {"val_loss": float("nan")}),
                      "seconds": spent})
         if reached():
             break

@@ -82,3 +82,30 @@ def test_card_bleu_is_sacrebleu_on_the_whole_test_split(plain):
     assert round(sacrebleu.corpus_bleu(hyps, [list(df.de)]).score, 2) == pytest.approx(card["test_bleu"], abs=0.05)
     assert round(sacrebleu.corpus_chrf(hyps, [list(df.de)]).score, 2) == pytest.approx(card["test_chrf"], abs=0.05)
     assert [e["model"] for e in card["examples"]] == hyps[:len(card["examples"])]
+
+
+def test_compose_bleu_curve_starts_at_sacrebleu_of_the_pruned_model(plain, tmp_path):
+    """The composable-pruning runs' BLEU curve (``bleu_curve_pairs``): taken at every evaluation,
+    its step 0 equal to sacrebleu on plain greedy ``generate`` of the directly pruned model,
+    its last equal to the run's BLEU after."""
+    import pandas as pd
+
+    from causal_nb.pruning import compose_stages
+    from causal_nb.pruning.compose_modules import compose_model
+
+    conf = cnb.compose_config(NAME, [0.25], [0.3])
+    scheme = cnb.make_scheme(conf)
+    compose_stages.prune_variants(scheme, tmp_path)
+    data = compose_stages.shared_data(scheme, data={"n_heldout": 8, "n_train": 32, "bleu_pairs": 12,
+                                                    "bleu_curve_pairs": 12})
+    model, _ = compose_model(data["hf"], scheme, 1, tmp_path / "pruned")
+    df = cnb.load_translation_pairs("val", n=12)
+    hyps = generate((model.eval(), plain[1]), df.en, 48)
+    by_hand = sacrebleu.corpus_bleu(hyps, [list(df.de)]).score
+    r = compose_stages.run_configuration(data, scheme, tmp_path, 1, "baseline", steps=3, batch_size=8, lr=1e-3,
+                                         eval_every=2)
+    c = pd.read_csv(tmp_path / "runs" / "c1_baseline.csv")
+    assert list(c.step[c.val_bleu.notna()]) == [0, 2, 3] and list(c.step[c.val_loss.notna()]) == [0, 2, 3]
+    assert by_hand > 0 and c.val_bleu.iloc[0] == pytest.approx(by_hand, abs=1e-9)
+    assert r["bleu_before"] == pytest.approx(by_hand, abs=1e-9)
+    assert c.val_bleu.dropna().iloc[-1] == pytest.approx(r["bleu_after"], abs=1e-9)

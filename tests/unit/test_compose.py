@@ -338,3 +338,13 @@ def test_model_finetuning_keeps_pruned_weights_zero(tiny, tmp_path):
     for name, m in masks.items():
         assert torch.all(params[name][m == 0] == 0) and not torch.equal(params[name], before[name])
     assert stats.val_loss.notna().sum() == 2 and stats.train_loss.iloc[1:].notna().all()
+
+
+def test_bleu_settings_on_a_language_model_are_refused(tiny):
+    arch, folder, hf, _ = tiny
+    scheme = make_scheme(make_configurations(str(folder), prunable_modules(hf), [0.25], [0.5],
+                                             base_fingerprint=weights_fingerprint(hf)))
+    for key in ("bleu_pairs", "bleu_curve_pairs"):
+        with pytest.raises(ComposeError, match=f"{key}.*held-out loss: leave them at 0"):
+            compose_stages.shared_data(scheme, data={key: 8})
+    assert compose_stages.shared_data(scheme)["bleu_curve_pairs"] == 0

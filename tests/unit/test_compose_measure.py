@@ -123,6 +123,61 @@ def test_model_finetuning_stops_at_the_target_on_the_unstopped_run(tmp_path):
         finetune_model(hf, {}, train, steps=1, target=1.0)
 
 
+def test_bleu_rule_by_hand(hand):
+    scheme, curves, module = hand
+    assert "bleu" not in set(cnb.equal_quality(curves, module, scheme)[0].rule)  # no val_bleu: no BLEU rule
+    bleus = {(1, "baseline"): {0: 10.0, 2: 12.0, 4: 14.0}, (1, "composed"): {0: 13.4, 1: 13.6, 2: 15.0},
+             (2, "baseline"): {0: 5.0, 2: 9.0, 4: 8.0}, (2, "composed"): {0: 7.0, 1: 8.0, 2: 8.4}}
+    curves = curves.assign(val_bleu=[bleus[(c, a)].get(s, np.nan)
+                                     for c, a, s in zip(curves.config, curves.arm, curves.step)])
+    per, fam = cnb.equal_quality(curves, module, scheme, tol=0.01, bleu_tol=0.5)
+    b = per[per.rule == "bleu"].set_index("config")
+    assert set(per[per.rule != "bleu"].measure) == {"loss"} and set(b.measure) == {"bleu"}
+    # config 1: baseline best 14.0, target 13.5; composed 13.4 at step 0 is short, 13.6 at step 1 reaches it
+    assert b.loc[1, "target"] == pytest.approx(13.5) and b.loc[1, "baseline_best"] == 14.0
+    assert (b.loc[1, "composed_steps"], b.loc[1, "composed_s"]) == (1, 1.0)
+    assert (b.loc[1, "baseline_steps"], b.loc[1, "baseline_s"]) == (4, 4.0)
+    assert (b.loc[1, "composed_start"], b.loc[1, "composed_final"], b.loc[1, "composed_best"]) == (13.4, 15.0, 15.0)
+    # config 2: the baseline's best (9.0) is at step 2, not its last evaluation (8.0); target 8.5
+    assert b.loc[2, "target"] == pytest.approx(8.5) and b.loc[2, "baseline_final"] == 8.0
+    assert (b.loc[2, "baseline_steps"], b.loc[2, "baseline_s"]) == (2, 1.0)
+    assert np.isnan(b.loc[2, "composed_steps"])  # 7.0, 8.0, 8.4: never at 8.5 within its cap of 2
+    f = fam.set_index("rule").loc["bleu"]
+    # composed: module level 4.8 s + config 1's 1 s + config 2's whole cap (2 x 0.5 s), a lower bound
+    assert f.composed_s == pytest.approx(4.8 + 1.0 + 1.0) and f.composed_lower_bound
+    assert f.baseline_s == pytest.approx(4.0 + 1.0) and not f.baseline_lower_bound
+    assert f.composed_model_steps == 1 + 2 and f.baseline_steps == 4 + 2
+    with pytest.raises(ComposeError, match="bleu_tol"):
+        cnb.equal_quality(curves, module, scheme, bleu_tol=-1)
+
+
+def test_model_finetuning_records_metrics_at_its_evaluations_only(tmp_path):
+    from causal_nb.pruning.compose_modules import load_dense
+    from causal_nb.pruning.compose_train import finetune_model
+    from causal_nb.zoo.tiny import make_tiny_model
+
+    hf, _ = load_dense(str(make_tiny_model(tmp_path / "m", "gpt2", n_layers=1, d_model=16, n_heads=2, d_mlp=32,
+                                           seed=3)))
+    train = torch.randint(0, 200, (16, 10), generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def norm(m):  # a metric of the model as it is at that step, seen in eval mode without gradients
+        seen.append((m.training, torch.is_grad_enabled()))
+        return {"wte_norm": float(m.transformer.wte.weight.detach().norm())}
+
+    plain = finetune_model(copy.deepcopy(hf), {}, train, steps=5, batch_size=4, lr=3e-2, heldout=train[:4],
+                           eval_every=2)
+    with_m = finetune_model(copy.deepcopy(hf), {}, train, steps=5, batch_size=4, lr=3e-2, heldout=train[:4],
+                            eval_every=2, metrics=lambda m: {"wte_norm": norm(m)["wte_norm"]})
+    assert list(with_m.step[with_m.wte_norm.notna()]) == [0, 2, 4, 5] and seen == [(False, False)] * 4
+    assert with_m.wte_norm.iloc[0] == pytest.approx(float(hf.transformer.wte.weight.detach().norm()))
+    pd.testing.assert_series_equal(with_m.val_loss, plain.val_loss)  # the metric does not disturb training
+    with pytest.raises(ValueError, match="rename"):
+        finetune_model(copy.deepcopy(hf), {}, train, steps=1, heldout=train[:4], metrics=lambda m: {"val_loss": 0.0})
+    with pytest.raises(TypeError, match="callable"):
+        finetune_model(copy.deepcopy(hf), {}, train, steps=1, heldout=train[:4], metrics={"a": 1})
+
+
 def test_loss_curves_table_by_hand():
     c = pd.concat([curve(1, "baseline", {0: 4.0, 2: 3.6}, 2, 1.0), curve(1, "composed", {0: 3.5, 2: 3.4}, 2, 1.0)])
     fig, df = cnb.plotting.compose_loss_curves(c, smooth=2)
