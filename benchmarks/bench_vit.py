@@ -19,7 +19,9 @@ kind, e.g. 25% and 50%) the bundled ``vit-fashion-mnist`` is pruned physically f
 - **the kit**: ``cnb.score`` by exact ablation (``"ablation"``: KL from the dense model when the unit
   is zeroed) and by |attribution| (``"attribution-abs"``, EAP's |gradient x activation| on the task
   loss), on ``--n-score-images`` validation images, then ``cnb.prune(..., physical=True)`` (global
-  budget, at least one head per layer).
+  budget, at least one head per layer); the ``... per-layer`` rows prune by the same scores with
+  TP's allocation (``budget="per_layer"``: the same share of every layer), so that they differ
+  from TP's only in which units they rank low.
 
 Every pruned model (and the dense one, for reference) is then put through the *same* recovery
 fine-tuning (``cnb.finetune_vit``: the bundled model's training loop, AdamW, cosine, seeded,
@@ -50,6 +52,9 @@ import causal_nb as cnb
 
 KIT_SCORES = {"kit ablation": ("ablation", {"metric": "kl", "kind": "zero"}),
               "kit attribution-abs": ("attribution-abs", {"kind": "zero"})}
+#: The same scores with TP's allocation, the same share of each layer's heads and neurons
+#: (``cnb.prune(budget="per_layer")``): the selections then differ only in which units they rank low.
+PER_LAYER = {f"{name} per-layer": name for name in KIT_SCORES}
 TP_IMPORTANCES = ("tp magnitude", "tp taylor")
 
 
@@ -105,14 +110,16 @@ def tp_prune(hf, removed: float, importance: str, train=None, taylor_batches: in
 
 
 def kit_scores(bridge, score: str, task) -> list:
-    """The kit's head and neuron tables by ``score`` (a ``KIT_SCORES`` key)."""
-    method, kw = KIT_SCORES[score]
+    """The kit's head and neuron tables by ``score`` (a ``KIT_SCORES`` or ``PER_LAYER`` key)."""
+    method, kw = KIT_SCORES[PER_LAYER.get(score, score)]
     return [cnb.score(bridge, task=task, method=method, unit=u, progress=False, **kw) for u in ("head", "neuron")]
 
 
-def kit_prune(bridge, removed: float, tables: list, task):
-    """The plain HF model of the bridge pruned physically by the kit at ``removed`` of each kind."""
-    return cnb.models.hf.plain_hf(cnb.prune(bridge, tables, removed, physical=True, task=task)).eval()
+def kit_prune(bridge, removed: float, tables: list, task, budget: str = "global"):
+    """The plain HF model of the bridge pruned physically by the kit at ``removed`` of each kind
+    (``budget``: ``"global"``, the lowest scores anywhere, or ``"per_layer"``, TP's allocation)."""
+    return cnb.models.hf.plain_hf(cnb.prune(bridge, tables, removed, physical=True, task=task,
+                                            budget=budget)).eval()
 
 
 def top1(hf, data, batch_size: int = 500) -> float:
@@ -167,7 +174,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--val-size", type=int, default=5000, help="the model's validation split size")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5], help="shares of heads and neurons removed")
     ap.add_argument("--methods", nargs="+", default=[*TP_IMPORTANCES, *KIT_SCORES],
-                    help="tp magnitude, tp taylor, kit ablation, kit attribution-abs")
+                    help="tp magnitude, tp taylor, kit ablation, kit attribution-abs, and the kit ones + \" per-layer\"")
     ap.add_argument("--n-score-images", type=int, default=128, help="validation images the kit's scores read")
     ap.add_argument("--taylor-batches", type=int, default=4, help="training batches (128) TP's Taylor reads")
     ap.add_argument("--n-test-images", type=int, default=5000, help="test images for top-1 (the first N)")
@@ -186,7 +193,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    bad = [m for m in a.methods if m not in (*TP_IMPORTANCES, *KIT_SCORES)]
+    bad = [m for m in a.methods if m not in (*TP_IMPORTANCES, *KIT_SCORES, *PER_LAYER)]
     if bad or any(not 0 < b < 1 for b in a.budgets):
         raise SystemExit(f"unknown methods {bad} or budgets outside (0, 1): {a.budgets}")
     torch.set_num_threads(a.threads)
@@ -201,16 +208,19 @@ def main(argv=None) -> dict:
                             augment=not a.finetune_no_augment, distill=a.finetune_distill)
     teacher = dense if a.finetune_distill > 0 else None  # never trained: the fine-tuned copies are others
     pruned, rows, tables, score_s = {}, [], {}, {}
-    for m in a.methods:  # each ranking once, pruned at every budget
-        if m in KIT_SCORES:
-            t0 = time.perf_counter()
-            tables[m] = kit_scores(bridge, m, task)
-            score_s[m] = time.perf_counter() - t0
+    for m in a.methods:  # each ranking once (shared by its per-layer row), pruned at every budget
+        if m in KIT_SCORES or m in PER_LAYER:
+            base = PER_LAYER.get(m, m)
+            if base not in tables:
+                t0 = time.perf_counter()
+                tables[base] = kit_scores(bridge, base, task)
+                score_s[base] = time.perf_counter() - t0
+            tables[m], score_s[m] = tables[base], score_s[base]
     for b in a.budgets:
         for m in a.methods:
             t0 = time.perf_counter()
             hf = tp_prune(dense, b, m, train, a.taylor_batches) if m in TP_IMPORTANCES else kit_prune(
-                bridge, b, tables[m], task)
+                bridge, b, tables[m], task, "per_layer" if m in PER_LAYER else "global")
             row = {"budget": f"{b:.0%}", "method": m, "params": n_params(hf),
                    "prune_s": time.perf_counter() - t0 + score_s.get(m, 0.0),
                    "top1_before": top1(hf, test)}

@@ -82,6 +82,9 @@ def test_tp_pruned_vit_equals_the_dense_one_with_the_units_zeroed(folder, import
     task = cnb.ImageClassificationTask(x, train.labels)
     tables = [cnb.score(bridge, task=task, method="magnitude", unit=u) for u in ("head", "neuron")]
     assert bench.n_params(bench.kit_prune(bridge, 0.5, tables, task)) == expect
+    per_layer = bench.kit_prune(bridge, 0.5, tables, task, "per_layer")  # TP's allocation: half of each layer
+    assert [lay.attention.num_attention_heads for lay in per_layer.vit.layers] == [HEADS // 2] * N_LAYERS
+    assert [lay.mlp.fc1.out_features for lay in per_layer.vit.layers] == [D_MLP // 2] * N_LAYERS
 
 
 def test_the_script_prints_one_row_per_method_and_budget(folder, tmp_path, capsys):
@@ -91,6 +94,13 @@ def test_the_script_prints_one_row_per_method_and_budget(folder, tmp_path, capsy
                              "--finetune-steps", "1", "--repeats", "1", "--timing-s", "0.01", "--no-progress", "--out",
                              str(tmp_path / "r.json")])
     assert [r["method"] for r in res["rows"]] == ["tp magnitude", "tp taylor", "kit ablation", "kit attribution-abs"]
-    assert len({r["params"] for r in res["rows"]}) == 1 and res["rows"][0]["params"] < res["dense"]["params"]
     printed = capsys.readouterr().out
+    one = load_bench().main(["--model", str(folder), "--data-dir", str(data), "--val-size", "16", "--budgets", "0.5",
+                             "--methods", "kit ablation", "kit ablation per-layer", "--n-score-images", "8",
+                             "--n-test-images", "16", "--finetune-steps", "1", "--repeats", "1", "--timing-s", "0.01",
+                             "--no-progress"])
+    assert [r["method"] for r in one["rows"]] == ["kit ablation", "kit ablation per-layer"]
+    with pytest.raises(SystemExit, match="unknown methods"):
+        load_bench().main(["--model", str(folder), "--methods", "kit ablation per-head"])
+    assert len({r["params"] for r in res["rows"]}) == 1 and res["rows"][0]["params"] < res["dense"]["params"]
     assert printed.count("| 50% |") == 4 and "| dense |" in printed and (tmp_path / "r.json").exists()
