@@ -222,6 +222,8 @@ def main(argv=None) -> None:
                    help="T5: BLEU on this many validation pairs before and after each arm (0: none)")
     p.add_argument("--bleu-curve-pairs", type=int, default=0,
                    help="T5: BLEU on this many validation pairs at every evaluation, for rule 'bleu' (0: none)")
+    p.add_argument("--bleu-curve-every", type=int, default=0,
+                   help="BLEU only at evaluations whose step is a multiple of this, and the last (0: every one)")
     p.add_argument("--bleu-tol", type=float, default=0.5,
                    help="rule 'bleu': BLEU points below the baseline's best that count as the same quality")
     p.add_argument("--threads", type=int, default=1)
@@ -248,7 +250,7 @@ def main(argv=None) -> None:
                             baseline_steps=a.baseline_steps, eval_every=a.eval_every, tol=a.tol[0], lr=a.lr,
                             module_lr=a.module_lr, batch_size=a.batch, n_windows=a.windows,
                             data={"n_train": a.train_windows, "n_heldout": a.heldout, "bleu_pairs": a.bleu_pairs,
-                                  "bleu_curve_pairs": a.bleu_curve_pairs})
+                                  "bleu_curve_pairs": a.bleu_curve_pairs, "bleu_curve_every": a.bleu_curve_every})
     run1 = json.loads((a.out / "work" / "runs" / "c1_baseline.json").read_text())
     report(a, scheme, r["curves"], r["module"], r["dense_heldout"], run1.get("dense_bleu", float("nan")))
 

@@ -42,9 +42,10 @@ __all__ = ["build", "configure", "finetune_configuration", "finetune_variants", 
 #: held-out windows (from every held-out file: there are about 150), the training-window pool;
 #: ``bleu_pairs``: a T5's BLEU on that many validation pairs before and after each run (0: none);
 #: ``bleu_curve_pairs``: a T5's BLEU on that many validation pairs at every evaluation of a run, a
-#: ``val_bleu`` column in its curve (0: none).
+#: ``val_bleu`` column in its curve (0: none); ``bleu_curve_every``: only at the evaluations whose
+#: step is a multiple of it, and the last (0: every evaluation).
 DATA = {"seq": 128, "n_files": 100, "n_heldout": 64, "n_files_heldout": 1000, "n_train": 512, "bleu_pairs": 0,
-        "bleu_curve_pairs": 0}
+        "bleu_curve_pairs": 0, "bleu_curve_every": 0}
 
 
 def data_settings(data: dict | None = None) -> dict:
@@ -228,7 +229,7 @@ def shared_data(scheme: dict, seed: int = 0, data: dict | None = None) -> dict:
     n_bleu = d["bleu_pairs"]
     return {"hf": hf, "tok": tok, "heldout": held, "train": train, "dense_heldout": heldout_loss(hf, held),
             "bleu_pairs": n_bleu, "dense_bleu": bleu(hf, tok, n_bleu) if n_bleu else float("nan"),
-            "bleu_curve_pairs": d["bleu_curve_pairs"]}
+            "bleu_curve_pairs": d["bleu_curve_pairs"], "bleu_curve_every": d["bleu_curve_every"]}
 
 
 def finetune_configuration(scheme: dict, workdir, k: int, arm: str = "composed", steps: int = 100,
@@ -264,7 +265,7 @@ def run_configuration(data: dict, scheme: dict, workdir, k: int, arm: str = "com
     n_curve = data.get("bleu_curve_pairs", 0)
     metrics = (lambda m: {"val_bleu": bleu(m, tok, n_curve)}) if n_curve else None
     stats = finetune_model(model, masks, data["train"], steps, batch_size, lr, seed, kl, hf if kl else None, held,
-                           eval_every, target, metrics)
+                           eval_every, target, metrics, data.get("bleu_curve_every", 0) if metrics else 0)
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     stats.to_csv(runs / f"c{k}_{arm}.csv", index=False)

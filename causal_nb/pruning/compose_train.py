@@ -207,7 +207,7 @@ def _lm_loss(logits: Tensor, x: Tensor) -> Tensor:
 def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor, "batch pos"] | Pairs, steps: int = 100,
                    batch_size: int = 8, lr: float = 5e-5, seed: int = 0, kl: float = 0.0, dense: nn.Module | None = None,
                    heldout: Int[Tensor, "_ pos"] | None = None, eval_every: int = 0,
-                   target: float | None = None, metrics=None) -> pd.DataFrame:
+                   target: float | None = None, metrics=None, metrics_every: int = 0) -> pd.DataFrame:
     """Fine-tune a whole model end to end on its task loss (plus ``kl`` x KL(dense || model)), in place.
 
     Args:
@@ -221,7 +221,9 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
             below it (needs ``heldout``); ``None`` runs all ``steps``.
         metrics: ``model -> {name: value}``, computed at every evaluation beside the validation
             loss (e.g. a translation model's BLEU), in eval mode without gradients; each name
-            becomes a column (NaN where not evaluated). Its time is excluded from ``seconds``, like the evaluations'.
+            becomes a column (NaN where not evaluated).
+        metrics_every: compute ``metrics`` only at the evaluations whose step is a multiple of
+            this (and at the last step); 0: at every evaluation. Its time is excluded from ``seconds``, like the evaluations'.
 
     Returns:
         ``step``, ``train_loss`` (the batch's LM loss), ``val_loss`` (NaN where not evaluated),
@@ -239,9 +241,13 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
     if metrics is not None and not callable(metrics):
         raise TypeError(f"metrics must be a callable model -> {{name: value}}, got {type(metrics).__name__}")
 
-    def val() -> dict:
+    if metrics_every < 0 or (metrics_every and eval_every and metrics_every % eval_every):
+        raise ValueError(f"metrics_every={metrics_every} must be 0 or a multiple of eval_every={eval_every} "
+                         "(metrics are taken at evaluations)")
+
+    def val(step: int) -> dict:
         out = {"val_loss": heldout_loss(model, heldout) if heldout is not None else float("nan")}
-        if metrics is not None:
+        if metrics is not None and (not metrics_every or step % metrics_every == 0 or step == steps):
             was = model.training
             model.eval()  # an evaluation: no dropout
             with torch.no_grad():
@@ -253,7 +259,7 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
             out.update({k: float(v) for k, v in extra.items()})
         return out
 
-    rows = [{"step": 0, "train_loss": float("nan"), **val(), "seconds": 0.0}]
+    rows = [{"step": 0, "train_loss": float("nan"), **val(0), "seconds": 0.0}]
 
     def reached() -> bool:
         return target is not None and rows[-1]["val_loss"] <= target
@@ -278,7 +284,7 @@ def finetune_model(model: nn.Module, masks: dict[str, Tensor], train: Int[Tensor
         _apply_masks(params, masks)
         spent += time.perf_counter() - t0
         last = step == steps or (eval_every and step % eval_every == 0)
-        rows.append({"step": step, "train_loss": lm.item(), **(val() if last else {"val_loss": float("nan")}),
+        rows.append({"step": step, "train_loss": lm.item(), **(val(step) if last else {"val_loss": float("nan")}),
                      "seconds": spent})
         if reached():
             break

@@ -172,6 +172,15 @@ def test_model_finetuning_records_metrics_at_its_evaluations_only(tmp_path):
     assert list(with_m.step[with_m.wte_norm.notna()]) == [0, 2, 4, 5] and seen == [(False, False)] * 4
     assert with_m.wte_norm.iloc[0] == pytest.approx(float(hf.transformer.wte.weight.detach().norm()))
     pd.testing.assert_series_equal(with_m.val_loss, plain.val_loss)  # the metric does not disturb training
+    seen.clear()
+    sparse = finetune_model(copy.deepcopy(hf), {}, train, steps=5, batch_size=4, lr=3e-2, heldout=train[:4],
+                            eval_every=2, metrics=lambda m: {"wte_norm": norm(m)["wte_norm"]}, metrics_every=4)
+    assert list(sparse.step[sparse.wte_norm.notna()]) == [0, 4, 5] and len(seen) == 3  # and the last step
+    pd.testing.assert_series_equal(sparse.wte_norm.dropna().reset_index(drop=True),
+                                   with_m.wte_norm[with_m.step.isin([0, 4, 5])].reset_index(drop=True))
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        finetune_model(copy.deepcopy(hf), {}, train, steps=1, heldout=train[:4], eval_every=2, metrics=norm,
+                       metrics_every=3)
     with pytest.raises(ValueError, match="rename"):
         finetune_model(copy.deepcopy(hf), {}, train, steps=1, heldout=train[:4], metrics=lambda m: {"val_loss": 0.0})
     with pytest.raises(TypeError, match="callable"):
