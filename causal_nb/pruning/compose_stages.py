@@ -260,15 +260,21 @@ def run_configuration(data: dict, scheme: dict, workdir, k: int, arm: str = "com
     workdir = Path(workdir)
     hf, tok, held = data["hf"], data["tok"], data["heldout"]
     model, masks = compose_model(hf, scheme, k, workdir / ("finetuned" if arm == "composed" else "pruned"))
-    n_bleu = data.get("bleu_pairs", 0)
-    bleu_before = bleu(model, tok, n_bleu) if n_bleu else float("nan")
-    n_curve = data.get("bleu_curve_pairs", 0)
+    n_bleu, n_curve = data.get("bleu_pairs", 0), data.get("bleu_curve_pairs", 0)
+    # the curve's BLEU on the same pairs gives the end points without translating them again
+    from_curve = bool(n_bleu) and n_curve == n_bleu
+    bleu_before = bleu(model, tok, n_bleu) if n_bleu and not from_curve else float("nan")
     metrics = (lambda m: {"val_bleu": bleu(m, tok, n_curve)}) if n_curve else None
     stats = finetune_model(model, masks, data["train"], steps, batch_size, lr, seed, kl, hf if kl else None, held,
                            eval_every, target, metrics, data.get("bleu_curve_every", 0) if metrics else 0)
     runs = workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     stats.to_csv(runs / f"c{k}_{arm}.csv", index=False)
+    if from_curve:
+        bleu_before = float(stats.val_bleu.iloc[0])
+    last_in_curve = from_curve and not np.isnan(stats.val_bleu.iloc[-1])
+    bleu_after = (float(stats.val_bleu.iloc[-1]) if last_in_curve
+                  else bleu(model, tok, n_bleu) if n_bleu else float("nan"))
     mods = {}
     if arm == "composed":
         summary_path = workdir / "finetuned" / "summary.json"
@@ -281,7 +287,7 @@ def run_configuration(data: dict, scheme: dict, workdir, k: int, arm: str = "com
               "steps_run": int(stats.step.iloc[-1]), "target": target,
               "reached": bool(target is not None and stats.val_loss.iloc[-1] <= target),
               "batch_size": batch_size, "lr": lr, "kl": kl, "seed": seed,
-              "bleu_before": bleu_before, "bleu_after": bleu(model, tok, n_bleu) if n_bleu else float("nan"),
+              "bleu_before": bleu_before, "bleu_after": bleu_after,
               "dense_bleu": data.get("dense_bleu", float("nan")), "bleu_pairs": n_bleu}
     save_json(result, runs / f"c{k}_{arm}.json")
     if out is not None:
