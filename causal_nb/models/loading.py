@@ -30,7 +30,7 @@ from .t5 import load_pruned_t5
 __all__ = ["ModelNotAvailableError", "list_models", "load_model", "resolve_device", "model_card"]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
 
 
 class ModelNotAvailableError(RuntimeError):

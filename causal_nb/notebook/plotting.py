@@ -115,8 +115,11 @@ def pareto_front(results: pd.DataFrame, quality: str = "python_top1_agreement", 
                  title: str = "") -> tuple[go.Figure, pd.DataFrame]:
     """Quality vs cost of every pruned model; the Pareto-optimal ones (no other is both
     cheaper and better) are marked."""
-    df = results[["model", "method", "unit", "sparsity", cost, quality]].round(6).sort_values([cost, quality],
-                                                                                             ascending=[True, False])
+    # ties (same cost and quality, e.g. two methods that select the same units) are broken by
+    # name, not by the order the sweep happened to finish in, so the table is the same everywhere
+    keys = [cost, quality, "model", "unit", "method", "sparsity"]
+    df = results[["model", "method", "unit", "sparsity", cost, quality]].round(6).sort_values(
+        keys, ascending=[True, False, True, True, True, True], kind="stable")
     best, front = -float("inf"), []
     for q in df[quality]:
         front.append(q > best)

@@ -65,3 +65,8 @@ def test_bad_dtype_and_device():
 def test_dtype_is_applied(tiny_dirs):
     model = cnb.load_model(tiny_dirs["gpt2"], device="cpu", dtype="bf16")
     assert next(model.parameters()).dtype == torch.bfloat16
+    # float64: notebook 02 scores in it so that saved scores match on any CPU
+    model = cnb.load_model(tiny_dirs["gpt2"], device="cpu", dtype="float64")
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    tokens = torch.tensor([[1, 2, 3]])
+    assert model(tokens).dtype == torch.float64
