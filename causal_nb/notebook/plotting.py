@@ -119,7 +119,7 @@ def pareto_front(results: pd.DataFrame, quality: str = "python_top1_agreement", 
     # name, not by the order the sweep happened to finish in, so the table is the same everywhere
     keys = [cost, quality, "model", "unit", "method", "sparsity"]
     df = results[["model", "method", "unit", "sparsity", cost, quality]].round(6).sort_values(
-        keys, ascending=[True, False, True, True, True, True], kind="stable")
+        keys, ascending=[True, False, True, True, True, True])
     best, front = -float("inf"), []
     for q in df[quality]:
         front.append(q > best)
