@@ -122,8 +122,66 @@ def kit_prune(bridge, removed: float, tables: list, task, budget: str = "global"
                                             budget=budget)).eval()
 
 
-def top1(hf, data, batch_size: int = 500) -> float:
-    return cnb.zoo.train_vit.vit_accuracy(hf, data, batch_size)[0]
+@torch.inference_mode()
+def correct_of(hf, data, batch_size: int = 500) -> torch.Tensor:
+    """Per-image correctness (bool, one per image of ``data``): top-1 is its mean, and two models'
+    vectors on the same images give the paired comparison (``paired_vs``)."""
+    hf.eval()
+    return torch.cat([hf(pixel_values=data.images[i:i + batch_size]).logits.argmax(-1) == data.labels[i:i + batch_size]
+                      for i in range(0, len(data), batch_size)])
+
+
+def paired_vs(a, b, n_resamples: int = 2000, level: float = 0.95) -> dict:
+    """Model ``a`` against model ``b`` on the same images (their per-image correctness).
+
+    The difference in top-1 with a paired percentile-bootstrap interval (``scipy.stats.bootstrap``,
+    ``paired=True``, seed 0) and McNemar's exact test (a two-sided binomial test on the images
+    exactly one of the two gets right), both from scipy.
+
+    Returns:
+        ``diff`` (top-1 of a minus b), ``lo``/``hi`` (the interval), ``a_only``/``b_only`` (the
+        discordant counts) and ``p_mcnemar``.
+    """
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired_vs needs two equal-length 1-D correctness vectors (got {a.shape} and {b.shape})")
+    a_only, b_only = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    p = 1.0 if a_only + b_only == 0 else float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    if a_only + b_only == 0:  # identical predictions: the interval is the point
+        lo = hi = 0.0
+    else:
+        ci = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True, vectorized=True,
+                             n_resamples=n_resamples, confidence_level=level, method="percentile",
+                             random_state=np.random.default_rng(0)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    return {"diff": float(a.mean() - b.mean()), "lo": lo, "hi": hi, "a_only": a_only, "b_only": b_only,
+            "p_mcnemar": p}
+
+
+def paired_table(rows: list[dict], correct: dict) -> str:
+    """Every pruned row against the best Torch-Pruning row at its budget (after fine-tuning when it
+    ran, else before), on the same test images: the question "does the best causal criterion at
+    least match Torch-Pruning" as a difference with its interval, not as two rounded accuracies."""
+    lines = ["| budget removed | method | vs | Δ top-1 (pts) | 95% CI (pts) | only this right | only TP right | "
+             "McNemar p |", "|---|---|---|---|---|---|---|---|"]
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        here = [r for r in rows if r["budget"] == budget]
+        tp = [r for r in here if r["method"] in TP_IMPORTANCES]
+        if not tp:
+            continue
+        ref = max(tp, key=lambda r: r["top1_final"])
+        for r in here:
+            if r is ref:
+                continue
+            c = paired_vs(correct[(budget, r["method"])], correct[(budget, ref["method"])])
+            lines.append(f"| {budget} | {r['method']} | {ref['method']} | {100 * c['diff']:+.2f} | "
+                         f"[{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}] | {c['a_only']} | {c['b_only']} | "
+                         f"{c['p_mcnemar']:.3f} |")
+            r["vs_best_tp"] = {"reference": ref["method"], **c}
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 @torch.inference_mode()
@@ -160,8 +218,10 @@ def table(rows: list[dict], dense: dict) -> str:
             "x dense | img/s b=64 | x dense |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in [dense, *rows]:
+        final = r["top1_before"] if r["top1_after"] is None else r["top1_after"]  # no fine-tuning: "after" is "-"
+        after = "-" if r["top1_after"] is None else f"{r['top1_after']:.4f}"
         lines.append(f"| {r['budget']} | {r['method']} | {r['params']:,} | {r['top1_before']:.4f} | "
-                     f"{r['top1_after']:.4f} | {100 * (r['top1_after'] - dense['top1_before']):+.2f} | "
+                     f"{after} | {100 * (final - dense['top1_before']):+.2f} | "
                      f"{r['ips_1']:.0f} | {r['ips_1'] / dense['ips_1']:.2f} | {r['ips_64']:.0f} | "
                      f"{r['ips_64'] / dense['ips_64']:.2f} |")
     return "\n".join(lines)
@@ -178,7 +238,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-score-images", type=int, default=128, help="validation images the kit's scores read")
     ap.add_argument("--taylor-batches", type=int, default=4, help="training batches (128) TP's Taylor reads")
     ap.add_argument("--n-test-images", type=int, default=5000, help="test images for top-1 (the first N)")
-    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--finetune-epochs", type=int, default=1, help="recovery epochs (0: none, e.g. a timing-only run)")
     ap.add_argument("--finetune-steps", type=int, default=250, help="steps per fine-tuning epoch (0: the whole split)")
     ap.add_argument("--finetune-lr", type=float, default=2e-4,
                     help="peak lr (the bundled model's last phase ran at 3e-4; 1e-3 for 100 steps costs the dense "
@@ -196,6 +256,8 @@ def main(argv=None) -> dict:
     bad = [m for m in a.methods if m not in (*TP_IMPORTANCES, *KIT_SCORES, *PER_LAYER)]
     if bad or any(not 0 < b < 1 for b in a.budgets):
         raise SystemExit(f"unknown methods {bad} or budgets outside (0, 1): {a.budgets}")
+    if a.finetune_epochs < 0:
+        raise SystemExit(f"--finetune-epochs {a.finetune_epochs}: pass 0 (no recovery) or more")
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     bridge = cnb.load_model(a.model, device="cpu")
@@ -204,10 +266,12 @@ def main(argv=None) -> dict:
     val = cnb.load_fashion_mnist("val", a.data_dir, val_size=a.val_size)
     test = cnb.load_fashion_mnist("test", a.data_dir).head(a.n_test_images)
     task = cnb.ImageClassificationTask(val.images[:a.n_score_images], val.labels[:a.n_score_images])
-    ft = cnb.FinetuneConfig(epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=0,
-                            augment=not a.finetune_no_augment, distill=a.finetune_distill)
+    # --finetune-epochs 0: no recovery (a quick look at the selections, or a timing-only run)
+    ft = None if a.finetune_epochs == 0 else cnb.FinetuneConfig(
+        epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=0,
+        augment=not a.finetune_no_augment, distill=a.finetune_distill)
     teacher = dense if a.finetune_distill > 0 else None  # never trained: the fine-tuned copies are others
-    pruned, rows, tables, score_s = {}, [], {}, {}
+    pruned, rows, tables, score_s, correct = {}, [], {}, {}, {}
     for m in a.methods:  # each ranking once (shared by its per-layer row), pruned at every budget
         if m in KIT_SCORES or m in PER_LAYER:
             base = PER_LAYER.get(m, m)
@@ -223,30 +287,45 @@ def main(argv=None) -> dict:
                 bridge, b, tables[m], task, "per_layer" if m in PER_LAYER else "global")
             row = {"budget": f"{b:.0%}", "method": m, "params": n_params(hf),
                    "prune_s": time.perf_counter() - t0 + score_s.get(m, 0.0),
-                   "top1_before": top1(hf, test)}
-            rec = cnb.finetune_vit(hf, train, None, ft, progress=not a.no_progress, teacher=teacher)
-            row.update(top1_after=top1(hf, test), finetune_s=rec["seconds"], train_loss=rec["train_loss"])
+                   "top1_before": float(correct_of(hf, test).float().mean())}
+            if ft is None:
+                row.update(top1_after=None, finetune_s=0.0, train_loss=[])
+            else:
+                rec = cnb.finetune_vit(hf, train, None, ft, progress=not a.no_progress, teacher=teacher)
+                row.update(finetune_s=rec["seconds"], train_loss=rec["train_loss"])
+            correct[(row["budget"], m)] = correct_of(hf, test)
+            row["top1_final"] = float(correct[(row["budget"], m)].float().mean())
+            if ft is not None:
+                row["top1_after"] = row["top1_final"]
             if not a.no_progress:
                 print(f"{row['budget']} {m}: {row['params']:,} params, top-1 {row['top1_before']:.4f} -> "
-                      f"{row['top1_after']:.4f} ({row['prune_s']:.0f} s + {row['finetune_s']:.0f} s)", flush=True)
+                      f"{row['top1_final']:.4f} ({row['prune_s']:.0f} s + {row['finetune_s']:.0f} s)", flush=True)
             pruned[(row["budget"], m)] = hf
             rows.append(row)
-    dense_row = {"budget": "0%", "method": "dense", "params": n_params(dense), "top1_before": top1(dense, test)}
-    tuned = copy.deepcopy(dense)
-    cnb.finetune_vit(tuned, train, None, ft, progress=False, teacher=teacher)
-    dense_row["top1_after"] = top1(tuned, test)
+    dense_row = {"budget": "0%", "method": "dense", "params": n_params(dense),
+                 "top1_before": float(correct_of(dense, test).float().mean()), "top1_after": None}
+    if ft is not None:
+        tuned = copy.deepcopy(dense)
+        cnb.finetune_vit(tuned, train, None, ft, progress=False, teacher=teacher)
+        dense_row["top1_after"] = float(correct_of(tuned, test).float().mean())
     ips = throughputs({"dense": dense, **{k: v for k, v in pruned.items()}}, repeats=a.repeats, budget_s=a.timing_s)
     dense_row.update(ips_1=ips["dense"][1], ips_64=ips["dense"][64])
     for r in rows:
         r.update(ips_1=ips[(r["budget"], r["method"])][1], ips_64=ips[(r["budget"], r["method"])][64])
-    md = table(rows, dense_row)
+    md, paired = table(rows, dense_row), paired_table(rows, correct)
     print(md)
-    print(f"\n{len(test)} test images; fine-tuning: {a.finetune_epochs} epoch(s) x {a.finetune_steps} steps of 128 "
-          f"training images, lr {a.finetune_lr}, augmentation {'off' if a.finetune_no_augment else 'on'}, distillation "
-          f"{a.finetune_distill}, the same for every row (dense fine-tuned the same way: top-1 "
-          f"{dense_row['top1_after']:.4f}; the Δ column is against the dense model as shipped, "
-          f"{dense_row['top1_before']:.4f}); {a.threads} thread(s); {time.perf_counter() - t_start:.0f} s in all")
-    result = {"args": vars(a), "dense": dense_row, "rows": rows, "table": md}
+    if paired:
+        print(f"\nPaired on the same {len(test)} test images ({'after' if ft else 'before'} fine-tuning):\n{paired}")
+    if ft is None:
+        how = "no fine-tuning (--finetune-epochs 0)"
+    else:
+        how = (f"fine-tuning: {a.finetune_epochs} epoch(s) x {a.finetune_steps} steps of 128 training images, lr "
+               f"{a.finetune_lr}, augmentation {'off' if a.finetune_no_augment else 'on'}, distillation "
+               f"{a.finetune_distill}, the same for every row (dense fine-tuned the same way: top-1 "
+               f"{dense_row['top1_after']:.4f}; the Δ column is against the dense model as shipped, "
+               f"{dense_row['top1_before']:.4f})")
+    print(f"\n{len(test)} test images; {how}; {a.threads} thread(s); {time.perf_counter() - t_start:.0f} s in all")
+    result = {"args": vars(a), "dense": dense_row, "rows": rows, "table": md, "paired_table": paired}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -122,10 +122,12 @@ def add_vit_commands(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     t.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
+    t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from an earlier run's model/ folder (a further phase with its own schedule)")
     t.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
     t.add_argument("--ship", action="store_true", help="copy the trained model into the package zoo")
+    t.add_argument("--device", default="cpu", help="cpu (bit-exact, resumable) or cuda (the same batches, faster)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     o = vs.add_parser("optimize", help="prune a ViT at keep ratios by each score; save <base>_keep_<r> folders")
     o.add_argument("--model", default="vit-fashion-mnist", help="bundled name or folder of the ViT to prune")
@@ -171,9 +173,10 @@ def vit_command(a) -> int:
             from .zoo.train_vit import TrainConfig, train_vit  # noqa: PLC0415
 
             cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, augment=not a.no_augment,
-                              val_size=a.val_size, warmup=a.warmup, init_from=a.init_from)
+                              val_size=a.val_size, warmup=a.warmup, weight_decay=a.weight_decay,
+                              init_from=a.init_from)
             card = train_vit(a.out, cfg, data_dir=a.data_dir, resume=a.resume, progress=not a.no_progress,
-                             ship=a.ship)
+                             ship=a.ship, device=a.device)
             print(f"test top-1 {card['test_top1']:.4f} -> {a.out}/model" + (" (shipped to the zoo)" if a.ship else ""))
             return 0
         from .evaluation.vit_pipeline import evaluate_command, optimize_command  # noqa: PLC0415
@@ -197,6 +200,7 @@ def add_t5_commands(sub) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--warmup", type=int, default=300, help="linear warm-up steps")
+    t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from an earlier run's model/ folder (its weights and tokenizer): a further phase")
     t.add_argument("--test-pairs", type=int, default=None, help="test pairs for the card's BLEU (default all)")

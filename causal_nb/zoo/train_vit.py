@@ -108,10 +108,11 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def vit_accuracy(model, data: ImageSet, batch_size: int = 500) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) on a split."""
     model.eval()
+    dev = next(model.parameters()).device  # batches follow the model (a no-op on CPU)
     correct, loss = 0, 0.0
     for i in range(0, len(data), batch_size):
-        logits = model(pixel_values=data.images[i:i + batch_size]).logits
-        y = data.labels[i:i + batch_size]
+        logits = model(pixel_values=data.images[i:i + batch_size].to(dev)).logits
+        y = data.labels[i:i + batch_size].to(dev)
         correct += int((logits.argmax(-1) == y).sum())
         loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
     return correct / len(data), loss / len(data)
@@ -135,10 +136,26 @@ def _weights_of(folder, model) -> dict:
 
 def _check_config(cfg: TrainConfig) -> None:
     check_run_settings(cfg, ("epochs", "batch_size"), TrainVitError)
+    if not cfg.weight_decay >= 0:
+        raise TrainVitError(f"weight_decay={cfg.weight_decay} must be at least 0 (e.g. --weight-decay 0.05)")
+
+
+def _device(device) -> torch.device:
+    """The training device, refused with the fix when it is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise TrainVitError(f"--device {device!r} is not a torch device ({e}); pass cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainVitError(f"--device {device}: this machine has no CUDA device (torch.cuda.is_available() is "
+                            "False); train with --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainVitError(f"--device {device}: only cpu and cuda are supported")
+    return dev
 
 
 def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool = False, progress: bool = True,
-              ship: bool = False) -> dict:
+              ship: bool = False, device="cpu") -> dict:
     """Train (or resume) the ViT and write the Hugging Face folder with its card.
 
     Args:
@@ -149,6 +166,9 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
         resume: continue from ``<out>/checkpoint.pt`` (the settings must match the checkpoint's).
         progress: a tqdm bar per epoch.
         ship: copy ``model/`` into the package's zoo (``causal_nb/zoo/models/vit-fashion-mnist``).
+        device: where the model trains (``"cpu"``, ``"cuda"``); the data order and augmentation
+            come from the same CPU generator on either, so a GPU run sees the same batches, but
+            only a CPU run is bit-exact (``--resume`` included). The card records the device.
 
     Returns:
         The card (``card.json``'s content).
@@ -160,6 +180,7 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
     """
     cfg = cfg or TrainConfig()
     _check_config(cfg)
+    dev = _device(device)
     out = Path(out)
     ckpt_path = out / CHECKPOINT
     train = load_fashion_mnist("train", data_dir, val_size=cfg.val_size, seed=cfg.seed)
@@ -170,6 +191,7 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
     model = build_vit(cfg.spec, cfg.seed)
     if cfg.init_from is not None:
         model.load_state_dict(_weights_of(cfg.init_from, model))
+    model = model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.epochs, steps_per_epoch))
     history, start, seconds = [], 0, 0.0
@@ -177,7 +199,7 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
         if not ckpt_path.exists():
             raise TrainVitError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start, or pass the "
                                 "--out folder of the run to continue")
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location=dev)
         if ck["config"] != asdict(cfg):
             diff = {k: (ck["config"].get(k), v) for k, v in asdict(cfg).items() if ck["config"].get(k) != v}
             raise TrainVitError(f"--resume: settings differ from the checkpoint's (name: (checkpoint, now)) {diff}; "
@@ -202,7 +224,7 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
                   f"{seconds / 60:.1f} min", flush=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "history": history, "epoch": epoch + 1, "seconds": seconds, "config": asdict(cfg)}, ckpt_path)
-    return _write_model(model, cfg, out / "model", history, seconds, threads, data_dir, ship, len(train))
+    return _write_model(model.cpu(), cfg, out / "model", history, seconds, threads, data_dir, ship, len(train), dev)
 
 
 @dataclass
@@ -353,6 +375,7 @@ def train_epoch(model, opt, sched, train: ImageSet, epoch: int, *, batch_size: i
 
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(train), generator=g)
+    dev = next(model.parameters()).device
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     total, n = 0.0, 0
@@ -361,6 +384,9 @@ def train_epoch(model, opt, sched, train: ImageSet, epoch: int, *, batch_size: i
         x, y = train.images[idx], train.labels[idx]
         if augment:
             x = _augment(x, g)
+        # The order and augmentation stay on the CPU generator (the same images on any device);
+        # only the batch moves to the model's device.
+        x, y = x.to(dev), y.to(dev)
         if teacher is None:
             loss = recovery_loss(model(pixel_values=x).logits, y)
         else:
@@ -379,7 +405,7 @@ def train_epoch(model, opt, sched, train: ImageSet, epoch: int, *, batch_size: i
 
 
 def _write_model(model, cfg: TrainConfig, folder: Path, history: list, seconds: float, threads: int, data_dir,
-                 ship: bool, n_train: int) -> dict:
+                 ship: bool, n_train: int, dev: torch.device) -> dict:
     test = load_fashion_mnist("test", data_dir)
     test_acc, test_loss = vit_accuracy(model, test)
     folder.mkdir(parents=True, exist_ok=True)
@@ -393,8 +419,8 @@ def _write_model(model, cfg: TrainConfig, folder: Path, history: list, seconds: 
             "data": {"name": "Fashion-MNIST", "source": str(test.source), "train": n_train,
                      "val_size": cfg.val_size, "split_seed": cfg.seed, "test": len(test)},
             "training": {**{k: v for k, v in asdict(cfg).items() if k != "spec"}, "seconds": round(seconds, 1),
-                         "device": "cpu", "threads": threads,
-                         "command": _command(cfg)},
+                         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
+                         "threads": threads, "command": _command(cfg, dev)},
             "history": history,
             "val_top1": history[-1]["val_top1"] if history else None,
             "test_top1": round(test_acc, 5), "test_loss": round(test_loss, 5)}
@@ -412,15 +438,17 @@ def _write_model(model, cfg: TrainConfig, folder: Path, history: list, seconds: 
     return card
 
 
-def _command(cfg: TrainConfig) -> str:
+def _command(cfg: TrainConfig, dev: torch.device | None = None) -> str:
     """The command line that reproduces this run (its non-default settings spelled out)."""
     d, parts = TrainConfig(), [f"--epochs {cfg.epochs}"]
     for name, flag in (("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed"), ("val_size", "--val-size"),
-                       ("warmup", "--warmup"), ("init_from", "--init-from")):
+                       ("warmup", "--warmup"), ("weight_decay", "--weight-decay"), ("init_from", "--init-from")):
         if getattr(cfg, name) != getattr(d, name):
             parts.append(f"{flag} {getattr(cfg, name)}")
     if not cfg.augment:
         parts.append("--no-augment")
+    if dev is not None and dev.type != "cpu":
+        parts.append(f"--device {dev}")
     return "nice -n 10 python -m causal_nb vit train " + " ".join(parts)
 
 

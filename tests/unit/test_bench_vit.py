@@ -103,4 +103,39 @@ def test_the_script_prints_one_row_per_method_and_budget(folder, tmp_path, capsy
     with pytest.raises(SystemExit, match="unknown methods"):
         load_bench().main(["--model", str(folder), "--methods", "kit ablation per-head"])
     assert len({r["params"] for r in res["rows"]}) == 1 and res["rows"][0]["params"] < res["dense"]["params"]
-    assert printed.count("| 50% |") == 4 and "| dense |" in printed and (tmp_path / "r.json").exists()
+    main_table, paired = printed.split("Paired on the same")
+    assert main_table.count("| 50% |") == 4 and "| dense |" in main_table and (tmp_path / "r.json").exists()
+    assert paired.count("| 50% |") == 3  # each row but the best TP one, against that one
+
+
+def test_paired_vs_matches_a_hand_computed_mcnemar():
+    bench = load_bench()
+    # 20 images: both right on 12, both wrong on 4, only a right on 3, only b right on 1.
+    a = [1] * 12 + [0] * 4 + [1] * 3 + [0]
+    b = [1] * 12 + [0] * 4 + [0] * 3 + [1]
+    c = bench.paired_vs(a, b)
+    assert (c["a_only"], c["b_only"]) == (3, 1)
+    assert c["diff"] == pytest.approx(2 / 20)
+    # exact two-sided binomial on 4 discordant pairs, 3 of one kind: (1 + 4 + 4 + 1) / 16
+    assert c["p_mcnemar"] == pytest.approx(10 / 16)
+    assert c["lo"] <= c["diff"] <= c["hi"] and c["lo"] < c["hi"]
+    same = bench.paired_vs(a, a)
+    assert (same["diff"], same["lo"], same["hi"], same["p_mcnemar"]) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="equal-length"):
+        bench.paired_vs(a, a[:-1])
+
+
+def test_the_script_without_fine_tuning_pairs_the_kit_against_tp(folder, tmp_path, capsys):
+    data = write_idx(tmp_path / "idx", n_train=48, n_test=16)
+    res = load_bench().main(["--model", str(folder), "--data-dir", str(data), "--val-size", "16", "--budgets", "0.5",
+                             "--methods", "tp magnitude", "kit ablation", "--n-score-images", "8",
+                             "--n-test-images", "16", "--finetune-epochs", "0", "--repeats", "1",
+                             "--timing-s", "0.01", "--no-progress"])
+    printed = capsys.readouterr().out
+    kit = res["rows"][1]
+    assert kit["top1_after"] is None and res["dense"]["top1_after"] is None
+    assert kit["vs_best_tp"]["reference"] == "tp magnitude"
+    assert kit["vs_best_tp"]["diff"] == pytest.approx(kit["top1_before"] - res["rows"][0]["top1_before"])
+    assert "Paired on the same 16 test images (before fine-tuning)" in printed and "| 50% | kit ablation | tp" in printed
+    with pytest.raises(SystemExit, match="finetune-epochs"):
+        load_bench().main(["--model", str(folder), "--finetune-epochs", "-1"])

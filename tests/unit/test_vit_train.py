@@ -136,3 +136,27 @@ def test_a_further_phase_starts_from_the_earlier_weights_and_lists_both(data_dir
     other = dict(TINY, d_model=8)
     with pytest.raises(TrainVitError, match="do not fit this run's shape"):
         train_vit(tmp_path / "bad", config(init_from=str(folder), spec=other), data_dir=data_dir, progress=False)
+
+
+def test_a_device_that_is_not_there_is_refused_with_the_fix(data_dir, tmp_path, monkeypatch):
+    with pytest.raises(TrainVitError, match="not a torch device"):
+        train_vit(tmp_path / "d", config(epochs=1), data_dir=data_dir, progress=False, device="gpu0")
+    with pytest.raises(TrainVitError, match="only cpu and cuda"):
+        train_vit(tmp_path / "d", config(epochs=1), data_dir=data_dir, progress=False, device="meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrainVitError, match="no CUDA device.*--device cpu"):
+        train_vit(tmp_path / "d", config(epochs=1), data_dir=data_dir, progress=False, device="cuda")
+    card = train_vit(tmp_path / "c", config(epochs=1), data_dir=data_dir, progress=False, device="cpu")
+    assert card["training"]["device"] == "cpu" and "--device" not in card["training"]["command"]
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_sees_the_cpu_runs_batches(data_dir, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cpu = train_vit(tmp_path / "cpu", config(epochs=2, augment=True), data_dir=data_dir, progress=False)
+    gpu = train_vit(tmp_path / "gpu", config(epochs=2, augment=True), data_dir=data_dir, progress=False, device="cuda")
+    # the same data order and augmentation: the losses agree to float rounding, not bit for bit
+    assert [h["train_loss"] for h in gpu["history"]] == pytest.approx([h["train_loss"] for h in cpu["history"]],
+                                                                      rel=1e-3)
+    assert gpu["training"]["device"].startswith("cuda") and "--device cuda" in gpu["training"]["command"]

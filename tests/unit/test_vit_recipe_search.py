@@ -1,0 +1,38 @@
+"""``benchmarks/vit_recipe_search.py`` on small idx files: each recipe is a ``vit train`` run whose
+card carries the recipe's settings, and the table ranks the recipes by validation top-1."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from test_vit_train import write_idx
+
+
+def load_search():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "vit_recipe_search.py"
+    spec = importlib.util.spec_from_file_location("vit_recipe_search", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipes_run_as_vit_train_with_their_settings(tmp_path, capsys):
+    search = load_search()
+    data = write_idx(tmp_path / "idx", n_train=48, n_test=16)  # 32 training images left: one step per epoch
+    rows = search.main(["--only", "M", "E", "--jobs", "2", "--out", str(tmp_path / "runs"), "--data-dir", str(data),
+                        "--val-size", "16"])
+    assert [r["name"] for r in rows] == ["M", "E"]
+    card = json.loads((tmp_path / "runs" / "M" / "model" / "card.json").read_text())
+    tr = card["training"]
+    assert (tr["epochs"], tr["lr"], tr["warmup"], tr["weight_decay"], tr["augment"]) == (8, 2e-4, 100, 0.1, False)
+    assert tr["init_from"] == str(search.P5) and "--weight-decay 0.1" in tr["command"]
+    assert rows[0]["val_top1"] == card["val_top1"] and rows[0]["test_top1"] == card["test_top1"]
+    printed = capsys.readouterr().out.splitlines()
+    ranked = [line.split("|")[1].strip() for line in printed if line.startswith("| M ") or line.startswith("| E ")]
+    vals = {r["name"]: r["val_top1"] for r in rows}
+    assert ranked == sorted(vals, key=lambda n: -vals[n])
+    with pytest.raises(SystemExit, match="unknown recipes"):
+        search.main(["--only", "Z"])
