@@ -250,6 +250,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7, help="timing rounds")
     ap.add_argument("--timing-s", type=float, default=0.3, help="seconds of forwards per model in each round")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--finetune-device", default="cpu",
+                    help="where the recovery fine-tuning runs (cuda: minutes, not hours); accuracy and throughput "
+                         "are measured on the CPU either way")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -258,6 +261,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown methods {bad} or budgets outside (0, 1): {a.budgets}")
     if a.finetune_epochs < 0:
         raise SystemExit(f"--finetune-epochs {a.finetune_epochs}: pass 0 (no recovery) or more")
+    ft_dev = torch.device(a.finetune_device)
+    if ft_dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--finetune-device {a.finetune_device}: no CUDA device here; fine-tune on cpu")
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     bridge = cnb.load_model(a.model, device="cpu")
@@ -270,7 +276,15 @@ def main(argv=None) -> dict:
     ft = None if a.finetune_epochs == 0 else cnb.FinetuneConfig(
         epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=0,
         augment=not a.finetune_no_augment, distill=a.finetune_distill)
-    teacher = dense if a.finetune_distill > 0 else None  # never trained: the fine-tuned copies are others
+    # never trained (the fine-tuned models are copies); on the fine-tuning device
+    teacher = (copy.deepcopy(dense).to(ft_dev) if ft_dev.type != "cpu" else dense) if a.finetune_distill > 0 else None
+
+    def recover(hf):
+        """Recovery fine-tuning on ``--finetune-device``, the model back on the CPU after."""
+        rec = cnb.finetune_vit(hf.to(ft_dev), train, None, ft, progress=not a.no_progress, teacher=teacher)
+        hf.cpu()
+        return rec
+
     pruned, rows, tables, score_s, correct = {}, [], {}, {}, {}
     for m in a.methods:  # each ranking once (shared by its per-layer row), pruned at every budget
         if m in KIT_SCORES or m in PER_LAYER:
@@ -291,7 +305,7 @@ def main(argv=None) -> dict:
             if ft is None:
                 row.update(top1_after=None, finetune_s=0.0, train_loss=[])
             else:
-                rec = cnb.finetune_vit(hf, train, None, ft, progress=not a.no_progress, teacher=teacher)
+                rec = recover(hf)
                 row.update(finetune_s=rec["seconds"], train_loss=rec["train_loss"])
             correct[(row["budget"], m)] = correct_of(hf, test)
             row["top1_final"] = float(correct[(row["budget"], m)].float().mean())
@@ -306,7 +320,7 @@ def main(argv=None) -> dict:
                  "top1_before": float(correct_of(dense, test).float().mean()), "top1_after": None}
     if ft is not None:
         tuned = copy.deepcopy(dense)
-        cnb.finetune_vit(tuned, train, None, ft, progress=False, teacher=teacher)
+        recover(tuned)
         dense_row["top1_after"] = float(correct_of(tuned, test).float().mean())
     ips = throughputs({"dense": dense, **{k: v for k, v in pruned.items()}}, repeats=a.repeats, budget_s=a.timing_s)
     dense_row.update(ips_1=ips["dense"][1], ips_64=ips["dense"][64])
@@ -324,6 +338,7 @@ def main(argv=None) -> dict:
                f"{a.finetune_distill}, the same for every row (dense fine-tuned the same way: top-1 "
                f"{dense_row['top1_after']:.4f}; the Δ column is against the dense model as shipped, "
                f"{dense_row['top1_before']:.4f})")
+    how += f" on {ft_dev}" if ft is not None else ""
     print(f"\n{len(test)} test images; {how}; {a.threads} thread(s); {time.perf_counter() - t_start:.0f} s in all")
     result = {"args": vars(a), "dense": dense_row, "rows": rows, "table": md, "paired_table": paired}
     if a.out:

@@ -29,8 +29,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from causal_nb.zoo.vit_card import SHAPE_FLAGS  # the flag of each shape key
+
 P5 = Path(__file__).resolve().parents[1] / "causal_nb" / "zoo" / "models" / "vit-fashion-mnist"  # the shipped weights
-#: name: (start, augment, peak lr, warm-up steps, epochs, weight decay)
+#: name: (start, augment, peak lr, warm-up steps, epochs, weight decay[, shape other than the bundled one])
 RECIPES = {
     "A": ("P5", True, 4e-4, 100, 20, 0.05), "B": ("P5", True, 2e-4, 100, 20, 0.05),
     "C": ("P5", True, 8e-4, 100, 20, 0.05), "D": ("P5", True, 4e-4, 100, 30, 0.05),
@@ -40,12 +42,18 @@ RECIPES = {
     "K": ("P5", False, 4e-4, 100, 16, 0.05), "L": ("P5", False, 1e-3, 100, 20, 0.05),
     "M": ("P5", False, 2e-4, 100, 8, 0.1), "N": ("P5", False, 3e-4, 100, 25, 0.05),
     "O": ("scratch", False, 1e-3, 300, 25, 0.05), "P": ("scratch", False, 2e-3, 300, 25, 0.05),
+    # wider shapes, from scratch (``vit train --d-model ...``): not run yet; the next GPU session's grid
+    "W1": ("scratch", False, 1e-3, 300, 30, 0.05, {"d_model": 128, "n_heads": 4, "d_mlp": 512}),
+    "W2": ("scratch", True, 1e-3, 300, 40, 0.05, {"d_model": 128, "n_heads": 4, "d_mlp": 512}),
+    "W3": ("scratch", False, 1e-3, 300, 30, 0.05, {"d_model": 96, "n_heads": 6, "d_mlp": 384}),
+    "W4": ("scratch", True, 1e-3, 300, 40, 0.05, {"d_model": 96, "n_heads": 6, "d_mlp": 384}),
 }
+
 
 
 def command(name: str, out: Path, device: str, data_dir: str | None, val_size: int = 5000) -> list[str]:
     """The ``vit train`` command line of a recipe."""
-    start, augment, lr, warmup, epochs, wd = RECIPES[name]
+    start, augment, lr, warmup, epochs, wd, *shape = RECIPES[name]
     cmd = [sys.executable, "-m", "causal_nb", "vit", "train", "--epochs", str(epochs), "--lr", str(lr),
            "--warmup", str(warmup), "--weight-decay", str(wd), "--out", str(out / name), "--device", device,
            "--val-size", str(val_size), "--no-progress"]
@@ -53,6 +61,8 @@ def command(name: str, out: Path, device: str, data_dir: str | None, val_size: i
         cmd += ["--init-from", str(P5)]
     if not augment:
         cmd.append("--no-augment")
+    for k, v in (shape[0] if shape else {}).items():
+        cmd += [SHAPE_FLAGS[k], str(v)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     return cmd
@@ -70,11 +80,12 @@ def run_one(name: str, out: Path, device: str, data_dir: str | None, val_size: i
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | start | augment | lr | warm-up | epochs | weight decay | final train loss | val top-1 | "
-             "test top-1 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | start | shape | augment | lr | warm-up | epochs | weight decay | final train loss | "
+             "val top-1 | test top-1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["val_top1"]):
-        start, aug, lr, warm, ep, wd = r["settings"]
-        lines.append(f"| {r['name']} | {start} | {'yes' if aug else 'no'} | {lr:g} | {warm} | {ep} | {wd} | "
+        start, aug, lr, warm, ep, wd, *shape = r["settings"]
+        shown = " ".join(f"{k}={v}" for k, v in shape[0].items()) if shape else "bundled"
+        lines.append(f"| {r['name']} | {start} | {shown} | {'yes' if aug else 'no'} | {lr:g} | {warm} | {ep} | {wd} | "
                      f"{r['train_loss']:.4f} | {r['val_top1']:.4f} | {r['test_top1']:.4f} |")
     return "\n".join(lines)
 

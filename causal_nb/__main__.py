@@ -128,6 +128,9 @@ def add_vit_commands(sub) -> None:
     t.add_argument("--no-augment", action="store_true", help="no random shifts and flips")
     t.add_argument("--ship", action="store_true", help="copy the trained model into the package zoo")
     t.add_argument("--device", default="cpu", help="cpu (bit-exact, resumable) or cuda (the same batches, faster)")
+    for key, flag in (("n_layers", "--n-layers"), ("d_model", "--d-model"), ("n_heads", "--n-heads"),
+                      ("d_mlp", "--d-mlp"), ("patch_size", "--patch-size")):
+        t.add_argument(flag, type=int, default=None, dest=key, help="the model's shape (default the bundled one's)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     o = vs.add_parser("optimize", help="prune a ViT at keep ratios by each score; save <base>_keep_<r> folders")
     o.add_argument("--model", default="vit-fashion-mnist", help="bundled name or folder of the ViT to prune")
@@ -171,10 +174,11 @@ def vit_command(a) -> int:
     try:
         if a.vit_cmd == "train":
             from .zoo.train_vit import TrainConfig, train_vit  # noqa: PLC0415
+            from .zoo.vit_card import SHAPE_FLAGS, shape_spec  # noqa: PLC0415
 
             cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, augment=not a.no_augment,
                               val_size=a.val_size, warmup=a.warmup, weight_decay=a.weight_decay,
-                              init_from=a.init_from)
+                              init_from=a.init_from, spec=shape_spec(**{k: getattr(a, k) for k in SHAPE_FLAGS}))
             card = train_vit(a.out, cfg, data_dir=a.data_dir, resume=a.resume, progress=not a.no_progress,
                              ship=a.ship, device=a.device)
             print(f"test top-1 {card['test_top1']:.4f} -> {a.out}/model" + (" (shipped to the zoo)" if a.ship else ""))

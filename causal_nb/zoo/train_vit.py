@@ -33,9 +33,10 @@ from torch import Tensor
 from ..data.images import ImageSet, load_fashion_mnist
 from . import VIT_SPECS
 from .training import check_run_settings, ship_folder, warmup_cosine
+from .vit_card import SHAPE_FLAGS, render_vit_card, train_command
 
 __all__ = ["FinetuneConfig", "TrainConfig", "TrainVitError", "build_vit", "check_finetune", "finetune_vit",
-           "recovery_loss", "render_vit_card", "train_epoch", "train_vit", "vit_accuracy"]
+           "recovery_loss", "train_epoch", "train_vit", "vit_accuracy"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -181,6 +182,10 @@ def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool =
     cfg = cfg or TrainConfig()
     _check_config(cfg)
     dev = _device(device)
+    bundled = VIT_SPECS["vit-fashion-mnist"]
+    if ship and any(cfg.spec[k] != bundled[k] for k in SHAPE_FLAGS):
+        raise TrainVitError("--ship with a shape other than the bundled one: set VIT_SPECS['vit-fashion-mnist'] in "
+                            "causal_nb/zoo/__init__.py to the new shape first, so the zoo's spec and weights agree")
     out = Path(out)
     ckpt_path = out / CHECKPOINT
     train = load_fashion_mnist("train", data_dir, val_size=cfg.val_size, seed=cfg.seed)
@@ -420,7 +425,7 @@ def _write_model(model, cfg: TrainConfig, folder: Path, history: list, seconds: 
                      "val_size": cfg.val_size, "split_seed": cfg.seed, "test": len(test)},
             "training": {**{k: v for k, v in asdict(cfg).items() if k != "spec"}, "seconds": round(seconds, 1),
                          "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
-                         "threads": threads, "command": _command(cfg, dev)},
+                         "threads": threads, "command": train_command(cfg, TrainConfig(), dev)},
             "history": history,
             "val_top1": history[-1]["val_top1"] if history else None,
             "test_top1": round(test_acc, 5), "test_loss": round(test_loss, 5)}
@@ -436,61 +441,6 @@ def _write_model(model, cfg: TrainConfig, folder: Path, history: list, seconds: 
     if ship:
         ship_model(folder)
     return card
-
-
-def _command(cfg: TrainConfig, dev: torch.device | None = None) -> str:
-    """The command line that reproduces this run (its non-default settings spelled out)."""
-    d, parts = TrainConfig(), [f"--epochs {cfg.epochs}"]
-    for name, flag in (("batch_size", "--batch-size"), ("lr", "--lr"), ("seed", "--seed"), ("val_size", "--val-size"),
-                       ("warmup", "--warmup"), ("weight_decay", "--weight-decay"), ("init_from", "--init-from")):
-        if getattr(cfg, name) != getattr(d, name):
-            parts.append(f"{flag} {getattr(cfg, name)}")
-    if not cfg.augment:
-        parts.append("--no-augment")
-    if dev is not None and dev.type != "cpu":
-        parts.append(f"--device {dev}")
-    return "nice -n 10 python -m causal_nb vit train " + " ".join(parts)
-
-
-def render_vit_card(card: dict) -> str:
-    """The Markdown model card of the bundled ViT, from the numbers training measured."""
-    tr, s = card["training"], card["shape"]
-    rows = "\n".join(f"| {h['epoch']} | {h['train_loss']} | {h['val_top1']} | {h['val_loss']} | {h['seconds'] / 60:.1f} |"
-                     for h in card["history"])
-    return f"""# {card['name']}
-
-{card['description']}. Bundled with causal_nb; loads with `cnb.load_model("{card['name']}")` as a
-TransformerBridge (family `vit`), read with `cnb.ImageClassificationTask(images, labels)`.
-
-- Shape: patch {s['patch_size']} on {s['image_size']}x{s['image_size']}x{s['channels']} images, {s['n_layers']} layers,
-  d_model {s['d_model']}, {s['n_heads']} heads, MLP {s['d_mlp']}, {s['n_classes']} classes; {card['params']:,} parameters
-- Why this shape: {card['why']}
-- Inputs: pixel values in [0, 1] as `cnb.load_fashion_mnist(...)` gives them (no normalisation)
-- Data: Fashion-MNIST; {card['data']['val_size']} training images held out as validation (seed
-  {card['data']['split_seed']}), the 10,000 t10k images as test (read only for the numbers on this card, after each phase)
-- Training: {tr['epochs']} epochs, batch {tr['batch_size']}, AdamW lr {tr['lr']} (warm-up {tr['warmup']} steps, cosine),
-  weight decay {tr['weight_decay']}, augmentation {'shift <= 2 px + horizontal flip' if tr['augment'] else 'none'},
-  seed {tr['seed']}; **{tr['seconds'] / 60:.1f} min** on {tr['device']} ({tr['threads']} thread(s), machine shared)
-- Command: `{tr['command']}`{_phase_lines(card)}
-- Weights: fp32 safetensors
-
-## Accuracy
-Test top-1 **{card['test_top1']:.4f}** (cross-entropy {card['test_loss']:.4f}); final validation top-1 {card['val_top1']}.
-
-## Training progress
-| epoch | train loss | val top-1 | val loss | minutes |
-|---|---|---|---|---|
-{rows}
-"""
-
-
-def _phase_lines(card: dict) -> str:
-    if not card.get("phases"):
-        return ""
-    lines = [f"  - phase {i + 1}: `{p['training']['command']}` ({p['training']['seconds'] / 60:.1f} min, test top-1 "
-             f"{p['test_top1']:.4f})" for i, p in enumerate(card["phases"])]
-    return ("\n- Phases (each later one starts from the earlier one's weights; "
-            f"{card['training']['seconds_all_phases'] / 60:.1f} min in all):\n" + "\n".join(lines))
 
 
 def ship_model(folder) -> Path:

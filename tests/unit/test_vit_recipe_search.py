@@ -34,5 +34,7 @@ def test_recipes_run_as_vit_train_with_their_settings(tmp_path, capsys):
     ranked = [line.split("|")[1].strip() for line in printed if line.startswith("| M ") or line.startswith("| E ")]
     vals = {r["name"]: r["val_top1"] for r in rows}
     assert ranked == sorted(vals, key=lambda n: -vals[n])
+    wide = search.command("W1", tmp_path, "cuda", None)
+    assert wide[wide.index("--d-model") + 1] == "128" and wide[wide.index("--device") + 1] == "cuda"
     with pytest.raises(SystemExit, match="unknown recipes"):
         search.main(["--only", "Z"])

@@ -160,3 +160,29 @@ def test_a_cuda_run_sees_the_cpu_runs_batches(data_dir, tmp_path):
     assert [h["train_loss"] for h in gpu["history"]] == pytest.approx([h["train_loss"] for h in cpu["history"]],
                                                                       rel=1e-3)
     assert gpu["training"]["device"].startswith("cuda") and "--device cuda" in gpu["training"]["command"]
+
+
+def test_the_command_line_trains_another_shape_and_refuses_impossible_ones(data_dir, tmp_path, capsys):
+    from transformers import ViTForImageClassification
+
+    from causal_nb.__main__ import main
+
+    out = tmp_path / "shape"
+    shape = ["--n-layers", "1", "--d-model", "24", "--n-heads", "3", "--d-mlp", "40", "--patch-size", "7"]
+    assert main(["vit", "train", "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out), "--val-size", "16",
+                 "--batch-size", "64", "--weight-decay", "0.2", "--no-progress", *shape]) == 0
+    cfg = ViTForImageClassification.from_pretrained(out / "model").config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers,
+            cfg.patch_size) == (24, 3, 40, 1, 7)
+    card = json.loads((out / "model" / "card.json").read_text())
+    assert card["shape"]["d_model"] == 24 and card["training"]["weight_decay"] == 0.2
+    assert " ".join(shape) in card["training"]["command"] and "--weight-decay 0.2" in card["training"]["command"]
+    assert "d_model 24" in card["description"] and "--d-model 24" in card["why"]
+    capsys.readouterr()
+    for bad, says in ((["--d-model", "30", "--n-heads", "4"], "not divisible by --n-heads 4"),
+                      (["--patch-size", "5"], "does not tile"), (["--n-layers", "0"], "positive integer"),
+                      (["--n-layers", "1", "--ship"], "set VIT_SPECS")):
+        assert main(["vit", "train", "--epochs", "1", "--data-dir", str(data_dir), "--out", str(tmp_path / "bad"),
+                     "--val-size", "16", "--no-progress", *bad]) == 1
+        assert says in capsys.readouterr().err, bad
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()  # refused before any training
