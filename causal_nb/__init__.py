@@ -58,13 +58,13 @@ from .core.version import __version__ as __version__  # re-exported: the one pla
 from .data.images import FASHION_MNIST_CLASSES, ImageDataError, ImageSet, load_fashion_mnist
 from .data.prompts import PromptSet, PromptSetError, TokenBatch, available_domains, load_prompts, prompt_set_summary
 from .data.sentences import (
-                             SentenceDataError,
-                             balanced_pairs,
-                             load_jcola,
-                             load_jsts,
-                             load_marc_ja,
-                             load_sentence_labels,
-                             load_sentence_pairs,
+    SentenceDataError,
+    balanced_pairs,
+    load_jcola,
+    load_jsts,
+    load_marc_ja,
+    load_sentence_labels,
+    load_sentence_pairs,
 )
 from .data.translation import TranslationDataError, load_translation_pairs
 from .engine.metrics import METRICS, ScoredBatch, answer_token_diff, logit_diff, logprob_mass
@@ -94,8 +94,7 @@ from .evaluation.vit_pipeline import optimize_vit, optimized_name
 from .evaluation.vit_run import run_vit_pipeline
 from .models.embeddings import sentence_embeddings
 from .models.loading import ModelNotAvailableError, list_models, load_model, model_card
-from .notebook import plotting, views, widgets
-from .notebook.pruning_plots import head_distance_heatmap, heads_removed_by_layer, layer_impact_bars, sparsity_curves
+from .notebook import views
 from .notebook.report import save_findings
 from .pruning.compose_measure import compare_arms as compose_compare
 from .pruning.compose_measure import equal_quality
@@ -113,6 +112,29 @@ from .pruning.compose_stages import finetune_configuration, finetune_variants, p
 from .pruning.duplication import DuplicationError
 from .pruning.structure import prune, prune_units, save_pruned
 from .zoo.train_vit import FinetuneConfig, finetune_vit
+
+# The plots and widgets load on first use (PEP 562): they pull in plotly and ipywidgets, which a
+# headless worker (a Ray or SLURM job, a GPU box without Jupyter) neither needs nor may have.
+_LAZY = {"plotting": ("notebook.plotting", None), "widgets": ("notebook.widgets", None),
+         **{name: ("notebook.pruning_plots", name) for name in (
+             "head_distance_heatmap", "heads_removed_by_layer", "layer_impact_bars", "sparsity_curves")}}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    module, attr = _LAZY[name]
+    value = importlib.import_module(f".{module}", __name__)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ComposeError",
