@@ -30,11 +30,14 @@ and for throughput (images/s of the plain Hugging Face forward at batch 1 and 64
 ``--repeats`` rounds that visit the models in turn, so a busy spell on a shared machine hits all
 of them alike). One table, printed as Markdown, one JSON with ``--out``.
 
-Measured 2026-12-02 (defaults, 643 s on the shared 2-core machine, 1 thread; benchmarks/RESULTS.md):
-at 50% removed (105,866 of 205,066 parameters left) every pruned model runs 1.86-2.08x the dense
-throughput at batch 64; after the same 250 fine-tuning steps kit |attribution| reaches 0.8502
-top-1 (dense 0.8804), kit ablation 0.8424, TP magnitude 0.8380, TP Taylor 0.8374; at 25%
-0.8684 / 0.8632 / 0.8618 / 0.8640.
+Each pruned row is also compared, on the same test images, with the better Torch-Pruning row at
+its budget (``paired_vs``: the top-1 difference with scipy's paired bootstrap interval and
+McNemar's exact test), printed as a second table.
+
+Measured 2026-12-04 (benchmarks/RESULTS.md; ``--budgets 0.5 --finetune-epochs 3 --finetune-steps 0
+--finetune-distill 0.5 --finetune-no-augment --n-test-images 10000``, 2,133 s on 1 thread): at 50%
+removed kit ablation 0.8845 (-0.96 points from the dense 0.8941), TP Taylor 0.8841, paired
++0.04 points [-0.38, +0.46], McNemar p = 0.89; 1.56-1.70x the dense throughput at batch 64.
 """
 
 from __future__ import annotations
