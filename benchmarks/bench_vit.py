@@ -1,6 +1,8 @@
 """Peer benchmark: Torch-Pruning's MetaPruner against the kit's causal selections on the bundled ViT.
 
-    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/bench_vit.py            # the recorded run (~15 min)
+    OMP_NUM_THREADS=1 python benchmarks/bench_vit.py --budgets 0.5 --finetune-epochs 3 --finetune-steps 0 \
+        --finetune-distill 0.5 --finetune-no-augment --n-test-images 10000    # the recorded run (~36 min)
+    OMP_NUM_THREADS=1 python benchmarks/bench_vit.py --finetune-epochs 0 --n-test-images 10000   # speed only (~4 min)
     python benchmarks/bench_vit.py --budgets 0.5 --finetune-steps 20 --n-test-images 1000   # a quick look
 
 At each budget (the share of attention heads and of MLP neurons removed, the same share of each
