@@ -250,6 +250,7 @@ def main(argv=None) -> dict:
                          "model 1.8 points)")
     ap.add_argument("--finetune-distill", type=float, default=0.0,
                     help="weight of distillation from the dense model's logits (0: cross-entropy only)")
+    ap.add_argument("--finetune-seed", type=int, default=0, help="fine-tuning's data order (a second seed: is a tie a tie?)")
     ap.add_argument("--finetune-no-augment", action="store_true",
                     help="no random shifts and flips in fine-tuning (the bundled model's last phases ran without)")
     ap.add_argument("--repeats", type=int, default=7, help="timing rounds")
@@ -279,7 +280,7 @@ def main(argv=None) -> dict:
     task = cnb.ImageClassificationTask(val.images[:a.n_score_images], val.labels[:a.n_score_images])
     # --finetune-epochs 0: no recovery (a quick look at the selections, or a timing-only run)
     ft = None if a.finetune_epochs == 0 else cnb.FinetuneConfig(
-        epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=0,
+        epochs=a.finetune_epochs, steps=a.finetune_steps or None, lr=a.finetune_lr, seed=a.finetune_seed,
         augment=not a.finetune_no_augment, distill=a.finetune_distill)
     # never trained (the fine-tuned models are copies); on the fine-tuning device
     teacher = (copy.deepcopy(dense).to(ft_dev) if ft_dev.type != "cpu" else dense) if a.finetune_distill > 0 else None
@@ -338,7 +339,8 @@ def main(argv=None) -> dict:
     if ft is None:
         how = "no fine-tuning (--finetune-epochs 0)"
     else:
-        how = (f"fine-tuning: {a.finetune_epochs} epoch(s) x {a.finetune_steps} steps of 128 training images, lr "
+        how = (f"fine-tuning (seed {a.finetune_seed}): {a.finetune_epochs} epoch(s) x {a.finetune_steps} steps of 128 "
+               f"training images, lr "
                f"{a.finetune_lr}, augmentation {'off' if a.finetune_no_augment else 'on'}, distillation "
                f"{a.finetune_distill}, the same for every row (dense fine-tuned the same way: top-1 "
                f"{dense_row['top1_after']:.4f}; the Δ column is against the dense model as shipped, "

@@ -100,6 +100,7 @@ def test_the_script_prints_one_row_per_method_and_budget(folder, tmp_path, capsy
                              "--n-test-images", "16", "--finetune-steps", "1", "--repeats", "1", "--timing-s", "0.01",
                              "--no-progress"])
     assert [r["method"] for r in one["rows"]] == ["kit ablation", "kit ablation per-layer"]
+    assert "fine-tuning (seed 0)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown methods"):
         load_bench().main(["--model", str(folder), "--methods", "kit ablation per-head"])
     assert len({r["params"] for r in res["rows"]}) == 1 and res["rows"][0]["params"] < res["dense"]["params"]
