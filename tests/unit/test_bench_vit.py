@@ -9,11 +9,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from test_vit_train import write_idx
 
 import causal_nb as cnb
@@ -24,11 +22,7 @@ D, HEADS, D_MLP, N_LAYERS, DH = 32, 4, 64, 2, 8
 
 
 def load_bench():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vit.py"
-    spec = importlib.util.spec_from_file_location("bench_vit", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_vit")
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,11 @@
 only that the code paths work and the correctness columns hold), so the GPU path, which only
 shares code with the CPU one, does not rot unseen."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmark_scripts import load_benchmark as _load
 
 
 def test_bench_patching_rows_are_exact_on_a_gpt2_shape():

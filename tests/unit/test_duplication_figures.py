@@ -155,13 +155,9 @@ def test_layer_impact_against_hand_zeroed_heads(tmp_path):
 
 
 def test_duplication_table_benchmark_writes_figures_and_harness_tests(tiny_dirs, tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "duplication_table.py"
-    spec = importlib.util.spec_from_file_location("duplication_table", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("duplication_table")
     out = tmp_path / "bench"
     bench.main(["--model", str(tiny_dirs["gpt2"]), "--n-prompts", "6", "--n-tokens", "8", "--eval-tokens", "8",
                 "--sparsities", "0.5", "--methods", "balanced", "--tasks", "cnb_next_line_python", "--limit", "3",
@@ -178,9 +174,7 @@ def test_duplication_table_benchmark_writes_figures_and_harness_tests(tiny_dirs,
     assert set(ci.criterion) == crits and (ci.n == 3).all()
     assert (out / "figures" / "loss_vs_sparsity.html").exists() and (out / "figures" / "heads_removed_by_layer.html").exists()
     # the harness script re-prunes from the saved logs: the same numbers as the pipeline's own run
-    spec = importlib.util.spec_from_file_location("duplication_harness", path.with_name("duplication_harness.py"))
-    dh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dh)
+    dh = load_benchmark("duplication_harness")
     got = dh.main(["--model", str(tiny_dirs["gpt2"]), "--sparsity", "0.5", "--runs", str(out / "cosine_balanced"),
                    "--control", str(out / "random_balanced"), "--tasks", "cnb_next_line_python", "--limit", "3"])
     mine = got["ci"].set_index(["model", "metric"]).value

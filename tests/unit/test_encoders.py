@@ -159,13 +159,9 @@ def test_probe_eval_against_a_hand_fitted_logistic_regression(bert, bert_folder)
 
 
 def test_the_encoder_benchmark_runs_on_a_tiny_bert(bert_folder):
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "encoder_eval.py"
-    spec = importlib.util.spec_from_file_location("encoder_eval", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("encoder_eval")
     out = mod.main(["--model", str(bert_folder), "--n", "20", "--n-boot", "50"])
     assert out["paraphrase_test"]["n_pairs"] == 20 and out["questions_probe"]["n_test"] == 20
     assert -1 <= out["paraphrase_test"]["spearman"] <= 1 and 0 <= out["questions_probe"]["accuracy"] <= 1

@@ -3,20 +3,15 @@ card carries the recipe's settings, and the table ranks the recipes by validatio
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from test_vit_train import write_idx
 
 
 def load_search():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "vit_recipe_search.py"
-    spec = importlib.util.spec_from_file_location("vit_recipe_search", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("vit_recipe_search")
 
 
 def test_recipes_run_as_vit_train_with_their_settings(tmp_path, capsys):
