@@ -31,7 +31,7 @@ import torch
 
 from ..data.translation import load_translation_pairs
 from . import T5_SPECS
-from .training import check_run_settings, ship_folder, warmup_cosine
+from .training import check_run_settings, phase_lines, ship_folder, warmup_cosine
 
 __all__ = ["NAME", "T5TrainConfig", "TrainT5Error", "build_t5", "build_translation_tokenizer", "greedy_translate",
            "render_t5_card", "train_t5"]
@@ -386,7 +386,7 @@ TransformerBridge (family `t5`), read with `cnb.Seq2SeqTask(df.en, df.de)` on
 - Training: {tr['epochs']} epochs, batch {tr['batch_size']}, AdamW lr {tr['lr']} (warm-up {tr['warmup']} steps, cosine),
   weight decay {tr['weight_decay']}, dropout {card['dropout']}, seed {tr['seed']};
   **{tr['seconds'] / 60:.1f} min** on {tr['device']} ({tr['threads']} thread(s), machine shared)
-- Command: `{tr['command']}`{_phase_lines(card)}
+- Command: `{tr['command']}`{phase_lines(card, lambda p: f"test BLEU {p['test_bleu']:.2f}", "weights and tokenizer")}
 - Weights: fp32 safetensors
 
 ## Translation quality
@@ -407,13 +407,6 @@ the Tatoeba contributors (tatoeba.org), CC-BY 2.0 FR.
 """
 
 
-def _phase_lines(card: dict) -> str:
-    if not card.get("phases"):
-        return ""
-    lines = [f"  - phase {i + 1}: `{p['training']['command']}` ({p['training']['seconds'] / 60:.1f} min, test BLEU "
-             f"{p['test_bleu']:.2f})" for i, p in enumerate(card["phases"])]
-    return ("\n- Phases (each later one starts from the earlier one's weights and tokenizer; "
-            f"{card['training']['seconds_all_phases'] / 60:.1f} min in all):\n" + "\n".join(lines))
 
 
 def ship_t5(folder) -> Path:

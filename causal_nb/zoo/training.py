@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import MODELS_DIR
 
-__all__ = ["check_run_settings", "ship_folder", "warmup_cosine"]
+__all__ = ["check_run_settings", "phase_lines", "ship_folder", "warmup_cosine"]
 
 
 def warmup_cosine(warmup: int, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -22,6 +22,23 @@ def warmup_cosine(warmup: int, epochs: int, steps_per_epoch: int) -> Callable[[i
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
     return factor
+
+
+def phase_lines(card: dict, result: Callable[[dict], str], carried: str = "weights") -> str:
+    """The card's list of training phases (empty for a one-phase run): each phase's command, its
+    minutes and ``result(phase)`` (e.g. its test score), then the total over all phases.
+
+    Args:
+        card: a trained model's card with ``phases`` and ``training.seconds_all_phases``.
+        result: the phase's measured outcome as text (``"test top-1 0.8941"``).
+        carried: what each later phase starts from (``"weights"``, ``"weights and tokenizer"``).
+    """
+    if not card.get("phases"):
+        return ""
+    lines = [f"  - phase {i + 1}: `{p['training']['command']}` ({p['training']['seconds'] / 60:.1f} min, "
+             f"{result(p)})" for i, p in enumerate(card["phases"])]
+    return (f"\n- Phases (each later one starts from the earlier one's {carried}; "
+            f"{card['training']['seconds_all_phases'] / 60:.1f} min in all):\n" + "\n".join(lines))
 
 
 def check_run_settings(cfg, at_least_one: tuple[str, ...], error: type[Exception]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import VIT_SPECS
+from .training import phase_lines
 
 __all__ = ["SHAPE_FLAGS", "ShapeError", "render_vit_card", "shape_spec", "train_command"]
 
@@ -84,7 +85,7 @@ TransformerBridge (family `vit`), read with `cnb.ImageClassificationTask(images,
 - Training: {tr['epochs']} epochs, batch {tr['batch_size']}, AdamW lr {tr['lr']} (warm-up {tr['warmup']} steps, cosine),
   weight decay {tr['weight_decay']}, augmentation {'shift <= 2 px + horizontal flip' if tr['augment'] else 'none'},
   seed {tr['seed']}; **{tr['seconds'] / 60:.1f} min** on {tr['device']} ({tr['threads']} thread(s), machine shared)
-- Command: `{tr['command']}`{_phase_lines(card)}
+- Command: `{tr['command']}`{phase_lines(card, lambda p: f"test top-1 {p['test_top1']:.4f}")}
 - Weights: fp32 safetensors
 
 ## Accuracy
@@ -97,12 +98,5 @@ Test top-1 **{card['test_top1']:.4f}** (cross-entropy {card['test_loss']:.4f}); 
 """
 
 
-def _phase_lines(card: dict) -> str:
-    if not card.get("phases"):
-        return ""
-    lines = [f"  - phase {i + 1}: `{p['training']['command']}` ({p['training']['seconds'] / 60:.1f} min, test top-1 "
-             f"{p['test_top1']:.4f})" for i, p in enumerate(card["phases"])]
-    return ("\n- Phases (each later one starts from the earlier one's weights; "
-            f"{card['training']['seconds_all_phases'] / 60:.1f} min in all):\n" + "\n".join(lines))
 
 
