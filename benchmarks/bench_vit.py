@@ -166,6 +166,11 @@ def paired_vs(a, b, n_resamples: int = 2000, level: float = 0.95) -> dict:
             "p_mcnemar": p}
 
 
+def final_top1(row: dict) -> float:
+    """A row's top-1 after fine-tuning, or before when none ran (``--finetune-epochs 0``)."""
+    return row["top1_before"] if row["top1_after"] is None else row["top1_after"]
+
+
 def paired_table(rows: list[dict], correct: dict) -> str:
     """Every pruned row against the best Torch-Pruning row at its budget (after fine-tuning when it
     ran, else before), on the same test images: the question "does the best causal criterion at
@@ -177,7 +182,7 @@ def paired_table(rows: list[dict], correct: dict) -> str:
         tp = [r for r in here if r["method"] in TP_IMPORTANCES]
         if not tp:
             continue
-        ref = max(tp, key=lambda r: r["top1_final"])
+        ref = max(tp, key=final_top1)
         for r in here:
             if r is ref:
                 continue
@@ -223,7 +228,7 @@ def table(rows: list[dict], dense: dict) -> str:
             "x dense | img/s b=64 | x dense |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in [dense, *rows]:
-        final = r["top1_before"] if r["top1_after"] is None else r["top1_after"]  # no fine-tuning: "after" is "-"
+        final = final_top1(r)
         after = "-" if r["top1_after"] is None else f"{r['top1_after']:.4f}"
         lines.append(f"| {r['budget']} | {r['method']} | {r['params']:,} | {r['top1_before']:.4f} | "
                      f"{after} | {100 * (final - dense['top1_before']):+.2f} | "
@@ -305,21 +310,20 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             hf = tp_prune(dense, b, m, train, a.taylor_batches) if m in TP_IMPORTANCES else kit_prune(
                 bridge, b, tables[m], task, "per_layer" if m in PER_LAYER else "global")
-            row = {"budget": f"{b:.0%}", "method": m, "params": n_params(hf),
-                   "prune_s": time.perf_counter() - t0 + score_s.get(m, 0.0),
-                   "top1_before": float(correct_of(hf, test).float().mean())}
-            if ft is None:
-                row.update(top1_after=None, finetune_s=0.0, train_loss=[])
-            else:
-                rec = recover(hf)
-                row.update(finetune_s=rec["seconds"], train_loss=rec["train_loss"])
-            correct[(row["budget"], m)] = correct_of(hf, test)
-            row["top1_final"] = float(correct[(row["budget"], m)].float().mean())
+            prune_s = time.perf_counter() - t0 + score_s.get(m, 0.0)
+            before = correct_of(hf, test)
+            row = {"budget": f"{b:.0%}", "method": m, "params": n_params(hf), "prune_s": prune_s,
+                   "top1_before": float(before.float().mean()), "top1_after": None, "finetune_s": 0.0,
+                   "train_loss": []}
+            correct[(row["budget"], m)] = before  # replaced by the fine-tuned model's, when it runs
             if ft is not None:
-                row["top1_after"] = row["top1_final"]
+                rec = recover(hf)
+                correct[(row["budget"], m)] = correct_of(hf, test)
+                row.update(top1_after=float(correct[(row["budget"], m)].float().mean()), finetune_s=rec["seconds"],
+                           train_loss=rec["train_loss"])
             if not a.no_progress:
                 print(f"{row['budget']} {m}: {row['params']:,} params, top-1 {row['top1_before']:.4f} -> "
-                      f"{row['top1_final']:.4f} ({row['prune_s']:.0f} s + {row['finetune_s']:.0f} s)", flush=True)
+                      f"{final_top1(row):.4f} ({row['prune_s']:.0f} s + {row['finetune_s']:.0f} s)", flush=True)
             pruned[(row["budget"], m)] = hf
             rows.append(row)
     dense_row = {"budget": "0%", "method": "dense", "params": n_params(dense),
