@@ -272,9 +272,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown methods {bad} or budgets outside (0, 1): {a.budgets}")
     if a.finetune_epochs < 0:
         raise SystemExit(f"--finetune-epochs {a.finetune_epochs}: pass 0 (no recovery) or more")
-    ft_dev = torch.device(a.finetune_device)
-    if ft_dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--finetune-device {a.finetune_device}: no CUDA device here; fine-tune on cpu")
+    try:
+        ft_dev = cnb.resolve_device(a.finetune_device, flag="--finetune-device", allowed=("cpu", "cuda"))
+    except cnb.DeviceError as e:
+        raise SystemExit(str(e)) from None
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     bridge = cnb.load_model(a.model, device="cpu")

@@ -52,7 +52,7 @@ from .analyses.induction import induction_ablation, induction_losses, induction_
 from .analyses.ioi import IOIPrompts, head_roles, ioi_head_patching, ioi_logit_diff, ioi_prompts, patching_summary
 from .analyses.reverse import TokenSet, TokenSetError, reverse_intervention, token_set_path
 from .analyses.scoring import METHODS, load_scores, save_scores, score, score_methods, scores_path
-from .core.env import progress_enabled, setup
+from .core.env import DeviceError, progress_enabled, resolve_device, setup
 from .core.io import load_json, save_json
 from .core.version import __version__ as __version__  # re-exported: the one place the version is written
 from .data.images import FASHION_MNIST_CLASSES, ImageDataError, ImageSet, load_fashion_mnist
@@ -138,6 +138,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ComposeError",
+    "DeviceError",
     "compose_build",
     "compose_compare",
     "compose_config",
@@ -240,6 +241,7 @@ __all__ = [
     "prune_units",
     "shipped_tasks",
     "repeated_tokens",
+    "resolve_device",
     "reverse_intervention",
     "run_vit_pipeline",
     "save_findings",

@@ -9,7 +9,41 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["setup", "progress_enabled"]
+__all__ = ["DeviceError", "resolve_device", "setup", "progress_enabled"]
+
+
+class DeviceError(ValueError):
+    """A device that is not a torch device, not supported here, or CUDA where there is none."""
+
+
+def resolve_device(device: str | torch.device = "auto", *, flag: str = "device",
+                   allowed: tuple[str, ...] | None = None) -> torch.device:
+    """The torch device a call runs on, refused with the fix when it cannot be used.
+
+    Args:
+        device: ``"auto"`` (CUDA when present, else CPU), or anything ``torch.device`` reads.
+        flag: how the caller names the setting in messages (``"device"``, ``"--device"``).
+        allowed: the device types the caller supports (``None``: any torch knows).
+
+    Raises:
+        DeviceError: not a torch device, a type outside ``allowed``, or CUDA asked for on a
+            machine without it (instead of torch's error at the first tensor moved there).
+    """
+    named = f"{flag} {device}" if flag.startswith("--") else f"{flag}={str(device)!r}"
+    fix = (lambda d: f"{flag} {d}") if flag.startswith("--") else (lambda d: f"{flag}={d!r}")
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"{named} is not a torch device ({e}); pass {fix('cpu')}, {fix('cuda')} or "
+                          f"{fix('cuda:N')}") from None
+    if allowed is not None and dev.type not in allowed:
+        raise DeviceError(f"{named}: only {' and '.join(allowed)} are supported; pass {fix(allowed[0])}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{named}: this machine has no CUDA device (torch.cuda.is_available() is False); "
+                          f"pass {fix('cpu')}")
+    return dev
 
 
 def progress_enabled(progress: bool | None = None) -> bool:

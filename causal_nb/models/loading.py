@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..core.env import resolve_device
 from ..zoo import MODELS_DIR, SPECS, T5_SPECS, VIT_SPECS, bundled_models, model_card, pretrained
 from .bridge_fit import fit_mlp_width
 from .families import check_loadable
@@ -72,13 +73,6 @@ def list_models(cards: bool = False):
         rows.append({"model": n, "architecture": c["architecture"], **c["shape"], "source": "pretrained",
                      "package": f"{c['package']} {c['package_version']}", "licence": c["licence"]})
     return pd.DataFrame(rows)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

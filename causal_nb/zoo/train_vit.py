@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..core.env import DeviceError, resolve_device
 from ..data.images import ImageSet, load_fashion_mnist
 from . import VIT_SPECS
 from .training import check_run_settings, ship_folder, warmup_cosine
@@ -144,15 +145,9 @@ def _check_config(cfg: TrainConfig) -> None:
 def _device(device) -> torch.device:
     """The training device, refused with the fix when it is not there."""
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise TrainVitError(f"--device {device!r} is not a torch device ({e}); pass cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainVitError(f"--device {device}: this machine has no CUDA device (torch.cuda.is_available() is "
-                            "False); train with --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise TrainVitError(f"--device {device}: only cpu and cuda are supported")
-    return dev
+        return resolve_device(device, flag="--device", allowed=("cpu", "cuda"))
+    except DeviceError as e:
+        raise TrainVitError(str(e)) from None
 
 
 def train_vit(out, cfg: TrainConfig | None = None, data_dir=None, resume: bool = False, progress: bool = True,

@@ -134,3 +134,5 @@ def test_the_script_without_fine_tuning_pairs_the_kit_against_tp(folder, tmp_pat
     assert "Paired on the same 16 test images (before fine-tuning)" in printed and "| 50% | kit ablation | tp" in printed
     with pytest.raises(SystemExit, match="finetune-epochs"):
         load_bench().main(["--model", str(folder), "--finetune-epochs", "-1"])
+    with pytest.raises(SystemExit, match="--finetune-device gpu0 is not a torch device"):
+        load_bench().main(["--model", str(folder), "--finetune-device", "gpu0"])

@@ -62,6 +62,19 @@ def test_bad_dtype_and_device():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_a_device_that_cannot_be_used_is_refused_with_the_fix(tiny_dirs, monkeypatch):
+    with pytest.raises(cnb.DeviceError, match=r"device='gpu0' is not a torch device.*device='cpu'"):
+        resolve_device("gpu0")
+    with pytest.raises(cnb.DeviceError, match="--where meta: only cpu and cuda are supported; pass --where cpu"):
+        resolve_device("meta", flag="--where", allowed=("cpu", "cuda"))
+    assert resolve_device("meta").type == "meta"  # no allowed list: whatever torch knows
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    # before: torch's "Torch not compiled with CUDA enabled" from deep inside the model's .to()
+    with pytest.raises(cnb.DeviceError, match=r"device='cuda:1': this machine has no CUDA device.*device='cpu'"):
+        cnb.load_model(tiny_dirs["gpt2"], device="cuda:1")
+
+
 def test_dtype_is_applied(tiny_dirs):
     model = cnb.load_model(tiny_dirs["gpt2"], device="cpu", dtype="bf16")
     assert next(model.parameters()).dtype == torch.bfloat16
