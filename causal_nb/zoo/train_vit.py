@@ -138,8 +138,6 @@ def _weights_of(folder, model) -> dict:
 
 def _check_config(cfg: TrainConfig) -> None:
     check_run_settings(cfg, ("epochs", "batch_size"), TrainVitError)
-    if not cfg.weight_decay >= 0:
-        raise TrainVitError(f"weight_decay={cfg.weight_decay} must be at least 0 (e.g. --weight-decay 0.05)")
 
 
 def _device(device) -> torch.device:
@@ -287,8 +285,7 @@ def check_finetune(cfg: FinetuneConfig) -> None:
         raise TrainVitError(f"fine-tuning temperature={cfg.temperature!r} must be > 0 (e.g. 2)")
     if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise TrainVitError(f"fine-tuning steps={cfg.steps!r} must be a positive integer, or None for whole epochs")
-    if not cfg.lr > 0 or not cfg.weight_decay >= 0:
-        raise TrainVitError(f"fine-tuning lr={cfg.lr} must be positive and weight_decay={cfg.weight_decay} at least 0")
+    check_run_settings(cfg, (), TrainVitError, label="fine-tuning ")
 
 
 def finetune_vit(model, train: ImageSet, val: ImageSet | None = None, cfg: FinetuneConfig | None = None,

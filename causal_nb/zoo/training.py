@@ -41,14 +41,24 @@ def phase_lines(card: dict, result: Callable[[dict], str], carried: str = "weigh
             f"{card['training']['seconds_all_phases'] / 60:.1f} min in all):\n" + "\n".join(lines))
 
 
-def check_run_settings(cfg, at_least_one: tuple[str, ...], error: type[Exception]) -> None:
-    """Raise ``error`` naming the field when one of ``at_least_one`` is below 1 or ``cfg.lr`` is
-    not positive."""
+def check_run_settings(cfg, at_least_one: tuple[str, ...], error: type[Exception], label: str = "") -> None:
+    """Raise ``error`` naming the field when one of ``at_least_one`` is below 1, ``cfg.lr`` is not
+    positive, or ``cfg.weight_decay`` (where the settings have one) is negative.
+
+    Args:
+        cfg: the run's settings (a dataclass).
+        at_least_one: integer fields that must be at least 1.
+        error: the exception the caller raises (its module's ``...Error``).
+        label: a prefix naming the settings in the message (e.g. ``"fine-tuning "``).
+    """
     for name in at_least_one:
         if int(getattr(cfg, name)) < 1:
-            raise error(f"{name}={getattr(cfg, name)} must be at least 1")
+            raise error(f"{label}{name}={getattr(cfg, name)} must be at least 1")
     if not cfg.lr > 0:
-        raise error(f"lr={cfg.lr} must be positive")
+        raise error(f"{label}lr={cfg.lr} must be positive (e.g. --lr 1e-3)")
+    # torch's AdamW refuses a negative decay too, but only once the optimizer is built
+    if not getattr(cfg, "weight_decay", 0.0) >= 0:
+        raise error(f"{label}weight_decay={cfg.weight_decay} must be at least 0 (e.g. --weight-decay 0.05)")
 
 
 def ship_folder(folder, name: str) -> Path:

@@ -99,6 +99,8 @@ def test_resume_is_refused_without_a_checkpoint_or_with_other_settings(data_dir,
         run(tmp_path / "r", data_dir, config(epochs=1, lr=1e-3), resume=True)
     with pytest.raises(TrainT5Error, match="epochs=0 must be at least 1"):
         run(tmp_path / "x", data_dir, config(epochs=0))
+    with pytest.raises(TrainT5Error, match=r"weight_decay=-0.1 must be at least 0 \(e.g. --weight-decay"):
+        run(tmp_path / "x", data_dir, config(weight_decay=-0.1))  # before: torch's AdamW error, after loading
     reworded = config(epochs=1, spec={**TINY, "why": "reworded"})  # the card's prose is not a setting
     assert run(tmp_path / "r", data_dir, reworded, resume=True)["why"] == "reworded"
 

@@ -107,7 +107,8 @@ def test_finetune_vit_on_a_plain_hf_model_and_its_bad_settings(vit_folder, split
     assert rec["val_top1_before"] is None and any(not torch.equal(before[k], v) for k, v in hf.state_dict().items())
     for bad, match in ((dict(epochs=0), "epochs=0 must be an integer of at least 1"),
                        (dict(steps=0), "steps=0 must be a positive integer"),
-                       (dict(lr=-1.0), "lr=-1.0 must be positive")):
+                       (dict(lr=-1.0), "fine-tuning lr=-1.0 must be positive"),
+                       (dict(weight_decay=-0.5), "fine-tuning weight_decay=-0.5 must be at least 0")):
         with pytest.raises(TrainVitError, match=match):
             finetune_vit(hf, train, None, FinetuneConfig(**bad), progress=False)
 

@@ -83,6 +83,8 @@ def test_resume_is_refused_without_a_checkpoint_or_with_other_settings(data_dir,
         train_vit(tmp_path / "run", config(epochs=1, lr=1e-3), data_dir=data_dir, resume=True, progress=False)
     with pytest.raises(TrainVitError, match="epochs=0 must be at least 1"):
         train_vit(tmp_path / "x", config(epochs=0), data_dir=data_dir, progress=False)
+    with pytest.raises(TrainVitError, match="weight_decay=-1.0 must be at least 0"):
+        train_vit(tmp_path / "x", config(weight_decay=-1.0), data_dir=data_dir, progress=False)
 
 
 def test_the_written_folder_loads_as_a_vit_bridge_with_a_truthful_card(data_dir, tmp_path):
