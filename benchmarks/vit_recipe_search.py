@@ -1,13 +1,17 @@
-"""Which training recipe takes the bundled ViT's shape past 0.90 test top-1? A grid of
-``python -m causal_nb vit train`` runs, in parallel, one table.
+"""Which training recipe takes the former bundled ViT's shape (d_model 64) past 0.90 test top-1? A
+grid of ``python -m causal_nb vit train`` runs, in parallel, one table.
 
-    python benchmarks/vit_recipe_search.py --device cuda --jobs 8              # the recorded search (GPU)
-    python benchmarks/vit_recipe_search.py --only E J --jobs 2                 # two recipes on 2 CPU cores
+    git archive 49c36b0 causal_nb/zoo/models/vit-fashion-mnist | tar -x -C /tmp/p5   # the d_model-64 phase-5 weights
+    python benchmarks/vit_recipe_search.py --device cuda --jobs 8 \
+        --p5 /tmp/p5/causal_nb/zoo/models/vit-fashion-mnist                         # the recorded search (GPU)
+    python benchmarks/vit_recipe_search.py --only W1 W2 --jobs 2                     # two wide recipes on 2 CPU cores
 
 Each recipe is a run of the kit's own trainer (``zoo.train_vit.train_vit``: the same seeded data
 order and augmentation on any device) with the settings below. ``P5`` recipes continue from the
 shipped weights (phase 5) with a fresh warm-up and cosine schedule, as the card's later phases
-did; ``scratch`` recipes train the same shape from random init. Model selection reads the
+did; ``scratch`` recipes train the same shape from random init. Those phase-5 weights were the
+bundled model until the wider one (d_model 128, the ``W`` shape) replaced it: ``--p5`` names a
+folder holding them (the ``git archive`` line above restores them from the repository's history). Model selection reads the
 validation split; the test top-1 is the card's, read once at the end of each run. A recipe is
 ranked by validation, never by test: the table says both so a reader can see the gap.
 
@@ -31,9 +35,10 @@ from pathlib import Path
 
 from causal_nb.zoo.vit_card import SHAPE_FLAGS  # the flag of each shape key
 
-P5 = Path(__file__).resolve().parents[1] / "causal_nb" / "zoo" / "models" / "vit-fashion-mnist"  # the shipped weights
+#: The shape the A-P recipes were run at: the bundled model's until the d_model-128 model replaced it.
+NARROW = {"d_model": 64, "n_heads": 4, "d_mlp": 256}
 #: name: (start, augment, peak lr, warm-up steps, epochs, weight decay[, shape other than the bundled one])
-RECIPES = {
+_RECIPES = {
     "A": ("P5", True, 4e-4, 100, 20, 0.05), "B": ("P5", True, 2e-4, 100, 20, 0.05),
     "C": ("P5", True, 8e-4, 100, 20, 0.05), "D": ("P5", True, 4e-4, 100, 30, 0.05),
     "E": ("P5", False, 2e-4, 100, 8, 0.05), "F": ("P5", True, 4e-4, 100, 10, 0.05),
@@ -42,23 +47,30 @@ RECIPES = {
     "K": ("P5", False, 4e-4, 100, 16, 0.05), "L": ("P5", False, 1e-3, 100, 20, 0.05),
     "M": ("P5", False, 2e-4, 100, 8, 0.1), "N": ("P5", False, 3e-4, 100, 25, 0.05),
     "O": ("scratch", False, 1e-3, 300, 25, 0.05), "P": ("scratch", False, 2e-3, 300, 25, 0.05),
-    # wider shapes, from scratch (``vit train --d-model ...``): not run yet; the next GPU session's grid
+}
+RECIPES = {name: (*r, NARROW) for name, r in _RECIPES.items()}
+RECIPES.update({  # wider shapes, from scratch (W1, W2: the bundled shape now)
     "W1": ("scratch", False, 1e-3, 300, 30, 0.05, {"d_model": 128, "n_heads": 4, "d_mlp": 512}),
     "W2": ("scratch", True, 1e-3, 300, 40, 0.05, {"d_model": 128, "n_heads": 4, "d_mlp": 512}),
     "W3": ("scratch", False, 1e-3, 300, 30, 0.05, {"d_model": 96, "n_heads": 6, "d_mlp": 384}),
     "W4": ("scratch", True, 1e-3, 300, 40, 0.05, {"d_model": 96, "n_heads": 6, "d_mlp": 384}),
-}
+})
 
 
 
-def command(name: str, out: Path, device: str, data_dir: str | None, val_size: int = 5000) -> list[str]:
-    """The ``vit train`` command line of a recipe."""
+def command(name: str, out: Path, device: str, data_dir: str | None, val_size: int = 5000,
+            p5: str | None = None) -> list[str]:
+    """The ``vit train`` command line of a recipe (``p5``: the phase-5 folder the ``P5`` recipes start from)."""
     start, augment, lr, warmup, epochs, wd, *shape = RECIPES[name]
     cmd = [sys.executable, "-m", "causal_nb", "vit", "train", "--epochs", str(epochs), "--lr", str(lr),
            "--warmup", str(warmup), "--weight-decay", str(wd), "--out", str(out / name), "--device", device,
            "--val-size", str(val_size), "--no-progress"]
     if start == "P5":
-        cmd += ["--init-from", str(P5)]
+        if p5 is None:
+            raise SystemExit(f"recipe {name} continues the former d_model-64 phase-5 weights: pass --p5 DIR (restore "
+                             "them with `git archive 49c36b0 causal_nb/zoo/models/vit-fashion-mnist | tar -x -C "
+                             "DIR`), or run the scratch recipes (G H O P W1-W4)")
+        cmd += ["--init-from", str(p5)]
     if not augment:
         cmd.append("--no-augment")
     for k, v in (shape[0] if shape else {}).items():
@@ -68,10 +80,10 @@ def command(name: str, out: Path, device: str, data_dir: str | None, val_size: i
     return cmd
 
 
-def run_one(name: str, out: Path, device: str, data_dir: str | None, val_size: int) -> dict:
+def run_one(name: str, out: Path, device: str, data_dir: str | None, val_size: int, p5: str | None = None) -> dict:
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per job: --jobs of them side by side
-    proc = subprocess.run(command(name, out, device, data_dir, val_size), env=env, capture_output=True, text=True)
+    proc = subprocess.run(command(name, out, device, data_dir, val_size, p5), env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"recipe {name} failed:\n{proc.stderr[-2000:]}")
     card = json.loads((out / name / "model" / "card.json").read_text())
@@ -98,13 +110,16 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", default="runs/vit-recipes", help="run folders, one per recipe")
     ap.add_argument("--data-dir", default=None, help="folder of the idx files")
     ap.add_argument("--val-size", type=int, default=5000, help="training images held out (the shipped model's 5000)")
+    ap.add_argument("--p5", default=None, help="folder of the d_model-64 phase-5 weights the P5 recipes continue")
     a = ap.parse_args(argv)
     bad = [n for n in a.only if n not in RECIPES]
     if bad or a.jobs < 1:
         raise SystemExit(f"unknown recipes {bad} (known: {' '.join(RECIPES)}) or --jobs {a.jobs} < 1")
     out = Path(a.out)
+    for n in a.only:  # refuse a missing --p5 before any recipe runs
+        command(n, out, a.device, a.data_dir, a.val_size, a.p5)
     with ThreadPoolExecutor(a.jobs) as pool:
-        rows = list(pool.map(lambda n: run_one(n, out, a.device, a.data_dir, a.val_size), a.only))
+        rows = list(pool.map(lambda n: run_one(n, out, a.device, a.data_dir, a.val_size, a.p5), a.only))
     print(table(rows))
     (out / "search.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows

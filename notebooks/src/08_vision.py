@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 08 — A vision transformer: which heads and neurons does a Fashion-MNIST classifier need?
 #
-# The kit's bundled `vit-fashion-mnist` (4 layers x 4 heads, 1,024 MLP neurons, trained by
+# The kit's bundled `vit-fashion-mnist` (4 layers x 4 heads, 2,048 MLP neurons, trained by
 # `python -m causal_nb vit train`) is read through the same engine as the language models, with
 # `cnb.ImageClassificationTask(images, labels)`: a unit's effect is measured on the class
 # distribution of the CLS token. The notebook scores every head on held-out validation images,
