@@ -24,7 +24,7 @@
 # %% tags=["parameters"]
 VIT_MODEL = "vit-fashion-mnist"  # a ViTForImageClassification (bundled name or folder)
 N_SCORE_IMAGES = 128  # validation images the units are scored on (held out of training; never test images)
-N_TEST_IMAGES = 2000  # test images every model is evaluated on
+N_TEST_IMAGES = 1000  # test images every model is evaluated on
 UNITS = ["head"]  # unit kinds pruned ("neuron" too: exact neuron ablation and ACDC's neuron walk take minutes here)
 KEEP_RATIOS = [0.8, 0.6]  # share of each unit kind kept by each score
 SCORES = ["ablation", "attribution", "magnitude", "random"]  # scores compared at the keep ratios
