@@ -123,8 +123,10 @@ def kit_scores(bridge, score: str, task) -> list:
 def kit_prune(bridge, removed: float, tables: list, task, budget: str = "global"):
     """The plain HF model of the bridge pruned physically by the kit at ``removed`` of each kind
     (``budget``: ``"global"``, the lowest scores anywhere, or ``"per_layer"``, TP's allocation)."""
-    return cnb.models.hf.plain_hf(cnb.prune(bridge, tables, removed, physical=True, task=task,
-                                            budget=budget)).eval()
+    # sdpa attention, as the dense and TP models have it from `from_pretrained` (the bridge's eager
+    # attention would cost the kit's rows ~12% of their throughput: not a property of the selection)
+    return cnb.models.hf.plain_hf(cnb.prune(bridge, tables, removed, physical=True, task=task, budget=budget),
+                                  attn_implementation="sdpa").eval()
 
 
 @torch.inference_mode()

@@ -47,8 +47,8 @@ VIT_SPECS: dict[str, dict] = {
         "why": ("patch 4 gives 49 patches of 4x4 pixels (patch 7 gives 16 of 7x7, too coarse for the details "
                 "that separate shirts, T-shirts, pullovers and coats); width 128 (4 heads of 32, MLP 512) because "
                 "width 64 tops out at test top-1 0.899 over 16 training recipes (benchmarks/RESULTS.md) and 128 "
-                "passes 0.90; depth 4 keeps an epoch of 55,000 images at ~75 s on 2 CPU cores, so it trains in "
-                "under an hour while leaving 16 heads and 2,048 neurons to study and prune"),
+                "passes 0.90; depth 4 keeps an epoch of 55,000 images at ~110 s on 2 CPU cores, so its two phases "
+                "train in about an hour while leaving 16 heads and 2,048 neurons to study and prune"),
         "n_layers": 4,
         "d_model": 128,
         "n_heads": 4,

@@ -5,9 +5,9 @@ The model is a small ``ViTForImageClassification`` for 28x28 grey images and 10 
 only 16 patches of 7x7 pixels, too coarse for the thin structures that separate shirts from
 T-shirts and pullovers), width 128 with 4 heads of 32 dimensions, MLP 512 (the usual 4x), depth 4
 (width 64 tops out just under 0.90 test top-1 over 16 recipes; ``benchmarks/RESULTS.md``). That is
-~0.8M parameters and ~0.17 s per step of 128 images on 2 CPU cores, so a full epoch of 55,000
-training images takes ~75 s and the bundled model's two phases train in under an hour on the 2
-cores the kit is developed on.
+~0.8M parameters and ~0.25 s per step of 128 images on 2 CPU cores, so a full epoch of 55,000
+training images takes ~110 s and the bundled model's two phases (38 epochs) train in about an
+hour (66.5 min) on the 2 cores the kit is developed on.
 
 Training is deterministic on CPU: the data order and the augmentation (a random shift of up to 2
 pixels, and a horizontal flip with probability 1/2) of epoch ``e`` come from a generator seeded

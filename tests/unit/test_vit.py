@@ -399,6 +399,20 @@ def test_masked_pruning_equals_hf_zeroing_and_physical_equals_masked(vit, ref, t
     assert np.allclose(mag.score, cnb.score(vit, task=t, method="magnitude", unit="head").score[kept], rtol=1e-5)
 
 
+def test_the_plain_copy_of_a_pruned_vit_can_take_sdpa_and_the_bridge_keeps_eager(vit, task):
+    phys = cnb.prune_units(vit, heads=HEADS_OUT, neurons=NEURONS_OUT, physical=True, task=task)
+    fast = cnb.models.hf.plain_hf(phys, attn_implementation="sdpa")
+    plain = cnb.models.hf.plain_hf(phys)
+    assert (fast.config._attn_implementation, plain.config._attn_implementation) == ("sdpa", "eager")
+    assert phys.cfg.n_heads == HEADS and cnb.models.hf.plain_hf(phys, share=True).config._attn_implementation == "eager"
+    with torch.no_grad():
+        want = phys(IMAGES, return_type="logits")
+        assert (fast(pixel_values=IMAGES).logits - want).abs().max() < 1e-5
+        assert (plain(pixel_values=IMAGES).logits - want).abs().max() < 1e-5
+        _, cache = phys.run_with_cache(IMAGES)  # the bridge still reads patterns after an sdpa copy was made
+    assert cache["blocks.0.attn.hook_pattern"].shape[1] == HEADS - len(HEADS_OUT[0])
+
+
 def test_blocks_dropped_and_scored_pruning(vit, ref, task, tmp_path):
     masked = cnb.prune_units(vit, blocks=[0], physical=False, task=task)
     blk = ref.vit.layers[0]
