@@ -1,8 +1,8 @@
 """Peer benchmark: Torch-Pruning's MetaPruner against the kit's causal selections on the bundled ViT.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_vit.py --budgets 0.5 --finetune-epochs 3 --finetune-steps 0 \
-        --finetune-distill 0.5 --finetune-no-augment --n-test-images 10000    # the recorded run (~36 min)
-    OMP_NUM_THREADS=1 python benchmarks/bench_vit.py --finetune-epochs 0 --n-test-images 10000   # speed only (~4 min)
+        --finetune-distill 0.5 --finetune-no-augment --n-test-images 10000    # the recorded run (~1 h)
+    OMP_NUM_THREADS=1 python benchmarks/bench_vit.py --finetune-epochs 0 --n-test-images 10000   # speed only (~6 min)
     python benchmarks/bench_vit.py --budgets 0.5 --finetune-steps 20 --n-test-images 1000   # a quick look
 
 At each budget (the share of attention heads and of MLP neurons removed, the same share of each
@@ -36,10 +36,12 @@ Each pruned row is also compared, on the same test images, with the better Torch
 its budget (``paired_vs``: the top-1 difference with scipy's paired bootstrap interval and
 McNemar's exact test), printed as a second table.
 
-Measured 2026-12-04 (benchmarks/RESULTS.md; ``--budgets 0.5 --finetune-epochs 3 --finetune-steps 0
---finetune-distill 0.5 --finetune-no-augment --n-test-images 10000``, 2,133 s on 1 thread): at 50%
-removed kit ablation 0.8845 (-0.96 points from the dense 0.8941), TP Taylor 0.8841, paired
-+0.04 points [-0.38, +0.46], McNemar p = 0.89; 1.56-1.70x the dense throughput at batch 64.
+Measured 2026-12-04 on the d_model-128 bundled model (benchmarks/RESULTS.md; ``--budgets 0.5
+--finetune-epochs 3 --finetune-steps 0 --finetune-distill 0.5 --finetune-no-augment`` with the
+per-layer ablation row, 3,472 s on 1 thread): at 50% removed kit |attribution| 0.9066 (-0.26
+points from the dense 0.9092), TP magnitude 0.8991, paired +0.75 points [+0.33, +1.15], McNemar
+p = 0.001; throughput at batch 64 1.89x for the per-layer kit row, 1.70-1.72x for the
+global-budget kit rows, 1.80-1.83x for TP.
 """
 
 from __future__ import annotations
