@@ -32,7 +32,9 @@ def test_bundled_models_are_listed_default_first():
 
 def test_zoo_fits_the_size_budget():
     total = sum(p.stat().st_size for p in MODELS_DIR.rglob("*") if p.is_file())
-    assert total <= 25 * 2**20, f"bundled models take {total / 2**20:.1f} MiB"
+    # 28 MiB: the two fp16 code LMs (15 MiB), the T5 (8.6 MiB) and the d_model-128 ViT in fp32
+    # (3.1 MiB; its 0.8M parameters are what top-1 0.90 needed), with ~1 MiB to spare
+    assert total <= 28 * 2**20, f"bundled models take {total / 2**20:.1f} MiB"
     for name in BUNDLED:
         folder = MODELS_DIR / name
         for f in ("config.json", "model.safetensors", "tokenizer.json", "card.json", "README.md", "unigram.json"):
