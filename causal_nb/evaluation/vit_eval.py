@@ -161,17 +161,18 @@ def evaluate_vit_models(models, images, labels=None, names=None, batch_size: int
         name = names[i] if names is not None else name
         task.check_model(model, "evaluate_vit_models")
         probs = torch.softmax(class_logits(model, x, batch_size).double(), -1).numpy()
-        hf_names = getattr(getattr(plain_hf(model, share=True), "config", None), "id2label", None)
+        hf = plain_hf(model, share=True).eval()  # one copy around the bridge's tensors, eager at first
+        hf_names = getattr(hf.config, "id2label", None)
         cls_names = class_names if class_names is not None else (
             [hf_names[k] for k in sorted(hf_names)] if hf_names and len(hf_names) == probs.shape[1] else None)
         metrics, pc = classification_metrics(y, probs, cls_names)
-        hf = plain_hf(model, share=True, attn_implementation="sdpa").eval()  # timed as deployed
         dev = next(hf.parameters())
         xb = x[:batch_size].to(device=dev.device, dtype=dev.dtype)
+        gflops = _gflops(hf, xb[:1])  # counted eager: torch's FLOP counter does not see the products inside sdpa
+        hf.set_attn_implementation("sdpa")  # timed as deployed, as `from_pretrained` gives it
         ms = median_ms(lambda hf=hf, xb=xb: hf(pixel_values=xb), xb.device, repeats, warmup)
-        # FLOPs of the eager copy: torch's FLOP counter does not see the products inside sdpa
         row = {"model": name, **metrics, "ms_per_batch": ms, "throughput": len(xb) / ms * 1e3,
-               "params": int(sum(p.numel() for p in hf.parameters())), "gflops": _gflops(plain_hf(model, share=True), xb[:1]),
+               "params": int(sum(p.numel() for p in hf.parameters())), "gflops": gflops,
                "accuracy_per_ms": metrics["top1"] / ms}
         rows.append(row)
         per_class.append({"model": name, **pc})
